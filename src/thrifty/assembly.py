@@ -1,0 +1,126 @@
+"""The only place where config names become objects."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from thrifty.caches.none import NoCache
+from thrifty.errors import ConfigError
+from thrifty.guards.open import OpenGuard
+from thrifty.keys import KeyAuthenticator
+from thrifty.ledger.migrations import migrate
+from thrifty.ledger.writer import SqlLedger
+from thrifty.observe.metrics import GatewayMetrics
+from thrifty.optimizers.none import NoOptimizer
+from thrifty.pipeline import Gateway
+from thrifty.pricing import CatalogPricer, ModelPrice
+from thrifty.protocols import Provider
+from thrifty.providers.http import Timeouts
+from thrifty.routers.static import StaticRouter
+from thrifty.settings import ProviderSettings, Settings
+from thrifty.tokens import TiktokenCounter
+
+
+@dataclass
+class Runtime:
+    """A gateway and the resources behind it, started and stopped together."""
+
+    settings: Settings
+    gateway: Gateway
+    ledger: SqlLedger
+    keys: KeyAuthenticator
+
+    def start(self) -> None:
+        try:
+            migrate(self.ledger.engine)
+        except Exception as exc:
+            import logging
+
+            logging.getLogger("thrifty").warning("ledger database not ready at start-up: %s", exc)
+        self.ledger.start()
+        self.keys.start()
+
+    async def aclose(self) -> None:
+        for provider in self.gateway.providers.values():
+            await provider.aclose()
+        self.keys.close()
+        self.ledger.close()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    ledger = SqlLedger(settings.ledger_url(), settings.journal_dir(), settings.ledger.flush_interval_ms)
+    keys = KeyAuthenticator(ledger.engine)
+    counter = TiktokenCounter()
+    aliases = {alias: model.parsed_targets() for alias, model in settings.models.items()}
+    gateway = Gateway(
+        aliases=aliases,
+        authenticator=keys,
+        guard=OpenGuard(),
+        cache=NoCache(),
+        optimizer=NoOptimizer(),
+        router=StaticRouter(aliases),
+        providers={name: build_provider(name, p, settings, counter) for name, p in settings.providers.items()},
+        pricer=build_pricer(settings),
+        ledger=ledger,
+        metrics=GatewayMetrics(),
+        counter=counter,
+        capture_payloads=settings.ledger.capture_payloads,
+    )
+    return Runtime(settings, gateway, ledger, keys)
+
+
+def build_pricer(settings: Settings) -> CatalogPricer:
+    overrides = {
+        model: ModelPrice(
+            p.usd_per_mtok_input, p.usd_per_mtok_output, p.usd_per_mtok_cache_read, p.usd_per_mtok_cache_write
+        )
+        for model, p in settings.prices.items()
+    }
+    return CatalogPricer(overrides, {name: catalog_provider(p) for name, p in settings.providers.items()})
+
+
+def catalog_provider(provider: ProviderSettings) -> str | None:
+    if provider.catalog_provider is not None:
+        return provider.catalog_provider
+    host = urlparse(provider.base_url).hostname or ""
+    if provider.kind == "anthropic" and host.endswith("anthropic.com"):
+        return "anthropic"
+    if provider.kind == "openai" and host.endswith("openai.com"):
+        return "openai"
+    return None
+
+
+def build_provider(name: str, provider: ProviderSettings, settings: Settings, counter: TiktokenCounter) -> Provider:
+    server = settings.server
+    timeouts = Timeouts(
+        total_s=provider.timeout_s or server.upstream_timeout_s,
+        connect_s=server.connect_timeout_s,
+        first_byte_s=server.first_byte_timeout_s,
+    )
+    if provider.kind == "replay":
+        from thrifty.providers.replay import ReplayProvider
+        from thrifty.workload import demo_workload_path
+
+        workload = settings.path(provider.workload) if provider.workload else demo_workload_path()
+        return ReplayProvider(name, workload, counter)
+    api_key = _secret(name, provider)
+    if provider.kind == "anthropic":
+        from thrifty.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(name, provider.base_url, api_key, timeouts)
+    from thrifty.providers.openai import OpenAIProvider
+
+    return OpenAIProvider(name, provider.base_url, api_key, timeouts)
+
+
+def _secret(name: str, provider: ProviderSettings) -> str:
+    if not provider.api_key_env:
+        return ""
+    value = os.environ.get(provider.api_key_env)
+    if value is None:
+        raise ConfigError(
+            f"providers.{name}.api_key_env names {provider.api_key_env!r}, which is not set in the environment"
+        )
+    return value

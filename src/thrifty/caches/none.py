@@ -1,0 +1,13 @@
+"""The cache stage switched off: every lookup misses and nothing is stored."""
+
+from __future__ import annotations
+
+from thrifty.types import ChatRequest, ChatResponse, Principal
+
+
+class NoCache:
+    async def lookup(self, request: ChatRequest, principal: Principal) -> ChatResponse | None:
+        return None
+
+    async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None:
+        return None

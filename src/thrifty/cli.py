@@ -1,0 +1,208 @@
+"""``thrifty``: the command line, thin over the rest of the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from thrifty.errors import ThriftyError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command: Command | None = getattr(args, "run", None)
+    if command is None:
+        parser.print_help()
+        return 2
+    try:
+        return command(args)
+    except ThriftyError as exc:
+        print(f"thrifty: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from thrifty.settings import config_path, load_settings
+
+    return load_settings(config_path(args.config))
+
+
+def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from thrifty.ledger.migrations import migrate
+    from thrifty.ledger.writer import make_engine
+
+    engine = make_engine(_settings(args).ledger_url())
+    migrate(engine)
+    return engine
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from thrifty.server.run import serve
+
+    settings = _settings(args)
+    host, port = args.host or settings.server.host, args.port or settings.server.port
+    print(f"thrifty: serving on http://{host}:{port} (ledger {settings.ledger_url()})", file=sys.stderr)
+    serve(settings, host, port)
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from thrifty.assembly import _secret, build_pricer
+    from thrifty.settings import config_path, load_settings
+
+    path = config_path(args.file or args.config)
+    settings = load_settings(path)
+    for name, provider in settings.providers.items():
+        _secret(name, provider)
+    pricer = build_pricer(settings)
+    for alias, model in settings.models.items():
+        for target in model.parsed_targets():
+            if settings.providers[target.provider].kind != "replay" and not pricer.is_priced(target):
+                print(f"warning: models.{alias}: {target} has no price; its calls will be recorded as unpriced")
+    print(f"{path}: ok ({len(settings.providers)} providers, {len(settings.models)} models)")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from thrifty.keys import create_key
+
+    record, secret = create_key(_engine(args), args.tenant, args.name or "")
+    print(f"key id:  {record.key_id}\ntenant:  {record.tenant}\nsecret:  {secret}")
+    print("The secret is shown only now; the gateway stores its hash.", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from thrifty.keys import revoke_key
+
+    revoke_key(_engine(args), args.key_id)
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from thrifty.keys import list_keys
+    from thrifty.render import table
+
+    rows = [[k.key_id, k.tenant, k.name, "revoked" if k.revoked_at else "active"] for k in list_keys(_engine(args))]
+    print(table(["key id", "tenant", "name", "state"], rows))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from thrifty.ledger import queries
+    from thrifty.render import report_table, usd
+
+    engine = _engine(args)
+    since = queries.since_timestamp(args.since)
+    rows = queries.report(engine, args.by, since)
+    savings = queries.savings_by_lever(engine, since)
+    if args.json:
+        out = {
+            "by": args.by,
+            "rows": [r.as_json() for r in rows],
+            "savings_usd": {k: str(v) for k, v in savings.items()},
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(report_table(args.by, rows))
+    unpriced = sum(r.unpriced for r in rows)
+    if unpriced:
+        print(f"\n{unpriced} requests are unpriced: their cost is not in the totals above.")
+    for lever, amount in sorted(savings.items()):
+        print(f"saved by {lever}: {usd(amount)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from thrifty.demo import run_demo
+
+    return run_demo(requests=args.requests, concurrency=args.concurrency)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from thrifty.demo import print_simulation
+    from thrifty.simulate import simulate
+    from thrifty.workload import read_workload
+
+    records = read_workload(Path(args.workload))
+    result = simulate(_settings(args), records[: args.requests or None], concurrency=args.concurrency)
+    print_simulation(result)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from thrifty.export import export_workload
+
+    count = export_workload(_engine(args), Path(args.out), args.since)
+    print(f"wrote {count} records to {args.out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thrifty", description="An LLM gateway that cuts the bill.")
+    sub = parser.add_subparsers(metavar="COMMAND")
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", help="config file (default: $THRIFTY_CONFIG or ./thrifty.toml)")
+
+    p = sub.add_parser("serve", parents=[config], help="run the HTTP gateway")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("config", help="work with config files")
+    csub = p.add_subparsers(metavar="ACTION")
+    c = csub.add_parser("check", parents=[config], help="validate a config file without starting anything")
+    c.add_argument("file", nargs="?")
+    c.set_defaults(run=cmd_config_check)
+
+    p = sub.add_parser("keys", help="issue and revoke virtual API keys")
+    ksub = p.add_subparsers(metavar="ACTION")
+    k = ksub.add_parser("create", parents=[config], help="issue a key (printed once)")
+    k.add_argument("--tenant", required=True)
+    k.add_argument("--name")
+    k.set_defaults(run=cmd_keys_create)
+    k = ksub.add_parser("revoke", parents=[config], help="revoke a key by id")
+    k.add_argument("key_id")
+    k.set_defaults(run=cmd_keys_revoke)
+    k = ksub.add_parser("list", parents=[config], help="list keys (never their secrets)")
+    k.set_defaults(run=cmd_keys_list)
+
+    p = sub.add_parser("report", parents=[config], help="requests, tokens and spend from the ledger")
+    p.add_argument(
+        "--by",
+        default="model",
+        choices=["tenant", "key", "user", "feature", "session", "model", "day", "provider", "alias"],
+    )
+    p.add_argument("--since", help="YYYY-MM-DD (UTC)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("demo", help="replay the bundled workload through a real gateway")
+    p.add_argument("--requests", type=int, default=0, help="only the first N records (default: all)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("simulate", parents=[config], help="replay a workload file against a config")
+    p.add_argument("--workload", required=True)
+    p.add_argument("--requests", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.set_defaults(run=cmd_simulate)
+
+    p = sub.add_parser("export", parents=[config], help="write captured ledger traffic as a workload file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--since", help="YYYY-MM-DD (UTC)")
+    p.set_defaults(run=cmd_export)
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The gateway's one error tree.
+
+::
+
+    ThriftyError
+    ├── BadRequest                  400 invalid_request_error
+    │   ├── UnknownModel            404 invalid_request_error  model_not_found
+    │   └── PayloadTooLarge         413 invalid_request_error  request_too_large
+    ├── AuthenticationFailed        401 authentication_error   invalid_api_key
+    ├── PermissionDenied            403 permission_error
+    ├── NotFound                    404 not_found_error
+    ├── ConfigError                 (start-up only, never reaches a client)
+    └── UpstreamError               502 api_error              (provider answered badly; retryable by status)
+        ├── UpstreamRateLimited     429 rate_limit_error       retryable
+        ├── UpstreamUnavailable     503 api_error              retryable (5xx, refused connection)
+        ├── UpstreamTimeout         504 timeout                retryable
+        └── UpstreamRejected        4xx as the provider said   not retryable (bad request, auth ...)
+
+Every class knows its HTTP status, the OpenAI error ``type`` and whether the next target may be tried.
+Provider adapters translate their failures into this tree once, at the boundary; the server renders it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ThriftyError(Exception):
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str | None] = None
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+
+    @property
+    def http_status(self) -> int:
+        return self.status
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class BadRequest(ThriftyError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class UnknownModel(BadRequest):
+    status = 404
+    default_code = "model_not_found"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+    default_code = "request_too_large"
+
+
+class AuthenticationFailed(ThriftyError):
+    status = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(ThriftyError):
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFound(ThriftyError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class ConfigError(ThriftyError):
+    error_type = "config_error"
+
+
+class UpstreamError(ThriftyError):
+    """The provider answered with something the gateway cannot use (garbage, a dropped stream)."""
+
+    status = 502
+    error_type = "api_error"
+    default_code = "upstream_error"
+    retryable = True
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    error_type = "rate_limit_error"
+    default_code = "upstream_rate_limited"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    default_code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    error_type = "timeout"
+    default_code = "upstream_timeout"
+
+
+class UpstreamRejected(UpstreamError):
+    """A 4xx from the provider: the request itself is at fault, so no other target is tried."""
+
+    retryable = False
+    error_type = "invalid_request_error"
+    default_code = "upstream_rejected"
+
+    def __init__(self, message: str, *, upstream_status: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.upstream_status = upstream_status
+
+    @property
+    def http_status(self) -> int:
+        return self.upstream_status
+
+
+def upstream_error_for_status(status: int, message: str, code: str | None = None) -> UpstreamError:
+    """Translate a provider's HTTP status into the tree (used by every HTTP provider)."""
+    if status == 429:
+        return UpstreamRateLimited(message)
+    if status == 408:
+        return UpstreamTimeout(message)
+    if status >= 500:
+        return UpstreamUnavailable(message)
+    if 400 <= status < 500:
+        return UpstreamRejected(message, upstream_status=status, code=code)
+    return UpstreamError(message)

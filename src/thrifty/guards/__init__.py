@@ -1,0 +1,1 @@
+"""Stage 2: budgets, rate limits and agent caps that refuse early."""

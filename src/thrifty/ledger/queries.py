@@ -1,0 +1,126 @@
+"""Reads of the ledger for reports and exports. Sums of recorded rows only: nothing here estimates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, case, func, select
+
+from thrifty.ledger import tables
+
+GROUPS = {
+    "tenant": tables.requests.c.tenant,
+    "key": tables.requests.c.key_id,
+    "user": tables.requests.c.user_id,
+    "feature": tables.requests.c.feature,
+    "session": tables.requests.c.session_id,
+    "model": tables.requests.c.model,
+    "provider": tables.requests.c.provider,
+    "alias": tables.requests.c.requested_model,
+    "day": tables.requests.c.day,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    group: str
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: Decimal
+    baseline_cost_usd: Decimal
+    unpriced: int
+    estimated: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "requests": self.requests,
+            "errors": self.errors,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cost_usd": str(self.cost_usd),
+            "baseline_cost_usd": str(self.baseline_cost_usd),
+            "unpriced_requests": self.unpriced,
+            "estimated_token_requests": self.estimated,
+        }
+
+
+def since_timestamp(day: str | None) -> float | None:
+    if not day:
+        return None
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+
+
+def _count_where(flag: Any) -> Any:
+    return func.sum(case((flag, 1), else_=0))
+
+
+def report(engine: Engine, by: str, since: float | None = None) -> list[ReportRow]:
+    r = tables.requests.c
+    group = GROUPS[by]
+    query = select(
+        group,
+        func.count(),
+        _count_where(r.status != "ok"),
+        func.coalesce(func.sum(r.input_tokens), 0),
+        func.coalesce(func.sum(r.output_tokens), 0),
+        func.coalesce(func.sum(r.cache_read_tokens), 0),
+        func.coalesce(func.sum(r.cache_write_tokens), 0),
+        func.coalesce(func.sum(r.cost_nusd), 0),
+        func.coalesce(func.sum(r.baseline_cost_nusd), 0),
+        _count_where(r.unpriced),
+        _count_where(r.tokens_estimated),
+    ).group_by(group)
+    if since is not None:
+        query = query.where(r.started_at >= since)
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(func.coalesce(func.sum(r.cost_nusd), 0).desc())).all()
+    return [
+        ReportRow(
+            group=str(row[0]),
+            requests=int(row[1] or 0),
+            errors=int(row[2] or 0),
+            input_tokens=int(row[3] or 0),
+            output_tokens=int(row[4] or 0),
+            cache_read_tokens=int(row[5] or 0),
+            cache_write_tokens=int(row[6] or 0),
+            cost_usd=_usd(row[7]),
+            baseline_cost_usd=_usd(row[8]),
+            unpriced=int(row[9] or 0),
+            estimated=int(row[10] or 0),
+        )
+        for row in rows
+    ]
+
+
+def _usd(nusd: Any) -> Decimal:
+    return tables.from_nusd(int(nusd or 0)) or Decimal(0)
+
+
+def savings_by_lever(engine: Engine, since: float | None = None) -> dict[str, Decimal]:
+    s, r = tables.savings.c, tables.requests.c
+    query = select(s.lever, func.sum(s.savings_nusd)).group_by(s.lever)
+    if since is not None:
+        query = query.join(tables.requests, r.request_id == s.request_id).where(r.started_at >= since)
+    with engine.connect() as conn:
+        return {row[0]: _usd(row[1]) for row in conn.execute(query)}
+
+
+def iter_requests(engine: Engine, since: float | None = None) -> Iterator[dict[str, Any]]:
+    r = tables.requests.c
+    query = select(tables.requests).order_by(r.started_at)
+    if since is not None:
+        query = query.where(r.started_at >= since)
+    with engine.connect() as conn:
+        for row in conn.execute(query).mappings():
+            yield dict(row)

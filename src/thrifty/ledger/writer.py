@@ -1,0 +1,235 @@
+"""``SqlLedger``: rows journaled on the request path, written to the database in batches by one thread.
+
+If the database is down the thread keeps the batch and retries with back-off while the gateway goes on serving;
+the journal holds the rows across a crash. Inserts ignore request ids the database already has, so replaying a
+journal after a crash never counts a request twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from thrifty.ledger import tables
+from thrifty.ledger.journal import Journal
+from thrifty.ledger.migrations import migrate
+from thrifty.types import LedgerEntry
+
+log = logging.getLogger("thrifty.ledger")
+
+Row = dict[str, Any]
+BATCH_ROWS = 512
+ROTATE_EVERY_S = 5.0
+
+
+def make_engine(url: str) -> Engine:
+    """One engine per URL; SQLite gets WAL so readers (reports, the dashboard) never block the writer."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+
+
+def row_of(entry: LedgerEntry) -> Row:
+    usage, who = entry.usage, entry.principal
+    return {
+        "request_id": entry.request_id,
+        "started_at": entry.started_at,
+        "day": datetime.fromtimestamp(entry.started_at, UTC).strftime("%Y-%m-%d"),
+        "endpoint": entry.endpoint,
+        "tenant": who.tenant,
+        "key_id": who.key_id,
+        "user_id": who.user,
+        "feature": who.feature,
+        "session_id": who.session,
+        "requested_model": entry.requested_model,
+        "provider": entry.provider,
+        "model": entry.model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "tokens_estimated": usage.estimated,
+        "cost_nusd": tables.to_nusd(entry.cost_usd),
+        "baseline_cost_nusd": tables.to_nusd(entry.baseline_cost_usd),
+        "unpriced": entry.unpriced,
+        "total_ms": round(entry.total_ms, 3),
+        "upstream_ms": round(entry.upstream_ms, 3),
+        "ttft_ms": None if entry.ttft_ms is None else round(entry.ttft_ms, 3),
+        "status": entry.status,
+        "error_type": entry.error_type,
+        "streamed": entry.streamed,
+        "savings": {lever: tables.to_nusd(usd) for lever, usd in entry.savings_usd.items()},
+        "payload": None
+        if entry.payload is None
+        else {
+            "request_json": orjson.dumps(entry.payload.request).decode(),
+            "answer_text": entry.payload.answer,
+        },
+    }
+
+
+class SqlLedger:
+    def __init__(self, url: str, journal_dir: Path, flush_interval_ms: int = 50) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._journal = Journal(journal_dir)
+        self._queue: queue.SimpleQueue[tuple[Row, int] | None] = queue.SimpleQueue()
+        self._interval_s = flush_interval_ms / 1000
+        self._thread = threading.Thread(target=self._run, name="thrifty-ledger", daemon=True)
+        self._outstanding = 0
+        self._settled = threading.Condition()
+        self._migrated = False
+        self.written = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def record(self, entry: LedgerEntry) -> None:
+        row = row_of(entry)
+        segment = self._journal.append(row)
+        with self._settled:
+            self._outstanding += 1
+        self._queue.put((row, segment))
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every recorded row is in the database (tests, shutdown, CLI)."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._outstanding == 0, timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if self._thread.is_alive():
+            self.flush(timeout_s)
+            self._queue.put(None)
+            self._thread.join(timeout_s)
+        self._journal.close()
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+    def _run(self) -> None:
+        backoff = 0.05
+        leftovers = self._journal.leftovers()
+        while not self._prepare(leftovers):
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+        last_rotation = time.monotonic()
+        while True:
+            batch, stop = self._take_batch()
+            while batch and not self._insert([row for row, _ in batch]):
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            backoff = 0.05
+            if batch:
+                counts: dict[int, int] = {}
+                for _, segment in batch:
+                    counts[segment] = counts.get(segment, 0) + 1
+                self._journal.acknowledge(counts)
+                self.written += len(batch)
+                with self._settled:
+                    self._outstanding -= len(batch)
+                    self._settled.notify_all()
+            if time.monotonic() - last_rotation > ROTATE_EVERY_S:
+                self._journal.rotate()
+                last_rotation = time.monotonic()
+            if stop:
+                return
+
+    def _prepare(self, leftovers: list[Row]) -> bool:
+        """Migrate, then insert what a previous process left in the journal."""
+        try:
+            if not self._migrated:
+                migrate(self.engine)
+                self._migrated = True
+            for start in range(0, len(leftovers), BATCH_ROWS):
+                if not self._insert(leftovers[start : start + BATCH_ROWS]):
+                    return False
+        except SQLAlchemyError as exc:
+            log.warning("ledger database unavailable (%s); rows wait in the journal", exc.__class__.__name__)
+            return False
+        if leftovers:
+            log.info("recovered %d ledger rows from the journal", len(leftovers))
+        self._journal.drop_leftovers()
+        return True
+
+    def _take_batch(self) -> tuple[list[tuple[Row, int]], bool]:
+        try:
+            first = self._queue.get(timeout=self._interval_s)
+        except queue.Empty:
+            return [], False
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < BATCH_ROWS:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _insert(self, rows: list[Row]) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                insert = _insert_ignoring_duplicates(conn.dialect.name)
+                conn.execute(insert(tables.requests), [_request_columns(row) for row in rows])
+                savings = [
+                    {"request_id": row["request_id"], "lever": lever, "savings_nusd": nusd}
+                    for row in rows
+                    for lever, nusd in (row.get("savings") or {}).items()
+                ]
+                if savings:
+                    conn.execute(insert(tables.savings), savings)
+                payloads = [{"request_id": row["request_id"], **row["payload"]} for row in rows if row.get("payload")]
+                if payloads:
+                    conn.execute(insert(tables.payloads), payloads)
+        except SQLAlchemyError as exc:
+            log.warning("ledger write failed (%s); will retry", exc.__class__.__name__)
+            return False
+        return True
+
+
+def _request_columns(row: Row) -> Row:
+    return {key: value for key, value in row.items() if key not in ("savings", "payload")}
+
+
+def _insert_ignoring_duplicates(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return lambda table: pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return lambda table: sqlite_insert(table).on_conflict_do_nothing()

@@ -1,0 +1,82 @@
+"""Prometheus metrics, one registry per gateway (no import-time globals).
+
+Labels stay bounded: provider, model and endpoint come from config; users and sessions are never labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from thrifty.types import LedgerEntry
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "thrifty_requests", "Requests handled", ["endpoint", "model", "provider", "status"], registry=r
+        )
+        self.tokens = Counter("thrifty_tokens", "Tokens by kind", ["kind", "provider", "model"], registry=r)
+        self.cost = Counter("thrifty_cost_usd", "Cost paid, USD", ["provider", "model"], registry=r)
+        self.baseline = Counter(
+            "thrifty_baseline_cost_usd",
+            "Cost without Thrifty's levers, USD",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            "thrifty_unpriced_requests",
+            "Requests whose model has no price",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.upstream = Histogram(
+            "thrifty_upstream_latency_seconds",
+            "Time spent waiting for the provider",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "thrifty_overhead_seconds",
+            "Time the gateway itself adds to a request (total minus upstream)",
+            buckets=_OVERHEAD_BUCKETS_S,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "thrifty_time_to_first_token_seconds",
+            "Time to the first streamed token",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+
+    def observe(self, entry: LedgerEntry) -> None:
+        provider, model, usage = entry.provider or "none", entry.model or "none", entry.usage
+        self.requests.labels(entry.endpoint, entry.requested_model, provider, entry.status).inc()
+        for kind, count in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ):
+            if count:
+                self.tokens.labels(kind, provider, model).inc(count)
+        if entry.cost_usd is not None:
+            self.cost.labels(provider, model).inc(float(entry.cost_usd))
+        else:
+            self.unpriced.labels(provider, model).inc()
+        if entry.baseline_cost_usd is not None:
+            self.baseline.labels(provider, model).inc(float(entry.baseline_cost_usd))
+        if entry.upstream_ms:
+            self.upstream.labels(provider).observe(entry.upstream_ms / 1000)
+        self.overhead.observe(max(entry.total_ms - entry.upstream_ms, 0.0) / 1000)
+        if entry.ttft_ms is not None:
+            self.ttft.labels(provider).observe(entry.ttft_ms / 1000)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

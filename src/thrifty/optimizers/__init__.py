@@ -1,0 +1,1 @@
+"""Stage 4: cheaper requests with the same meaning."""

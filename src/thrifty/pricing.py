@@ -1,0 +1,144 @@
+"""What a call cost, in Decimal USD.
+
+Prices come from the ``genai-prices`` catalog (maintained by the pydantic team, shipped with the package, so it
+works offline) unless config overrides them per model. A model with no price is *unpriced*: its cost is ``None``,
+never $0, and it is warned about once per model.
+
+Cache tokens are priced as providers bill them: ``Usage.input_tokens`` includes cache reads and writes, so the
+uncached remainder is billed at the input price, reads at the cache-read price and writes at the cache-write
+price. Each token is billed exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from thrifty.types import Cost, Target, Usage
+
+log = logging.getLogger("thrifty.pricing")
+
+MTOK = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """USD per million tokens."""
+
+    usd_per_mtok_input: Decimal
+    usd_per_mtok_output: Decimal
+    usd_per_mtok_cache_read: Decimal | None = None
+    usd_per_mtok_cache_write: Decimal | None = None
+
+    def cost(self, usage: Usage) -> Decimal:
+        read_price = self.usd_per_mtok_input if self.usd_per_mtok_cache_read is None else self.usd_per_mtok_cache_read
+        write_price = (
+            self.usd_per_mtok_input if self.usd_per_mtok_cache_write is None else self.usd_per_mtok_cache_write
+        )
+        uncached = max(usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0)
+        total = (
+            uncached * self.usd_per_mtok_input
+            + usage.cache_read_tokens * read_price
+            + usage.cache_write_tokens * write_price
+            + usage.output_tokens * self.usd_per_mtok_output
+        )
+        return total / MTOK
+
+
+PriceFn = Callable[[Usage], Decimal]
+
+
+class CatalogPricer:
+    """Overrides first, then the genai-prices catalog; lookups are cached per target."""
+
+    def __init__(
+        self,
+        overrides: Mapping[str, ModelPrice] | None = None,
+        catalog_providers: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """``overrides`` is keyed by ``model`` or ``provider::model``; ``catalog_providers`` maps a configured
+        provider name to its genai-prices provider id (None lets the catalog match on the model name alone)."""
+        self._overrides = dict(overrides or {})
+        self._catalog_providers = dict(catalog_providers or {})
+        self._cache: dict[Target, PriceFn | None] = {}
+        self._lock = threading.Lock()
+
+    def cost(self, target: Target, usage: Usage) -> Cost:
+        if not (usage.input_tokens or usage.output_tokens):
+            return Cost(Decimal(0))
+        price = self._cache.get(target)
+        if price is None and target not in self._cache:
+            price = self._resolve(target)
+        return Cost(None if price is None else price(usage))
+
+    def is_priced(self, target: Target) -> bool:
+        if target not in self._cache:
+            self._resolve(target)
+        return self._cache[target] is not None
+
+    def _resolve(self, target: Target) -> PriceFn | None:
+        with self._lock:
+            if target in self._cache:
+                return self._cache[target]
+            override = self._overrides.get(str(target)) or self._overrides.get(target.model)
+            price = override.cost if override else self._from_catalog(target)
+            if price is None:
+                log.warning(
+                    "no price for model %s (provider %s): its calls are recorded as unpriced; "
+                    "set [prices.%r] in the config",
+                    target.model,
+                    target.provider,
+                    target.model,
+                )
+            self._cache[target] = price
+            return price
+
+    def _from_catalog(self, target: Target) -> PriceFn | None:
+        provider_id = self._catalog_providers.get(target.provider)
+        try:
+            found = catalog_price(target.model, provider_id)
+        except LookupError:
+            return None
+        return found
+
+
+def catalog_price(model: str, provider_id: str | None) -> PriceFn:
+    """A price function from genai-prices; raises LookupError when the catalog does not know the model."""
+    from genai_prices import Usage as CatalogUsage
+    from genai_prices import calc_price
+
+    probe = calc_price(CatalogUsage(input_tokens=1, output_tokens=1), model_ref=model, provider_id=provider_id)
+    simple = _flat_price(probe.model_price)
+    if simple is not None:
+        return simple.cost
+
+    def tiered(usage: Usage) -> Decimal:
+        # Tiered or time-conditional prices: let the catalog do the arithmetic each time.
+        result = calc_price(
+            CatalogUsage(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+            ),
+            model_ref=model,
+            provider_id=provider_id,
+        )
+        return Decimal(result.total_price)
+
+    return tiered
+
+
+def _flat_price(model_price: Any) -> ModelPrice | None:
+    prices = {name: getattr(model_price, name, None) for name in ("input_mtok", "output_mtok")}
+    cache = {name: getattr(model_price, name, None) for name in ("cache_read_mtok", "cache_write_mtok")}
+    flat_in, flat_out = prices["input_mtok"], prices["output_mtok"]
+    if not isinstance(flat_in, Decimal) or not isinstance(flat_out, Decimal):
+        return None
+    if not all(v is None or isinstance(v, Decimal) for v in cache.values()):
+        return None
+    return ModelPrice(flat_in, flat_out, cache["cache_read_mtok"], cache["cache_write_mtok"])

@@ -1,0 +1,85 @@
+"""One small Protocol per stage of the request path (see ``pipeline.Gateway``).
+
+Implementations do not inherit from these; they only have to fit them. Tests plug fakes in the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from typing import Protocol
+
+from thrifty.types import (
+    Caller,
+    ChatRequest,
+    ChatResponse,
+    Cost,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    LedgerEntry,
+    Principal,
+    Route,
+    StreamChunk,
+    Target,
+    Usage,
+)
+
+
+class Authenticator(Protocol):
+    """Stage 1: who is calling. Raises ``AuthenticationFailed``."""
+
+    def authenticate(self, caller: Caller) -> Principal: ...
+
+
+class Admission(Protocol):
+    """What a guard reserved for one request; settled once the cost is known."""
+
+    def settle(self, cost: Cost) -> None: ...
+
+
+class Guard(Protocol):
+    """Stage 2: refuse early (budgets, rate limits, agent caps) or admit and reserve."""
+
+    def admit(self, request: ChatRequest, principal: Principal) -> Admission: ...
+
+
+class ResponseCache(Protocol):
+    """Stage 3: an answer already paid for."""
+
+    async def lookup(self, request: ChatRequest, principal: Principal) -> ChatResponse | None: ...
+    async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None: ...
+
+
+class Optimizer(Protocol):
+    """Stage 4: a cheaper request with the same meaning; the original is kept by the caller."""
+
+    def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest: ...
+
+
+class Router(Protocol):
+    """Stage 5: the targets to try, in order."""
+
+    def route(self, request: ChatRequest, principal: Principal) -> Route: ...
+
+
+class Provider(Protocol):
+    """Stage 6: one upstream API. Translates to and from the OpenAI shape and into the error tree."""
+
+    async def chat(self, request: ChatRequest, model: str) -> ChatResponse: ...
+    def stream(self, request: ChatRequest, model: str) -> AsyncGenerator[StreamChunk, None]: ...
+    async def embed(self, request: EmbeddingRequest, model: str) -> EmbeddingResponse: ...
+    async def aclose(self) -> None: ...
+
+
+class Pricer(Protocol):
+    def cost(self, target: Target, usage: Usage) -> Cost: ...
+
+
+class Ledger(Protocol):
+    """Stage 7: the durable record of every call."""
+
+    def record(self, entry: LedgerEntry) -> None: ...
+
+
+class TokenCounter(Protocol):
+    def count_messages(self, model: str, messages: Sequence[dict[str, object]]) -> int: ...
+    def count_text(self, model: str, text: str) -> int: ...

@@ -1,0 +1,111 @@
+"""OpenAI and every OpenAI-compatible server (vLLM, llama.cpp, Ollama, Together, Groq ...), by ``base_url``.
+
+The gateway already speaks this format, so translation is nearly the identity: the body goes through with the
+provider's model name, and streams always ask for usage (the gateway needs it for the ledger; the usage chunk
+reaches the client only when the client asked for it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from thrifty.errors import BadRequest, UpstreamError
+from thrifty.providers.http import HttpClient, Timeouts, parse_json
+from thrifty.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    JsonObject,
+    StreamChunk,
+    Target,
+    Usage,
+)
+
+
+def to_openai(body: JsonObject, model: str, *, stream: bool) -> JsonObject:
+    out = dict(body)
+    out["model"] = model
+    if stream:
+        out["stream"] = True
+        options = dict(out.get("stream_options") or {})
+        options["include_usage"] = True
+        out["stream_options"] = options
+    else:
+        out.pop("stream", None)
+        out.pop("stream_options", None)
+    return out
+
+
+def usage_from_openai(usage: Any) -> Usage | None:
+    """OpenAI's usage object; ``prompt_tokens`` already includes the cached tokens."""
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("prompt_tokens_details") or {}
+    return Usage(
+        input_tokens=int(usage.get("prompt_tokens") or 0),
+        output_tokens=int(usage.get("completion_tokens") or 0),
+        cache_read_tokens=int(details.get("cached_tokens") or 0),
+        cache_write_tokens=int(details.get("cache_write_tokens") or usage.get("cache_creation_input_tokens") or 0),
+    )
+
+
+def from_openai(raw: bytes) -> tuple[JsonObject, Usage | None]:
+    body = parse_json(raw, "a response")
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise UpstreamError(f"upstream sent a response without choices: {raw[:80]!r}")
+    return body, usage_from_openai(body.get("usage"))
+
+
+def chunk_from_sse(data: bytes) -> StreamChunk:
+    chunk = parse_json(data, "a stream chunk")
+    if not isinstance(chunk, dict):
+        raise UpstreamError(f"upstream sent a stream chunk that is not an object: {data[:80]!r}")
+    if "error" in chunk and "choices" not in chunk:
+        error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+        raise UpstreamError(f"upstream failed mid-stream: {error.get('message', chunk['error'])}")
+    usage = usage_from_openai(chunk.get("usage"))
+    return StreamChunk(payload=data, usage=usage, usage_only=usage is not None and not chunk.get("choices"))
+
+
+class OpenAIProvider:
+    def __init__(self, name: str, base_url: str, api_key: str, timeouts: Timeouts) -> None:
+        self.name = name
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = HttpClient(base_url, headers, timeouts)
+
+    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
+        raw, upstream_ms = await self._http.post_json("/chat/completions", to_openai(request.body, model, stream=False))
+        body, usage = from_openai(raw)
+        return ChatResponse(body, usage, Target(self.name, model), upstream_ms, raw=raw)
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncGenerator[StreamChunk, None]:
+        done = False
+        lines = self._http.post_stream("/chat/completions", to_openai(request.body, model, stream=True))
+        async for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                break
+            yield chunk_from_sse(data)
+        if not done:
+            raise UpstreamError("upstream stream ended without [DONE]: the answer is incomplete")
+
+    async def embed(self, request: EmbeddingRequest, model: str) -> EmbeddingResponse:
+        body = dict(request.body, model=model)
+        raw, upstream_ms = await self._http.post_json("/embeddings", body)
+        parsed = parse_json(raw, "an embeddings response")
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("data"), list):
+            raise UpstreamError(f"upstream sent an embeddings response without data: {raw[:80]!r}")
+        usage = usage_from_openai(parsed.get("usage")) or Usage(estimated=True)
+        return EmbeddingResponse(parsed, usage, Target(self.name, model), upstream_ms)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def reject_embeddings(provider: str) -> BadRequest:
+    return BadRequest(f"provider {provider!r} does not serve embeddings")

@@ -1,0 +1,97 @@
+"""A provider that answers from a recorded workload instead of calling a paid model.
+
+Each request is matched to its record (``workload.ReplayIndex``) and answered with the text that model gave when
+it was recorded. Input tokens are counted from the request actually received, so an optimizer that shortens the
+prompt shows up in the cost; output tokens are the recorded ones. Where a record has no answer text for the
+model, the reply says so and its tokens are counted from that reply: cost is never invented.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import orjson
+
+from thrifty.accounting import new_request_id
+from thrifty.errors import UpstreamRejected
+from thrifty.providers.openai import reject_embeddings
+from thrifty.tokens import TiktokenCounter
+from thrifty.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    JsonObject,
+    StreamChunk,
+    Target,
+    Usage,
+)
+from thrifty.workload import ReplayIndex, read_workload
+
+NO_ANSWER = "(no answer was recorded for this prompt and model)"
+WORDS_PER_CHUNK = 4
+
+
+class ReplayProvider:
+    def __init__(self, name: str, workload: Path, counter: TiktokenCounter) -> None:
+        self.name = name
+        self._index = ReplayIndex(read_workload(workload))
+        self._counter = counter
+
+    def _answer(self, request: ChatRequest, model: str) -> tuple[str, Usage]:
+        record = self._index.lookup(request.messages)
+        if record is None:
+            raise UpstreamRejected("the replay provider has no recorded answer for this prompt", upstream_status=404)
+        answer = record.answers.get(model)
+        text = answer.text if answer is not None and answer.text is not None else NO_ANSWER
+        output_tokens = (
+            answer.output_tokens
+            if answer is not None and answer.text is not None and answer.output_tokens is not None
+            else self._counter.count_text(model, text)
+        )
+        usage = Usage(
+            input_tokens=self._counter.count_messages(model, request.messages),
+            output_tokens=output_tokens,
+            estimated=not self._counter.is_exact(model),
+        )
+        return text, usage
+
+    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
+        started = time.perf_counter()
+        text, usage = self._answer(request, model)
+        body: JsonObject = {
+            "id": "chatcmpl-" + new_request_id()[4:],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": usage.input_tokens,
+                "completion_tokens": usage.output_tokens,
+                "total_tokens": usage.input_tokens + usage.output_tokens,
+            },
+        }
+        return ChatResponse(body, usage, Target(self.name, model), (time.perf_counter() - started) * 1000)
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncGenerator[StreamChunk, None]:
+        text, usage = self._answer(request, model)
+        base = {"id": "chatcmpl-" + new_request_id()[4:], "object": "chat.completion.chunk", "created": 0}
+        base["model"] = model
+        words = text.split(" ")
+        for start in range(0, len(words), WORDS_PER_CHUNK):
+            piece = " ".join(words[start : start + WORDS_PER_CHUNK])
+            delta: JsonObject = {"content": piece if start == 0 else " " + piece}
+            if start == 0:
+                delta["role"] = "assistant"
+            yield StreamChunk(orjson.dumps({**base, "choices": [{"index": 0, "delta": delta}]}))
+        yield StreamChunk(orjson.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        usage_body = {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens}
+        yield StreamChunk(orjson.dumps({**base, "choices": [], "usage": usage_body}), usage, usage_only=True)
+
+    async def embed(self, request: EmbeddingRequest, model: str) -> EmbeddingResponse:
+        raise reject_embeddings(self.name)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,77 @@
+"""Plain-text tables for the CLI (reports, the demo, simulations)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+from thrifty.ledger.queries import ReportRow
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def usd(value: Decimal | None) -> str:
+    if value is None:
+        return "unpriced"
+    return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, Decimal):
+        return usd(value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def report_table(by: str, rows: Sequence[ReportRow]) -> str:
+    headers = [
+        by,
+        "requests",
+        "errors",
+        "input tok",
+        "output tok",
+        "cache read",
+        "cost",
+        "baseline",
+        "unpriced",
+    ]
+    body = [
+        [
+            r.group or "(none)",
+            r.requests,
+            r.errors,
+            r.input_tokens,
+            r.output_tokens,
+            r.cache_read_tokens,
+            r.cost_usd,
+            r.baseline_cost_usd,
+            r.unpriced,
+        ]
+        for r in rows
+    ]
+    total = [
+        "TOTAL",
+        sum(r.requests for r in rows),
+        sum(r.errors for r in rows),
+        sum(r.input_tokens for r in rows),
+        sum(r.output_tokens for r in rows),
+        sum(r.cache_read_tokens for r in rows),
+        sum((r.cost_usd for r in rows), Decimal(0)),
+        sum((r.baseline_cost_usd for r in rows), Decimal(0)),
+        sum(r.unpriced for r in rows),
+    ]
+    return table(headers, [*body, total])

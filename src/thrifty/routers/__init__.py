@@ -1,0 +1,1 @@
+"""Stage 5: which targets a request goes to, in order."""

@@ -1,0 +1,63 @@
+"""``POST /v1/messages``: unmodified Anthropic SDK clients, served through the same gateway.
+
+The Anthropic request is translated to the OpenAI shape the gateway works in, and the answer back, so every
+stage (and the ledger) treats both kinds of client alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
+
+import orjson
+
+from thrifty.providers.anthropic_inbound import (
+    OpenAIToAnthropicStream,
+    anthropic_request_to_openai,
+    openai_response_to_anthropic,
+)
+from thrifty.server.http import Request, Send, json_response
+from thrifty.server.sse import relay
+from thrifty.server.wire import check_chat, parse_body
+from thrifty.streaming import ChatStream
+from thrifty.types import ChatRequest
+
+if TYPE_CHECKING:
+    from thrifty.server.app import ThriftyApp
+
+
+async def messages(app: ThriftyApp, request: Request, send: Send) -> None:
+    body = check_chat(anthropic_request_to_openai(parse_body(await request.body())))
+    caller = request.caller(body.get("user"))
+    if body.get("stream"):
+        # The usage chunk feeds Anthropic's message_delta usage, so ask for it whatever the client said.
+        body["stream_options"] = {"include_usage": True}
+        stream = await app.gateway.open_stream(ChatRequest(body, request.request_id), caller)
+        await relay(_events(stream), stream, request, send)
+        return
+    response, cost = await app.gateway.handle(ChatRequest(body, request.request_id), caller)
+    out = openai_response_to_anthropic(response.body)
+    await json_response(
+        send, 200, orjson.dumps(out), request_id=request.request_id, cost=cost, model=response.target.model
+    )
+
+
+async def _events(stream: ChatStream) -> AsyncGenerator[bytes, None]:
+    translator = OpenAIToAnthropicStream()
+    chunks = stream.chunks()
+    try:
+        async for payload in chunks:
+            chunk = orjson.loads(payload)
+            if "error" in chunk and "choices" not in chunk:
+                yield _event("error", {"type": "error", "error": {"type": "api_error", **chunk["error"]}})
+                return
+            for name, data in translator.feed(chunk):
+                yield _event(name, data)
+    finally:
+        await chunks.aclose()
+    for name, data in translator.finish(None):
+        yield _event(name, data)
+
+
+def _event(name: str, data: object) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

@@ -1,0 +1,152 @@
+"""The HTTP gateway: a plain ASGI application, thin over ``Gateway``.
+
+No web framework: a dict of routes, a body reader with a size limit, and one error renderer. The server's share
+of each request's time is part of what the gateway adds, so it is kept to parsing, one call and serializing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from thrifty.errors import BadRequest, NotFound, ThriftyError
+from thrifty.pipeline import Gateway
+from thrifty.server import anthropic_routes, openapi
+from thrifty.server.http import Request, Send, json_response, send_error
+from thrifty.server.sse import relay_openai_stream
+from thrifty.server.wire import check_chat, check_embeddings, parse_body
+from thrifty.types import ChatRequest, EmbeddingRequest
+
+log = logging.getLogger("thrifty.server")
+
+Handler = Callable[["ThriftyApp", Request, Send], Awaitable[None]]
+Lifecycle = Callable[[], Awaitable[None]]
+
+
+class ThriftyApp:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        max_body_bytes: int,
+        ready: Callable[[], bool],
+        on_startup: Lifecycle | None = None,
+        on_shutdown: Lifecycle | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.max_body_bytes = max_body_bytes
+        self.ready = ready
+        self._on_startup, self._on_shutdown = on_startup, on_shutdown
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(Request(scope, receive, self.max_body_bytes), send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, request: Request, send: Send) -> None:
+        handler = ROUTES.get((request.method, request.path))
+        anthropic = request.path == "/v1/messages"
+        try:
+            if handler is None:
+                if any(path == request.path for _, path in ROUTES):
+                    raise BadRequest(f"method {request.method} is not allowed on {request.path}")
+                raise NotFound(f"no route {request.method} {request.path}")
+            await handler(self, request, send)
+        except ThriftyError as exc:
+            await send_error(send, exc, anthropic=anthropic, request_id=request.request_id)
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            await send_error(
+                send,
+                ThriftyError("internal error in the gateway"),
+                anthropic=anthropic,
+                request_id=request.request_id,
+            )
+
+    async def _lifespan(self, receive: Any, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self._on_startup:
+                    await self._on_startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._on_shutdown:
+                    await self._on_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def chat_completions(app: ThriftyApp, request: Request, send: Send) -> None:
+    body = check_chat(parse_body(await request.body()))
+    chat = ChatRequest(body, request.request_id)
+    caller = request.caller(body.get("user"))
+    if chat.stream:
+        stream = await app.gateway.open_stream(chat, caller)
+        await relay_openai_stream(stream, request, send)
+        return
+    response, cost = await app.gateway.handle(chat, caller)
+    raw = response.raw if response.raw is not None else orjson.dumps(response.body)
+    await json_response(send, 200, raw, request_id=request.request_id, cost=cost, model=response.target.model)
+
+
+async def embeddings(app: ThriftyApp, request: Request, send: Send) -> None:
+    body = check_embeddings(parse_body(await request.body()))
+    caller = request.caller(body.get("user"))
+    response, cost = await app.gateway.embed(EmbeddingRequest(body, request.request_id), caller)
+    await json_response(
+        send,
+        200,
+        orjson.dumps(response.body),
+        request_id=request.request_id,
+        cost=cost,
+        model=response.target.model,
+    )
+
+
+async def models(app: ThriftyApp, request: Request, send: Send) -> None:
+    data = [{"id": alias, "object": "model", "created": 0, "owned_by": "thrifty"} for alias in app.gateway.aliases]
+    await json_response(send, 200, orjson.dumps({"object": "list", "data": data}), request_id=request.request_id)
+
+
+async def healthz(app: ThriftyApp, request: Request, send: Send) -> None:
+    await json_response(send, 200, b'{"status":"ok"}', request_id=request.request_id)
+
+
+async def readyz(app: ThriftyApp, request: Request, send: Send) -> None:
+    if await asyncio.to_thread(app.ready):
+        await json_response(send, 200, b'{"status":"ready"}', request_id=request.request_id)
+        return
+    body = orjson.dumps({"status": "unavailable", "reason": "the ledger database is not reachable"})
+    await json_response(send, 503, body, request_id=request.request_id)
+
+
+async def metrics(app: ThriftyApp, request: Request, send: Send) -> None:
+    await json_response(
+        send,
+        200,
+        app.gateway.metrics.render(),
+        request_id=request.request_id,
+        content_type=b"text/plain; version=0.0.4; charset=utf-8",
+    )
+
+
+async def openapi_document(app: ThriftyApp, request: Request, send: Send) -> None:
+    await json_response(send, 200, orjson.dumps(openapi.document()), request_id=request.request_id)
+
+
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("POST", "/v1/chat/completions"): chat_completions,
+    ("POST", "/v1/messages"): anthropic_routes.messages,
+    ("POST", "/v1/embeddings"): embeddings,
+    ("GET", "/v1/models"): models,
+    ("GET", "/healthz"): healthz,
+    ("GET", "/readyz"): readyz,
+    ("GET", "/metrics"): metrics,
+    ("GET", "/openapi.json"): openapi_document,
+}

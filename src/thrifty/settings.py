@@ -1,0 +1,155 @@
+"""The config file, validated once at start-up.
+
+One TOML file (``--config FILE``, else ``$THRIFTY_CONFIG``, else ``./thrifty.toml``). Unknown keys are refused
+with their name; secrets are never in the file, only the names of the environment variables that hold them.
+Relative paths are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from thrifty.errors import ConfigError
+from thrifty.types import Target
+
+DEFAULT_CONFIG = "thrifty.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8787
+    max_body_bytes: Annotated[int, Field(gt=0)] = 8 * 1024 * 1024
+    upstream_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    first_byte_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+
+
+class LedgerSettings(_Strict):
+    url: str = "sqlite:///thrifty.sqlite"
+    journal_dir: str = ""
+    """Where rows wait until the database has them; default: ``<config folder>/.thrifty-journal``."""
+    flush_interval_ms: Annotated[int, Field(gt=0)] = 50
+    capture_payloads: bool = False
+    """Keep each prompt and answer beside its row, so traffic can be exported as a workload. Off: prompts
+    are the users' data."""
+
+
+class ProviderSettings(_Strict):
+    kind: Literal["openai", "anthropic", "replay"]
+    base_url: str = ""
+    api_key_env: str = ""
+    workload: str = ""
+    """Replay providers: the recorded workload file (default: the bundled demo workload)."""
+    catalog_provider: str | None = None
+    """The genai-prices provider id for pricing; default from ``kind`` and ``base_url``."""
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> ProviderSettings:
+        if self.kind == "openai" and not self.base_url:
+            return self.model_copy(update={"base_url": "https://api.openai.com/v1"})
+        if self.kind == "anthropic" and not self.base_url:
+            return self.model_copy(update={"base_url": "https://api.anthropic.com"})
+        return self
+
+
+class ModelSettings(_Strict):
+    targets: Annotated[list[str], Field(min_length=1)]
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_parse(cls, targets: list[str]) -> list[str]:
+        for text in targets:
+            Target.parse(text)
+        return targets
+
+    def parsed_targets(self) -> tuple[Target, ...]:
+        return tuple(Target.parse(text) for text in self.targets)
+
+
+class PriceSettings(_Strict):
+    usd_per_mtok_input: Annotated[Decimal, Field(ge=0)]
+    usd_per_mtok_output: Annotated[Decimal, Field(ge=0)]
+    usd_per_mtok_cache_read: Annotated[Decimal, Field(ge=0)] | None = None
+    usd_per_mtok_cache_write: Annotated[Decimal, Field(ge=0)] | None = None
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    ledger: LedgerSettings = LedgerSettings()
+    providers: dict[str, ProviderSettings] = {}
+    models: dict[str, ModelSettings] = {}
+    prices: dict[str, PriceSettings] = {}
+    base_dir: Path = Path(".")
+    """The config file's folder (set by ``load_settings``, not by the file)."""
+
+    @model_validator(mode="after")
+    def _targets_exist(self) -> Settings:
+        for alias, model in self.models.items():
+            for target in model.parsed_targets():
+                if target.provider not in self.providers:
+                    known = ", ".join(sorted(self.providers)) or "none"
+                    raise ValueError(
+                        f"models.{alias}: target {target} names provider {target.provider!r}, "
+                        f"which is not configured (providers: {known})"
+                    )
+        return self
+
+    def path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def ledger_url(self) -> str:
+        url = self.ledger.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str(self.path(url[len(prefix) :]))
+        return url
+
+    def journal_dir(self) -> Path:
+        return self.path(self.ledger.journal_dir or ".thrifty-journal")
+
+
+def config_path(explicit: str | None) -> Path:
+    return Path(explicit or os.environ.get("THRIFTY_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a config file; every problem becomes one ConfigError naming the key."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return settings_from_dict(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+def settings_from_dict(raw: dict[str, object], *, base_dir: Path, source: str = "config") -> Settings:
+    if "base_dir" in raw:
+        raise ConfigError(f"{source}: unknown key 'base_dir'")
+    try:
+        return Settings.model_validate({**raw, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + _describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{where}'")
+        else:
+            lines.append(f"{where}: {error['msg']}")
+    return "; ".join(lines)

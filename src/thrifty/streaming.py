@@ -1,0 +1,101 @@
+"""A streamed completion after its first chunk: relays the rest and records the request however it ends.
+
+The ledger row is written in ``finally``: when the stream completes (before the server sends ``[DONE]``, so a
+crash after the client saw the end cannot lose it), when the upstream fails mid-stream, and when the client
+goes away. If the provider never reported usage (a cancelled or broken stream), the tokens it already produced
+are counted offline and marked estimated: they were billed, so they are never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+
+from thrifty.accounting import Trace
+from thrifty.errors import ThriftyError
+from thrifty.protocols import Admission
+from thrifty.tokens import message_text
+from thrifty.types import ChatRequest, Cost, Status, StreamChunk, Target, Usage
+
+if TYPE_CHECKING:
+    from thrifty.pipeline import Gateway
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedStream:
+    target: Target
+    first: StreamChunk
+    rest: AsyncGenerator[StreamChunk, None]
+
+
+class ChatStream:
+    def __init__(
+        self, gateway: Gateway, request: ChatRequest, trace: Trace, opened: OpenedStream, admission: Admission
+    ) -> None:
+        self._gateway, self._request, self._trace = gateway, request, trace
+        self._opened, self._admission = opened, admission
+        self._payloads: list[bytes] = []
+        self._usage: Usage | None = None
+        self.cost: Cost | None = None
+        self.error: ThriftyError | None = None
+        trace.target = opened.target
+
+    @property
+    def request_id(self) -> str:
+        return self._trace.request_id
+
+    @property
+    def target(self) -> Target:
+        return self._opened.target
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The JSON payloads to send as SSE ``data:`` events (an error object last if the upstream failed)."""
+        status: Status = "cancelled"
+        error_type = ""
+        wants_usage = self._request.client_wants_usage
+        chunk: StreamChunk | None = self._opened.first
+        try:
+            while chunk is not None:
+                if chunk.usage is not None:
+                    self._usage = chunk.usage
+                if not chunk.usage_only:
+                    self._payloads.append(chunk.payload)
+                if wants_usage or not chunk.usage_only:
+                    yield chunk.payload
+                chunk = await anext(self._opened.rest, None)
+            status = "ok"
+        except ThriftyError as exc:
+            status, error_type, self.error = "error", exc.error_type, exc
+            yield orjson.dumps(exc.to_openai())
+        finally:
+            await self._opened.rest.aclose()
+            self._finish(status, error_type)
+
+    def _finish(self, status: Status, error_type: str) -> None:
+        trace = self._trace
+        trace.upstream_ms = trace.elapsed_ms()
+        text = streamed_text(self._payloads) if self._usage is None or self._gateway.capture_payloads else ""
+        trace.usage = self._usage or self._gateway.estimate_usage(self._request, self.target, text)
+        cost = self._gateway.pricer.cost(self.target, trace.usage)
+        self._admission.settle(cost)
+        self.cost = cost
+        if status == "ok":
+            entry = self._gateway.finished(trace, cost, self._request, text)
+        else:
+            entry = trace.entry(status, cost, cost, error_type=error_type or "client_disconnected")
+        self._gateway.record(entry)
+
+
+def streamed_text(payloads: list[bytes]) -> str:
+    parts: list[str] = []
+    for payload in payloads:
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        for choice in chunk.get("choices") or []:
+            parts.append(message_text(choice.get("delta") or {}))
+    return "".join(parts)
