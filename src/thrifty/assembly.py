@@ -78,18 +78,19 @@ def build_pricer(settings: Settings) -> CatalogPricer:
         )
         for model, p in settings.prices.items()
     }
-    return CatalogPricer(overrides, {name: catalog_provider(p) for name, p in settings.providers.items()})
+    return CatalogPricer(overrides, {name: catalog_providers(p) for name, p in settings.providers.items()})
 
 
-def catalog_provider(provider: ProviderSettings) -> str | None:
+def catalog_providers(provider: ProviderSettings) -> tuple[str | None, ...]:
+    """Where to look a provider's models up in the catalog: as configured, else by host, then by name alone,
+    then as the vendor whose API it speaks (a gateway or proxy in front of OpenAI serves OpenAI's models)."""
     if provider.catalog_provider is not None:
-        return provider.catalog_provider
+        return (provider.catalog_provider,)
     host = urlparse(provider.base_url).hostname or ""
-    if provider.kind == "anthropic" and host.endswith("anthropic.com"):
-        return "anthropic"
-    if provider.kind == "openai" and host.endswith("openai.com"):
-        return "openai"
-    return None
+    vendor = "anthropic" if provider.kind == "anthropic" else "openai"
+    if host.endswith(("openai.com", "anthropic.com")):
+        return (vendor,)
+    return (None, vendor)
 
 
 def build_provider(name: str, provider: ProviderSettings, settings: Settings, counter: TiktokenCounter) -> Provider:

@@ -109,7 +109,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         out = {
             "by": args.by,
             "rows": [r.as_json() for r in rows],
-            "savings_usd": {k: str(v) for k, v in savings.items()},
+            "savings_usd": {k: queries.plain(v) for k, v in savings.items()},
         }
         print(json.dumps(out, indent=2))
         return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -58,10 +58,10 @@ class CatalogPricer:
     def __init__(
         self,
         overrides: Mapping[str, ModelPrice] | None = None,
-        catalog_providers: Mapping[str, str | None] | None = None,
+        catalog_providers: Mapping[str, Sequence[str | None]] | None = None,
     ) -> None:
         """``overrides`` is keyed by ``model`` or ``provider::model``; ``catalog_providers`` maps a configured
-        provider name to its genai-prices provider id (None lets the catalog match on the model name alone)."""
+        provider name to the genai-prices provider ids to try in order (None matches on the model name alone)."""
         self._overrides = dict(overrides or {})
         self._catalog_providers = dict(catalog_providers or {})
         self._cache: dict[Target, PriceFn | None] = {}
@@ -98,12 +98,12 @@ class CatalogPricer:
             return price
 
     def _from_catalog(self, target: Target) -> PriceFn | None:
-        provider_id = self._catalog_providers.get(target.provider)
-        try:
-            found = catalog_price(target.model, provider_id)
-        except LookupError:
-            return None
-        return found
+        for provider_id in self._catalog_providers.get(target.provider, (None,)):
+            try:
+                return catalog_price(target.model, provider_id)
+            except LookupError:
+                continue
+        return None
 
 
 def catalog_price(model: str, provider_id: str | None) -> PriceFn:

@@ -54,7 +54,6 @@ class ChatStream:
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The JSON payloads to send as SSE ``data:`` events (an error object last if the upstream failed)."""
         status: Status = "cancelled"
-        error_type = ""
         wants_usage = self._request.client_wants_usage
         chunk: StreamChunk | None = self._opened.first
         try:
@@ -68,11 +67,14 @@ class ChatStream:
                 chunk = await anext(self._opened.rest, None)
             status = "ok"
         except ThriftyError as exc:
-            status, error_type, self.error = "error", exc.error_type, exc
+            status, self.error = "error", exc
+            # Recorded before the client hears of the failure, as a finished stream is before [DONE].
+            self._finish(status, exc.error_type)
             yield orjson.dumps(exc.to_openai())
         finally:
             await self._opened.rest.aclose()
-            self._finish(status, error_type)
+            if self.cost is None:
+                self._finish(status, "")
 
     def _finish(self, status: Status, error_type: str) -> None:
         trace = self._trace

@@ -48,11 +48,16 @@ class ReportRow:
             "output_tokens": self.output_tokens,
             "cache_read_tokens": self.cache_read_tokens,
             "cache_write_tokens": self.cache_write_tokens,
-            "cost_usd": str(self.cost_usd),
-            "baseline_cost_usd": str(self.baseline_cost_usd),
+            "cost_usd": plain(self.cost_usd),
+            "baseline_cost_usd": plain(self.baseline_cost_usd),
             "unpriced_requests": self.unpriced,
             "estimated_token_requests": self.estimated,
         }
+
+
+def plain(usd: Decimal) -> str:
+    """A decimal string without exponent or trailing zeros: '0.00054', '12'."""
+    return format(usd.normalize(), "f")
 
 
 def since_timestamp(day: str | None) -> float | None:

@@ -54,20 +54,26 @@ def anthropic_request_to_openai(body: JsonObject) -> JsonObject:
         raise BadRequest("'messages' is required and must be a non-empty list of objects", param="messages")
     converted = _system(body.get("system")) + [out for message in messages for out in _messages(message)]
     request: JsonObject = {"model": model, "messages": converted, "max_tokens": max_tokens}
-    for name in ("temperature", "top_p"):
-        if body.get(name) is not None:
-            request[name] = body[name]
-    if body.get("stop_sequences"):
-        request["stop"] = list(body["stop_sequences"])
-    user_id = (body.get("metadata") or {}).get("user_id")
-    if user_id:
-        request["user"] = str(user_id)
-    if body.get("stream"):
-        # The closing message_delta must report usage, so the usage chunk is always asked for.
-        request["stream"] = True
-        request["stream_options"] = {"include_usage": True}
+    request.update(_options(body))
     request.update(_tool_fields(body))
     return request
+
+
+def _options(body: JsonObject) -> JsonObject:
+    options = {name: body[name] for name in ("temperature", "top_p") if body.get(name) is not None}
+    stop = body.get("stop_sequences")
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(item, str) for item in stop)):
+        raise BadRequest("'stop_sequences' must be a list of strings", param="stop_sequences")
+    if stop:
+        options["stop"] = stop
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and metadata.get("user_id"):
+        options["user"] = str(metadata["user_id"])
+    if body.get("stream"):
+        # The closing message_delta must report usage, so the usage chunk is always asked for.
+        options["stream"] = True
+        options["stream_options"] = {"include_usage": True}
+    return options
 
 
 def _system(system: Any) -> list[JsonObject]:
@@ -77,7 +83,7 @@ def _system(system: Any) -> list[JsonObject]:
         return [{"role": "system", "content": system}]
     if not isinstance(system, list):
         raise BadRequest("'system' must be a string or a list of text blocks", param="system")
-    return [{"role": "system", "content": _content([_text_part(block) for block in system])}]
+    return [{"role": "system", "content": _content([_text_part(block, "system") for block in system])}]
 
 
 def _messages(message: JsonObject) -> list[JsonObject]:
@@ -109,7 +115,9 @@ def _user_messages(blocks: list[JsonObject]) -> list[JsonObject]:
 
 def _tool_message(block: JsonObject) -> tuple[JsonObject, list[JsonObject]]:
     content = block.get("content")
-    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+    if not isinstance(blocks, list) or not all(isinstance(inner, dict) for inner in blocks):
+        raise BadRequest("tool_result content must be a string or a list of blocks", param="messages")
     texts = [_text_part(inner) for inner in blocks if inner.get("type") == "text" and inner.get("text")]
     others = [_user_part(inner) for inner in blocks if inner.get("type") != "text"]
     if block.get("is_error"):
@@ -129,7 +137,7 @@ def _user_part(block: JsonObject) -> JsonObject:
     kind = block.get("type")
     if kind == "text":
         return _text_part(block)
-    source = block.get("source") or {}
+    source = block["source"] if isinstance(block.get("source"), dict) else {}
     if kind == "image" and source.get("type") == "url":
         part: JsonObject = {"type": "image_url", "image_url": {"url": source.get("url")}}
     elif kind == "image" and source.get("type") == "base64":
@@ -151,9 +159,9 @@ def _user_part(block: JsonObject) -> JsonObject:
     return part
 
 
-def _text_part(block: Any) -> JsonObject:
+def _text_part(block: Any, param: str = "messages") -> JsonObject:
     if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-        raise BadRequest("expected a text block with a 'text' string", param="messages")
+        raise BadRequest(f"'{param}' holds a block that is not text with a 'text' string", param=param)
     part: JsonObject = {"type": "text", "text": block["text"]}
     if block.get("cache_control"):
         part["cache_control"] = block["cache_control"]
@@ -193,16 +201,18 @@ def _tool_fields(body: JsonObject) -> JsonObject:
         # OpenAI refuses tool_choice and parallel_tool_calls without tools.
         return {}
     fields: JsonObject = {"tools": [_tool(tool) for tool in tools]}
-    choice = body.get("tool_choice") or {}
-    kind = choice.get("type")
+    choice = body.get("tool_choice")
+    if choice is None:
+        return fields
+    kind = choice.get("type") if isinstance(choice, dict) else None
     if kind in ("auto", "none"):
         fields["tool_choice"] = kind
     elif kind == "any":
         fields["tool_choice"] = "required"
-    elif kind == "tool":
-        fields["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
-    elif kind is not None:
-        raise BadRequest(f"unsupported tool_choice type {kind!r}", param="tool_choice")
+    elif kind == "tool" and choice.get("name"):
+        fields["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    else:
+        raise BadRequest(f"unsupported tool_choice {choice!r}", param="tool_choice")
     if choice.get("disable_parallel_tool_use"):
         fields["parallel_tool_calls"] = False
     return fields

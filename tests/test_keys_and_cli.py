@@ -1,0 +1,137 @@
+"""Virtual keys, attribution by tenant, and the CLI commands over the ledger (run as real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from fakes.upstream import FakeUpstream, FakeUsage
+from gateway_harness import config_text, ledger_rows
+from thrifty.keys import create_key, revoke_key
+from thrifty.server.run import ServerThread
+from thrifty.settings import load_settings
+
+HI = [{"role": "user", "content": "hello there"}]
+
+
+def thrifty(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "THRIFTY_CONFIG": str(cwd / "thrifty.toml")}
+    return subprocess.run(
+        [sys.executable, "-m", "thrifty.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def up() -> Iterator[FakeUpstream]:
+    with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200)) as upstream:
+        yield upstream
+
+
+def test_keys_attribute_tenants_and_revocation_takes_effect(tmp_path: Path, up: FakeUpstream) -> None:
+    (tmp_path / "thrifty.toml").write_text(config_text(up))
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+        engine = gw.runtime.ledger.engine
+        record, secret = create_key(engine, "acme", "ci")
+        gw.runtime.keys.refresh()
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="sk-wrong", max_retries=0) as bad:
+            with pytest.raises(openai.AuthenticationError):
+                bad.chat.completions.create(model="fast", messages=HI)
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key=secret, max_retries=0) as good:
+            good.chat.completions.create(model="fast", messages=HI)
+            revoke_key(engine, record.key_id)
+            gw.runtime.keys.refresh()
+            with pytest.raises(openai.AuthenticationError, match="revoked"):
+                good.chat.completions.create(model="fast", messages=HI)
+        rows = ledger_rows(gw)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert [(r["tenant"], r["key_id"]) for r in ok] == [("acme", record.key_id)]
+    assert len(rows) == 3 and sum(r["error_type"] == "authentication_error" for r in rows) == 2
+
+
+def test_without_keys_only_loopback_is_served(tmp_path: Path, up: FakeUpstream) -> None:
+    from thrifty.errors import PermissionDenied
+    from thrifty.types import Caller
+
+    (tmp_path / "thrifty.toml").write_text(config_text(up))
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+        keys = gw.runtime.keys
+        assert keys.authenticate(Caller(loopback=True)).tenant == "default"
+        with pytest.raises(PermissionDenied, match="loopback"):
+            keys.authenticate(Caller(loopback=False))
+
+
+def test_cli_config_check_keys_and_report(tmp_path: Path, up: FakeUpstream) -> None:
+    (tmp_path / "thrifty.toml").write_text(config_text(up))
+    checked = thrifty("config", "check", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "ok (3 providers, 5 models)" in checked.stdout
+    assert "my-private-finetune has no price" in checked.stdout
+
+    created = thrifty("keys", "create", "--tenant", "acme", "--name", "ci", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.split("secret:")[1].strip()
+    key_id = created.stdout.split("key id:")[1].split()[0]
+    assert secret.startswith("sk-thr-") and secret not in (tmp_path / "ledger.sqlite").read_bytes().decode("latin-1")
+
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key=secret, max_retries=0) as client:
+            for feature in ("a", "a", "b"):
+                client.chat.completions.create(model="fast", messages=HI, extra_headers={"x-thrifty-feature": feature})
+            client.chat.completions.create(model="mystery", messages=HI)
+        ledger_rows(gw)
+
+    report = thrifty("report", "--by", "feature", "--json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    rows = {r["group"]: r for r in json.loads(report.stdout)["rows"]}
+    assert rows["a"]["requests"] == 2 and rows["a"]["cost_usd"] == "0.00054"
+    assert rows[""]["unpriced_requests"] == 1
+    text = thrifty("report", "--by", "model", cwd=tmp_path)
+    assert "1 requests are unpriced" in text.stdout and "gpt-4o-mini" in text.stdout
+
+    listed = thrifty("keys", "list", cwd=tmp_path)
+    assert key_id in listed.stdout and "active" in listed.stdout and secret not in listed.stdout
+    assert thrifty("keys", "revoke", key_id, cwd=tmp_path).returncode == 0
+    assert "revoked" in thrifty("keys", "list", cwd=tmp_path).stdout
+    again = thrifty("keys", "revoke", key_id, cwd=tmp_path)
+    assert again.returncode == 1 and "no active key" in again.stderr
+
+
+def test_config_check_refuses_unknown_keys_and_bad_targets(tmp_path: Path) -> None:
+    (tmp_path / "thrifty.toml").write_text('[providers.up]\nkind = "openai"\ncolour = "blue"\n')
+    result = thrifty("config", "check", cwd=tmp_path)
+    assert result.returncode == 1 and "unknown key 'providers.up.colour'" in result.stderr
+    (tmp_path / "thrifty.toml").write_text('[models.fast]\ntargets = ["nowhere::gpt-4o"]\n')
+    result = thrifty("config", "check", cwd=tmp_path)
+    assert result.returncode == 1 and "'nowhere', which is not configured" in result.stderr
+    (tmp_path / "thrifty.toml").write_text('[providers.up]\nkind = "openai"\napi_key_env = "THRIFTY_TEST_NOT_SET"\n')
+    result = thrifty("config", "check", cwd=tmp_path)
+    assert result.returncode == 1 and "THRIFTY_TEST_NOT_SET" in result.stderr
+    (tmp_path / "thrifty.toml").write_text("[providers.up\n")
+    assert "not valid TOML" in thrifty("config", "check", cwd=tmp_path).stderr
+
+
+def test_simulate_and_export_round_trip(tmp_path: Path) -> None:
+    (tmp_path / "thrifty.toml").write_text(
+        '[providers.rec]\nkind = "replay"\n[models."gpt-4-1106-preview"]\ntargets = ["rec::gpt-4-1106-preview"]\n'
+        "[ledger]\ncapture_payloads = true\n"
+    )
+    from thrifty.workload import demo_workload_path, read_workload, write_workload
+
+    write_workload(tmp_path / "w.jsonl", read_workload(demo_workload_path())[:40])
+    result = thrifty("simulate", "--workload", "w.jsonl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "gpt-4-1106-preview" in result.stdout and "TOTAL" in result.stdout and "Quality" in result.stdout
+    ledger = result.stdout.split("Ledger: sqlite:///")[1].strip()
+    (tmp_path / "sim.toml").write_text(f'[ledger]\nurl = "sqlite:///{ledger}"\n')
+    exported = thrifty("export", "--out", "out.jsonl", "--config", str(tmp_path / "sim.toml"), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    records = read_workload(tmp_path / "out.jsonl")
+    assert len(records) == 40
+    assert all(r.answers["gpt-4-1106-preview"].text for r in records if r.source == "ledger")

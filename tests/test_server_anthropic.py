@@ -1,0 +1,132 @@
+"""Anthropic both ways: the anthropic SDK as a client of the gateway, and an Anthropic upstream behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from fakes.upstream import FakeUpstream, FakeUsage, Fault
+from gateway_harness import ledger_rows, running_gateway
+from thrifty.server.run import ServerThread
+
+HI = [{"role": "user", "content": "hello there"}]
+# claude-3-5-haiku: 600 uncached x $0.80 + 400 cache reads x $0.08 + 200 out x $4.00, per million tokens.
+HAIKU_COST = Decimal("0.001312")
+
+
+@pytest.fixture
+def up() -> Iterator[FakeUpstream]:
+    with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200, cache_read_tokens=400)) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def gw(tmp_path: Path, up: FakeUpstream) -> Iterator[ServerThread]:
+    with running_gateway(tmp_path, up) as server:
+        yield server
+
+
+@pytest.fixture
+def claude_client(gw: ServerThread) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=gw.base_url, api_key="unused", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture
+def openai_client(gw: ServerThread) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0) as client:
+        yield client
+
+
+def test_openai_client_to_anthropic_upstream_prices_cache_tokens_once(
+    openai_client: openai.OpenAI, gw: ServerThread, up: FakeUpstream
+) -> None:
+    raw = openai_client.chat.completions.with_raw_response.create(
+        model="claude", messages=[{"role": "system", "content": "be brief"}, *HI], max_tokens=64
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "echo: hello there"
+    assert completion.usage is not None and completion.usage.prompt_tokens == 1000
+    sent = up.requests[-1]
+    assert sent.path == "/v1/messages" and sent.json["system"] in ("be brief", [{"type": "text", "text": "be brief"}])
+    assert sent.json["max_tokens"] == 64 and sent.headers["anthropic-version"]
+    assert Decimal(raw.headers["x-thrifty-cost-usd"]) == HAIKU_COST
+    (row,) = ledger_rows(gw)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (1000, 400, 200)
+
+
+def test_openai_client_streams_from_anthropic_upstream(openai_client: openai.OpenAI, gw: ServerThread) -> None:
+    chunks = list(
+        openai_client.chat.completions.create(
+            model="claude", messages=HI, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello there"
+    assert [c.usage.prompt_tokens for c in chunks if c.usage] == [1000]
+    (row,) = ledger_rows(gw)
+    assert row["streamed"] and row["cost_nusd"] == 1_312_000
+
+
+def test_anthropic_upstream_tool_calls_translate(openai_client: openai.OpenAI) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+    completion = openai_client.chat.completions.create(
+        model="claude",
+        messages=[{"role": "user", "content": "please call tool"}],
+        tools=[tool],  # type: ignore[list-item]
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls and choice.message.tool_calls[0].function.name == "weather"  # type: ignore[union-attr]
+
+
+def test_anthropic_sdk_client_through_the_gateway(
+    claude_client: anthropic.Anthropic, gw: ServerThread, up: FakeUpstream
+) -> None:
+    raw = claude_client.messages.with_raw_response.create(
+        model="fast",
+        max_tokens=100,
+        system="be brief",
+        messages=[{"role": "user", "content": "hello there"}],
+        extra_headers={"x-thrifty-feature": "support"},
+    )
+    message = raw.parse()
+    assert message.content[0].type == "text" and message.content[0].text == "echo: hello there"
+    assert message.usage.input_tokens == 600 and message.usage.cache_read_input_tokens == 400
+    assert raw.headers["x-thrifty-model"] == "gpt-4o-mini"
+    sent = up.requests[-1].json
+    assert sent["messages"][0] == {"role": "system", "content": "be brief"} and sent["max_tokens"] == 100
+    assert ledger_rows(gw)[0]["feature"] == "support"
+
+
+def test_anthropic_sdk_client_streams_through_the_gateway(claude_client: anthropic.Anthropic, gw: ServerThread) -> None:
+    with claude_client.messages.stream(
+        model="claude", max_tokens=100, messages=[{"role": "user", "content": "hello there"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "echo: hello there"
+    assert final.usage.output_tokens == 200
+    (row,) = ledger_rows(gw)
+    assert row["streamed"] and row["status"] == "ok" and row["cost_nusd"] == 1_312_000
+
+
+def test_anthropic_sdk_client_gets_errors_in_anthropic_shape(
+    claude_client: anthropic.Anthropic, up: FakeUpstream
+) -> None:
+    with pytest.raises(anthropic.NotFoundError) as info:
+        claude_client.messages.create(model="ghost", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    assert info.value.body["type"] == "error"  # type: ignore[index]
+    up.mode = Fault.status(429)
+    with pytest.raises(anthropic.RateLimitError):
+        claude_client.messages.create(model="claude", max_tokens=10, messages=[{"role": "user", "content": "x"}])
