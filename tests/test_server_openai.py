@@ -196,3 +196,14 @@ def test_embeddings_models_and_health(client: openai.OpenAI, gw: ServerThread) -
     assert "thrifty_overhead_seconds_bucket" in text and "thrifty_upstream_latency_seconds_bucket" in text
     row = ledger_rows(gw)[0]
     assert row["endpoint"] == "embeddings" and row["cost_nusd"] is not None
+
+
+@pytest.mark.postgres
+def test_the_gateway_on_a_postgresql_ledger(tmp_path: Path, up: FakeUpstream, pg_url: str) -> None:
+    with running_gateway(tmp_path, up, ledger_url=pg_url) as server:
+        with openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as client:
+            client.chat.completions.create(model="fast", messages=HI)
+            list(client.chat.completions.create(model="fast", messages=HI, stream=True))
+        rows = ledger_rows(server)
+    assert server.runtime.ledger.engine.dialect.name == "postgresql"
+    assert [(r["streamed"], r["cost_nusd"]) for r in rows] == [(False, 240_000), (True, 240_000)]

@@ -15,6 +15,7 @@ from thrifty.types import Cost, LedgerEntry, Payload, Principal, Status, Target,
 
 
 def new_request_id() -> str:
+    """96 random bits from the OS: unique across replicas and forked workers without coordination."""
     return "req_" + secrets.token_hex(12)
 
 

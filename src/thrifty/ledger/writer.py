@@ -7,6 +7,7 @@ journal after a crash never counts a request twice.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -54,12 +55,21 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
 
 
+@functools.lru_cache(maxsize=64)
+def _day_of(days_since_epoch: int) -> str:
+    return datetime.fromtimestamp(days_since_epoch * 86400, UTC).strftime("%Y-%m-%d")
+
+
+def utc_day(timestamp: float) -> str:
+    return _day_of(int(timestamp // 86400))
+
+
 def row_of(entry: LedgerEntry) -> Row:
     usage, who = entry.usage, entry.principal
     return {
         "request_id": entry.request_id,
         "started_at": entry.started_at,
-        "day": datetime.fromtimestamp(entry.started_at, UTC).strftime("%Y-%m-%d"),
+        "day": utc_day(entry.started_at),
         "endpoint": entry.endpoint,
         "tenant": who.tenant,
         "key_id": who.key_id,
@@ -189,10 +199,12 @@ class SqlLedger:
             return [], False
         if first is None:
             return [], True
+        # Gather for one interval: one transaction per interval, not per request, when traffic trickles in.
         batch = [first]
+        deadline = time.monotonic() + self._interval_s
         while len(batch) < BATCH_ROWS:
             try:
-                item = self._queue.get_nowait()
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
                 break
             if item is None:

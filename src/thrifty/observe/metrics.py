@@ -5,6 +5,8 @@ Labels stay bounded: provider, model and endpoint come from config; users and se
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from thrifty.types import LedgerEntry
@@ -13,8 +15,23 @@ _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 _OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1)
 
 
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    tokens: tuple[Counter, ...]
+    cost: Counter
+    unpriced: Counter
+    baseline: Counter
+    upstream: Histogram
+    ttft: Histogram
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
+        self._requests: dict[tuple[str, str, str, str], Counter] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -57,26 +74,43 @@ class GatewayMetrics:
 
     def observe(self, entry: LedgerEntry) -> None:
         provider, model, usage = entry.provider or "none", entry.model or "none", entry.usage
-        self.requests.labels(entry.endpoint, entry.requested_model, provider, entry.status).inc()
-        for kind, count in (
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-            ("cache_read", usage.cache_read_tokens),
-            ("cache_write", usage.cache_write_tokens),
+        key = (entry.endpoint, entry.requested_model, provider, entry.status)
+        requests = self._requests.get(key)
+        if requests is None:
+            requests = self._requests[key] = self.requests.labels(*key)
+        requests.inc()
+        series = self._series.get((provider, model)) or self._new_series(provider, model)
+        for child, count in zip(
+            series.tokens,
+            (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens),
+            strict=True,
         ):
             if count:
-                self.tokens.labels(kind, provider, model).inc(count)
+                child.inc(count)
         if entry.cost_usd is not None:
-            self.cost.labels(provider, model).inc(float(entry.cost_usd))
+            series.cost.inc(float(entry.cost_usd))
         else:
-            self.unpriced.labels(provider, model).inc()
+            series.unpriced.inc()
         if entry.baseline_cost_usd is not None:
-            self.baseline.labels(provider, model).inc(float(entry.baseline_cost_usd))
+            series.baseline.inc(float(entry.baseline_cost_usd))
         if entry.upstream_ms:
-            self.upstream.labels(provider).observe(entry.upstream_ms / 1000)
+            series.upstream.observe(entry.upstream_ms / 1000)
         self.overhead.observe(max(entry.total_ms - entry.upstream_ms, 0.0) / 1000)
         if entry.ttft_ms is not None:
-            self.ttft.labels(provider).observe(entry.ttft_ms / 1000)
+            series.ttft.observe(entry.ttft_ms / 1000)
+
+    def _new_series(self, provider: str, model: str) -> _Series:
+        """Label lookups cost more than the increments; each (provider, model) pair is looked up once."""
+        series = _Series(
+            tokens=tuple(self.tokens.labels(kind, provider, model) for kind in TOKEN_KINDS),
+            cost=self.cost.labels(provider, model),
+            unpriced=self.unpriced.labels(provider, model),
+            baseline=self.baseline.labels(provider, model),
+            upstream=self.upstream.labels(provider),
+            ttft=self.ttft.labels(provider),
+        )
+        self._series[(provider, model)] = series
+        return series
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
