@@ -32,6 +32,7 @@ class Trace:
     usage: Usage = field(default_factory=Usage)
     upstream_ms: float = 0.0
     ttft_ms: float | None = None
+    cache: str = ""
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
@@ -65,6 +66,7 @@ class Trace:
             streamed=self.streamed,
             savings_usd=savings or {},
             payload=payload,
+            cache=self.cache,
         )
 
 

@@ -16,11 +16,12 @@ from thrifty.observe.metrics import GatewayMetrics
 from thrifty.optimizers.none import NoOptimizer
 from thrifty.pipeline import Gateway
 from thrifty.pricing import CatalogPricer, ModelPrice
-from thrifty.protocols import Provider
+from thrifty.protocols import Provider, ResponseCache
 from thrifty.providers.http import Timeouts
 from thrifty.routers.static import StaticRouter
 from thrifty.settings import ProviderSettings, Settings
 from thrifty.tokens import TiktokenCounter
+from thrifty.types import Target
 
 
 @dataclass
@@ -45,6 +46,9 @@ class Runtime:
     async def aclose(self) -> None:
         for provider in self.gateway.providers.values():
             await provider.aclose()
+        close = getattr(self.gateway.cache, "aclose", None)
+        if close is not None:
+            await close()
         self.keys.close()
         self.ledger.close()
 
@@ -58,7 +62,7 @@ def build_runtime(settings: Settings) -> Runtime:
         aliases=aliases,
         authenticator=keys,
         guard=OpenGuard(),
-        cache=NoCache(),
+        cache=build_cache(settings, aliases),
         optimizer=NoOptimizer(),
         router=StaticRouter(aliases),
         providers={name: build_provider(name, p, settings, counter) for name, p in settings.providers.items()},
@@ -69,6 +73,28 @@ def build_runtime(settings: Settings) -> Runtime:
         capture_payloads=settings.ledger.capture_payloads,
     )
     return Runtime(settings, gateway, ledger, keys)
+
+
+def build_cache(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> ResponseCache:
+    config = settings.cache
+    rules = [*config.models.values(), *config.features.values()]
+    if not (config.exact or config.semantic or any(r.exact or r.semantic for r in rules)):
+        return NoCache()
+    from thrifty.caches.entries import EntryStore, MemoryStore
+    from thrifty.caches.layered import CachePolicy, LayeredCache
+
+    store: EntryStore
+    if config.store == "sqlite":
+        from thrifty.caches.shared_stores import SqliteStore
+
+        store = SqliteStore(settings.path(config.url or "cache.sqlite"), config.max_entries)
+    elif config.store == "redis":
+        from thrifty.caches.shared_stores import RedisStore
+
+        store = RedisStore(config.url or "redis://127.0.0.1:6379/0")
+    else:
+        store = MemoryStore(config.max_entries)
+    return LayeredCache(CachePolicy(config), store, aliases)
 
 
 def build_pricer(settings: Settings) -> CatalogPricer:

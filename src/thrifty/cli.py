@@ -74,7 +74,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from thrifty.keys import create_key
 
-    record, secret = create_key(_engine(args), args.tenant, args.name or "")
+    record, secret = create_key(_engine(args), args.tenant, args.name or "", admin=args.admin)
     print(f"key id:  {record.key_id}\ntenant:  {record.tenant}\nsecret:  {secret}")
     print("The secret is shown only now; the gateway stores its hash.", file=sys.stderr)
     return 0
@@ -139,6 +139,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_purge(args: argparse.Namespace) -> int:
+    from thrifty.caches.purge import purge_from_cli
+
+    settings = _settings(args)
+    scope_args = {"tenant": args.tenant, "feature": args.feature, "model": args.model, "older_than": args.older_than}
+    print(purge_from_cli(settings, scope_args, gateway_url=args.gateway, admin_key=args.key))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from thrifty.export import export_workload
 
@@ -169,12 +178,24 @@ def _parser() -> argparse.ArgumentParser:
     k = ksub.add_parser("create", parents=[config], help="issue a key (printed once)")
     k.add_argument("--tenant", required=True)
     k.add_argument("--name")
+    k.add_argument("--admin", action="store_true", help="may use the admin endpoints")
     k.set_defaults(run=cmd_keys_create)
     k = ksub.add_parser("revoke", parents=[config], help="revoke a key by id")
     k.add_argument("key_id")
     k.set_defaults(run=cmd_keys_revoke)
     k = ksub.add_parser("list", parents=[config], help="list keys (never their secrets)")
     k.set_defaults(run=cmd_keys_list)
+
+    p = sub.add_parser("cache", help="manage cached answers")
+    cache_sub = p.add_subparsers(metavar="ACTION")
+    c = cache_sub.add_parser("purge", parents=[config], help="purge cached answers (all, or those matching)")
+    c.add_argument("--tenant")
+    c.add_argument("--feature")
+    c.add_argument("--model", help="model alias")
+    c.add_argument("--older-than", help="age such as 30m, 12h, 7d")
+    c.add_argument("--gateway", help="a running gateway's URL, to purge its in-process caches too")
+    c.add_argument("--key", help="admin key for --gateway (default: $THRIFTY_ADMIN_KEY)")
+    c.set_defaults(run=cmd_cache_purge)
 
     p = sub.add_parser("report", parents=[config], help="requests, tokens and spend from the ledger")
     p.add_argument(

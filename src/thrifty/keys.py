@@ -34,16 +34,17 @@ class KeyRecord:
     name: str
     created_at: float
     revoked_at: float | None
+    admin: bool = False
 
 
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(engine: Engine, tenant: str, name: str = "") -> tuple[KeyRecord, str]:
+def create_key(engine: Engine, tenant: str, name: str = "", *, admin: bool = False) -> tuple[KeyRecord, str]:
     """Issue a key; the secret is returned once and never stored."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    record = KeyRecord("key_" + secrets.token_hex(8), tenant, name, time.time(), None)
+    record = KeyRecord("key_" + secrets.token_hex(8), tenant, name, time.time(), None, admin)
     with engine.begin() as conn:
         conn.execute(
             tables.keys.insert().values(
@@ -52,6 +53,7 @@ def create_key(engine: Engine, tenant: str, name: str = "") -> tuple[KeyRecord, 
                 name=name,
                 key_hash=hash_key(secret),
                 created_at=record.created_at,
+                admin=admin,
             )
         )
     return record, secret
@@ -71,7 +73,9 @@ def revoke_key(engine: Engine, key_id: str) -> None:
 def list_keys(engine: Engine) -> list[KeyRecord]:
     k = tables.keys.c
     with engine.connect() as conn:
-        rows = conn.execute(select(k.key_id, k.tenant, k.name, k.created_at, k.revoked_at).order_by(k.created_at))
+        rows = conn.execute(
+            select(k.key_id, k.tenant, k.name, k.created_at, k.revoked_at, k.admin).order_by(k.created_at)
+        )
         return [KeyRecord(*row) for row in rows]
 
 
@@ -79,7 +83,7 @@ class KeyAuthenticator:
     def __init__(self, engine: Engine, refresh_s: float = 5.0) -> None:
         self._engine = engine
         self._refresh_s = refresh_s
-        self._by_hash: dict[str, tuple[str, str, bool]] | None = None
+        self._by_hash: dict[str, tuple[str, str, bool, bool]] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh_loop, name="thrifty-keys", daemon=True)
 
@@ -94,11 +98,11 @@ class KeyAuthenticator:
         k = tables.keys.c
         try:
             with self._engine.connect() as conn:
-                rows = conn.execute(select(k.key_hash, k.key_id, k.tenant, k.revoked_at)).all()
+                rows = conn.execute(select(k.key_hash, k.key_id, k.tenant, k.revoked_at, k.admin)).all()
         except SQLAlchemyError as exc:
             log.warning("cannot refresh API keys (%s); using the last known set", exc.__class__.__name__)
             return
-        self._by_hash = {row[0]: (row[1], row[2], row[3] is not None) for row in rows}
+        self._by_hash = {row[0]: (row[1], row[2], row[3] is not None, bool(row[4])) for row in rows}
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self._refresh_s):
@@ -114,13 +118,13 @@ class KeyAuthenticator:
                     "no API keys are issued, so only loopback clients are served; "
                     "create one with `thrifty keys create --tenant T`"
                 )
-            return Principal("default", "", caller.user, caller.feature, caller.session)
+            return Principal("default", "", caller.user, caller.feature, caller.session, admin=True)
         if not caller.api_key:
             raise AuthenticationFailed("an API key is required: send 'Authorization: Bearer <key>'")
         found = known.get(hash_key(caller.api_key))
         if found is None:
             raise AuthenticationFailed("invalid API key")
-        key_id, tenant, revoked = found
+        key_id, tenant, revoked, admin = found
         if revoked:
             raise AuthenticationFailed(f"API key {key_id} has been revoked", code="revoked_api_key")
-        return Principal(tenant, key_id, caller.user, caller.feature, caller.session)
+        return Principal(tenant, key_id, caller.user, caller.feature, caller.session, admin)

@@ -29,7 +29,7 @@ from thrifty.protocols import (
 )
 from thrifty.providers.http import first_item
 from thrifty.routers.static import unknown_model
-from thrifty.streaming import ChatStream, OpenedStream
+from thrifty.streaming import ChatStream, OpenedStream, replay_stream
 from thrifty.tokens import TiktokenCounter, message_text
 from thrifty.types import (
     Caller,
@@ -86,9 +86,9 @@ class Gateway:
                 route = self.router.route(optimized, trace.principal)  # 5. route
                 response = await self._call(optimized, route, trace)  # 6. call provider
                 await self.cache.store(request, trace.principal, response)
-            trace.target = response.target
+            trace.target, trace.cache = response.target, response.cache
             trace.usage = response.usage or self.estimate_usage(request, response.target, output_text(response))
-            cost = self.pricer.cost(response.target, trace.usage)
+            cost = Cost(Decimal(0)) if response.cache else self.pricer.cost(response.target, trace.usage)
             admission.settle(cost)
         except ThriftyError as exc:
             self._record_failure(trace, exc)
@@ -103,7 +103,11 @@ class Gateway:
             trace.principal = self.authenticator.authenticate(caller)  # 1. authenticate
             self._check_model(request.model)
             admission = self.guard.admit(request, trace.principal)  # 2. guard
-            optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize (3 is per-issue)
+            cached = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
+            if cached is not None:
+                trace.cache = cached.cache
+                return ChatStream(self, request, trace, await replay_stream(cached), admission)
+            optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize
             route = self.router.route(optimized, trace.principal)  # 5. route
             opened = await self._open(optimized, route, trace)  # 6. call provider
         except ThriftyError as exc:
@@ -199,7 +203,7 @@ class Gateway:
         if self.capture_payloads and request is not None:
             body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
             payload = Payload(body, answer)
-        savings = savings_by_lever(cost, baseline, "fallback")
+        savings = savings_by_lever(cost, baseline, "cache" if trace.cache else "fallback")
         return trace.entry("ok", cost, baseline, savings=savings, payload=payload)
 
     def _record_failure(self, trace: Trace, exc: ThriftyError) -> None:

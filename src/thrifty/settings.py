@@ -84,12 +84,38 @@ class PriceSettings(_Strict):
     usd_per_mtok_cache_write: Annotated[Decimal, Field(ge=0)] | None = None
 
 
+class CacheRule(_Strict):
+    """Per alias (``[cache.models.ALIAS]``) or per feature (``[cache.features.NAME]``); unset keys inherit."""
+
+    exact: bool | None = None
+    semantic: bool | None = None
+    semantic_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    ttl_s: Annotated[float, Field(gt=0)] | None = None
+
+
+class CacheSettings(_Strict):
+    exact: bool = False
+    semantic: bool = False
+    semantic_threshold: Annotated[float, Field(ge=0, le=1)] = 0.8
+    store: Literal["memory", "sqlite", "redis"] = "memory"
+    """Where exact entries live: this process, a SQLite file (``url`` is its path), or Redis (``url``)."""
+    url: str = ""
+    ttl_s: Annotated[float, Field(gt=0)] = 86_400.0
+    max_entries: Annotated[int, Field(gt=0)] = 100_000
+    max_temperature: Annotated[float, Field(ge=0)] = 1.0
+    """Requests sampled hotter than this are never cached (an unset temperature counts as OpenAI's 1.0)."""
+    cache_tool_calls: bool = False
+    models: dict[str, CacheRule] = {}
+    features: dict[str, CacheRule] = {}
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     ledger: LedgerSettings = LedgerSettings()
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
     prices: dict[str, PriceSettings] = {}
+    cache: CacheSettings = CacheSettings()
     base_dir: Path = Path(".")
     """The config file's folder (set by ``load_settings``, not by the file)."""
 

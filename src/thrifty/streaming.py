@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import orjson
 
 from thrifty.accounting import Trace
+from thrifty.completions import assemble, chunks_of
 from thrifty.errors import ThriftyError
 from thrifty.protocols import Admission
 from thrifty.tokens import message_text
-from thrifty.types import ChatRequest, Cost, Status, StreamChunk, Target, Usage
+from thrifty.types import ChatRequest, ChatResponse, Cost, Status, StreamChunk, Target, Usage
 
 if TYPE_CHECKING:
     from thrifty.pipeline import Gateway
@@ -29,6 +31,12 @@ class OpenedStream:
     target: Target
     first: StreamChunk
     rest: AsyncGenerator[StreamChunk, None]
+
+
+async def replay_stream(cached: ChatResponse) -> OpenedStream:
+    """A cached answer, opened as if a provider were streaming it."""
+    chunks = chunks_of(cached)
+    return OpenedStream(cached.target, await anext(chunks), chunks)
 
 
 class ChatStream:
@@ -51,6 +59,10 @@ class ChatStream:
     def target(self) -> Target:
         return self._opened.target
 
+    @property
+    def cache(self) -> str:
+        return self._trace.cache
+
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The JSON payloads to send as SSE ``data:`` events (an error object last if the upstream failed)."""
         status: Status = "cancelled"
@@ -66,6 +78,7 @@ class ChatStream:
                     yield chunk.payload
                 chunk = await anext(self._opened.rest, None)
             status = "ok"
+            await self._store()
         except ThriftyError as exc:
             status, self.error = "error", exc
             # Recorded before the client hears of the failure, as a finished stream is before [DONE].
@@ -76,12 +89,20 @@ class ChatStream:
             if self.cost is None:
                 self._finish(status, "")
 
+    async def _store(self) -> None:
+        """A fresh, complete answer goes to the cache like a non-streamed one."""
+        if self._trace.cache or self._usage is None:
+            return
+        body = assemble(self._payloads, self.target.model)
+        response = ChatResponse(body, self._usage, self.target, self._trace.upstream_ms)
+        await self._gateway.cache.store(self._request, self._trace.principal, response)
+
     def _finish(self, status: Status, error_type: str) -> None:
         trace = self._trace
-        trace.upstream_ms = trace.elapsed_ms()
+        trace.upstream_ms = 0.0 if trace.cache else trace.elapsed_ms()
         text = streamed_text(self._payloads) if self._usage is None or self._gateway.capture_payloads else ""
         trace.usage = self._usage or self._gateway.estimate_usage(self._request, self.target, text)
-        cost = self._gateway.pricer.cost(self.target, trace.usage)
+        cost = Cost(Decimal(0)) if trace.cache else self._gateway.pricer.cost(self.target, trace.usage)
         self._admission.settle(cost)
         self.cost = cost
         if status == "ok":

@@ -25,6 +25,8 @@ class Principal:
     user: str = ""
     feature: str = ""
     session: str = ""
+    admin: bool = False
+    """May use the admin endpoints (purges, ...): admin keys, or any loopback caller while no key is issued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,8 @@ class ChatRequest:
 
     body: JsonObject
     request_id: str
+    cache_mode: str = ""
+    """The client's ``x-thrifty-cache`` request header; ``bypass`` skips cache lookup and store."""
 
     @property
     def model(self) -> str:
@@ -120,6 +124,8 @@ class ChatResponse:
     upstream_ms: float
     raw: bytes | None = None
     """The provider's bytes when they already are the OpenAI body (pass-through avoids re-encoding)."""
+    cache: str = ""
+    """``exact`` or ``semantic`` when the answer came from the cache (``target`` then names who first gave it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +201,8 @@ class LedgerEntry:
     """The difference between baseline and cost, split by the lever that earned it."""
     payload: Payload | None = None
     """The prompt and answer, kept only when ``[ledger] capture_payloads`` is on (for ``thrifty export``)."""
+    cache: str = ""
+    """``exact`` or ``semantic`` for an answer served from the cache (no provider was paid)."""
 
     @property
     def unpriced(self) -> bool:

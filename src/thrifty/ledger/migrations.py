@@ -1,6 +1,8 @@
 """Schema migrations: an ordered list of steps, each applied once and remembered in ``thrifty_schema``.
 
-New columns and tables arrive as new steps appended here; a step is never edited once released.
+New columns and tables arrive as new steps appended here; a step is never edited once released. Step 1 creates
+the tables as ``tables.py`` defines them now, so later steps must check before they alter (a fresh database
+already has what they add).
 """
 
 from __future__ import annotations

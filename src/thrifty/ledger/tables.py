@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -55,6 +56,7 @@ requests = Table(
     Column("status", String(16), nullable=False),
     Column("error_type", String(64), nullable=False),
     Column("streamed", Boolean, nullable=False),
+    Column("cache", String(16), nullable=False, server_default=""),
     Index("ix_requests_day", "day"),
     Index("ix_requests_tenant_day", "tenant", "day"),
 )
@@ -84,6 +86,7 @@ keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+    Column("admin", Boolean, nullable=False, server_default=false()),
 )
 
 schema_version = Table(

@@ -93,6 +93,7 @@ def row_of(entry: LedgerEntry) -> Row:
         "status": entry.status,
         "error_type": entry.error_type,
         "streamed": entry.streamed,
+        "cache": entry.cache,
         "savings": {lever: tables.to_nusd(usd) for lever, usd in entry.savings_usd.items()},
         "payload": None
         if entry.payload is None

@@ -64,6 +64,7 @@ class GatewayMetrics:
             buckets=_OVERHEAD_BUCKETS_S,
             registry=r,
         )
+        self.cache_hits = Counter("thrifty_cache_hits", "Answers served from the cache", ["kind"], registry=r)
         self.ttft = Histogram(
             "thrifty_time_to_first_token_seconds",
             "Time to the first streamed token",
@@ -80,6 +81,12 @@ class GatewayMetrics:
             requests = self._requests[key] = self.requests.labels(*key)
         requests.inc()
         series = self._series.get((provider, model)) or self._new_series(provider, model)
+        if entry.cache:
+            self.cache_hits.labels(entry.cache).inc()
+            if entry.baseline_cost_usd is not None:
+                series.baseline.inc(float(entry.baseline_cost_usd))
+            self.overhead.observe(entry.total_ms / 1000)
+            return
         for child, count in zip(
             series.tokens,
             (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens),

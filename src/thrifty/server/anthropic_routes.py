@@ -29,16 +29,23 @@ if TYPE_CHECKING:
 async def messages(app: ThriftyApp, request: Request, send: Send) -> None:
     body = check_chat(anthropic_request_to_openai(parse_body(await request.body())))
     caller = request.caller(body.get("user"))
+    cache_mode = request.header(b"x-thrifty-cache")
     if body.get("stream"):
         # The usage chunk feeds Anthropic's message_delta usage, so ask for it whatever the client said.
         body["stream_options"] = {"include_usage": True}
-        stream = await app.gateway.open_stream(ChatRequest(body, request.request_id), caller)
+        stream = await app.gateway.open_stream(ChatRequest(body, request.request_id, cache_mode), caller)
         await relay(_events(stream), stream, request, send)
         return
-    response, cost = await app.gateway.handle(ChatRequest(body, request.request_id), caller)
+    response, cost = await app.gateway.handle(ChatRequest(body, request.request_id, cache_mode), caller)
     out = openai_response_to_anthropic(response.body)
     await json_response(
-        send, 200, orjson.dumps(out), request_id=request.request_id, cost=cost, model=response.target.model
+        send,
+        200,
+        orjson.dumps(out),
+        request_id=request.request_id,
+        cost=cost,
+        model=response.target.model,
+        cache=response.cache,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from thrifty.errors import BadRequest, NotFound, ThriftyError
+from thrifty.errors import BadRequest, NotFound, PermissionDenied, ThriftyError
 from thrifty.pipeline import Gateway
 from thrifty.server import anthropic_routes, openapi
 from thrifty.server.http import Request, Send, json_response, send_error
@@ -84,7 +84,7 @@ class ThriftyApp:
 
 async def chat_completions(app: ThriftyApp, request: Request, send: Send) -> None:
     body = check_chat(parse_body(await request.body()))
-    chat = ChatRequest(body, request.request_id)
+    chat = ChatRequest(body, request.request_id, request.header(b"x-thrifty-cache"))
     caller = request.caller(body.get("user"))
     if chat.stream:
         stream = await app.gateway.open_stream(chat, caller)
@@ -92,7 +92,9 @@ async def chat_completions(app: ThriftyApp, request: Request, send: Send) -> Non
         return
     response, cost = await app.gateway.handle(chat, caller)
     raw = response.raw if response.raw is not None else orjson.dumps(response.body)
-    await json_response(send, 200, raw, request_id=request.request_id, cost=cost, model=response.target.model)
+    await json_response(
+        send, 200, raw, request_id=request.request_id, cost=cost, model=response.target.model, cache=response.cache
+    )
 
 
 async def embeddings(app: ThriftyApp, request: Request, send: Send) -> None:
@@ -136,6 +138,27 @@ async def metrics(app: ThriftyApp, request: Request, send: Send) -> None:
     )
 
 
+async def purge_cache(app: ThriftyApp, request: Request, send: Send) -> None:
+    from thrifty.caches.entries import PurgeScope
+
+    principal = app.gateway.authenticator.authenticate(request.caller())
+    if not principal.admin:
+        raise PermissionDenied("purging the cache needs an admin key (thrifty keys create --admin)")
+    body = parse_body(await request.body())
+    try:
+        scope = PurgeScope(
+            tenant=body.get("tenant"),
+            feature=body.get("feature"),
+            alias=body.get("model"),
+            older_than_s=None if body.get("older_than_s") is None else float(body["older_than_s"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise BadRequest("'older_than_s' must be a number of seconds", param="older_than_s") from exc
+    purge = getattr(app.gateway.cache, "purge", None)
+    purged = 0 if purge is None else await purge(scope)
+    await json_response(send, 200, orjson.dumps({"purged": purged}), request_id=request.request_id)
+
+
 async def openapi_document(app: ThriftyApp, request: Request, send: Send) -> None:
     await json_response(send, 200, orjson.dumps(openapi.document()), request_id=request.request_id)
 
@@ -149,4 +172,5 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/readyz"): readyz,
     ("GET", "/metrics"): metrics,
     ("GET", "/openapi.json"): openapi_document,
+    ("POST", "/admin/cache/purge"): purge_cache,
 }

@@ -65,12 +65,16 @@ class Request:
         )
 
 
-def thrifty_headers(request_id: str, cost: Cost | None, model: str | None) -> list[tuple[bytes, bytes]]:
+def thrifty_headers(
+    request_id: str, cost: Cost | None, model: str | None, cache: str | None = None
+) -> list[tuple[bytes, bytes]]:
     headers = [(b"x-thrifty-request-id", request_id.encode())]
     if cost is not None:
         headers.append((b"x-thrifty-cost-usd", cost.header().encode()))
     if model is not None:
         headers.append((b"x-thrifty-model", model.encode()))
+    if cache is not None:
+        headers.append((b"x-thrifty-cache", (cache or "miss").encode()))
     return headers
 
 
@@ -82,12 +86,13 @@ async def json_response(
     request_id: str,
     cost: Cost | None = None,
     model: str | None = None,
+    cache: str | None = None,
     content_type: bytes = b"application/json",
 ) -> None:
     headers = [
         (b"content-type", content_type),
         (b"content-length", str(len(body)).encode()),
-        *thrifty_headers(request_id, cost, model),
+        *thrifty_headers(request_id, cost, model, cache),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -93,6 +93,20 @@ def document() -> dict[str, Any]:
             "/v1/models": {"get": _json_op("The configured model aliases", None)},
             "/healthz": {"get": _json_op("The process is up", None)},
             "/readyz": {"get": _json_op("The ledger database is reachable (503 otherwise)", None)},
+            "/admin/cache/purge": {
+                "post": _json_op(
+                    "Purge cached answers by tenant, feature, model alias and age (admin key)",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "tenant": {"type": "string"},
+                            "feature": {"type": "string"},
+                            "model": {"type": "string"},
+                            "older_than_s": {"type": "number"},
+                        },
+                    },
+                )
+            },
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK"}}}},
         },
     }

@@ -1,0 +1,128 @@
+"""What a cache keeps per answer, what a purge selects, and the in-process store.
+
+An entry keeps the answer exactly as the provider gave it (OpenAI shape), who answered, the tokens it cost, and
+the attribution a purge selects on (tenant, feature, alias, age).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from thrifty.types import JsonObject, Target, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    body: JsonObject
+    target: Target
+    usage: Usage
+    tenant: str
+    feature: str
+    alias: str
+    created_at: float
+    expires_at: float
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "body": self.body,
+                "provider": self.target.provider,
+                "model": self.target.model,
+                "usage": [
+                    self.usage.input_tokens,
+                    self.usage.output_tokens,
+                    self.usage.cache_read_tokens,
+                    self.usage.cache_write_tokens,
+                    self.usage.estimated,
+                ],
+                "tenant": self.tenant,
+                "feature": self.feature,
+                "alias": self.alias,
+                "created_at": self.created_at,
+                "expires_at": self.expires_at,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CacheEntry:
+        data = orjson.loads(raw)
+        i, o, r, w, estimated = data["usage"]
+        return cls(
+            body=data["body"],
+            target=Target(data["provider"], data["model"]),
+            usage=Usage(i, o, r, w, estimated),
+            tenant=data["tenant"],
+            feature=data["feature"],
+            alias=data["alias"],
+            created_at=data["created_at"],
+            expires_at=data["expires_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeScope:
+    """Entries matching every given field are purged; an empty scope purges everything."""
+
+    tenant: str | None = None
+    feature: str | None = None
+    alias: str | None = None
+    older_than_s: float | None = None
+
+    def matches(self, entry: CacheEntry, now: float) -> bool:
+        return (
+            (self.tenant is None or entry.tenant == self.tenant)
+            and (self.feature is None or entry.feature == self.feature)
+            and (self.alias is None or entry.alias == self.alias)
+            and (self.older_than_s is None or now - entry.created_at >= self.older_than_s)
+        )
+
+
+class EntryStore(Protocol):
+    """Where exact-cache entries live: this process, a SQLite file, or Redis shared by replicas."""
+
+    async def get(self, key: str) -> CacheEntry | None: ...
+    async def put(self, key: str, entry: CacheEntry) -> None: ...
+    async def purge(self, scope: PurgeScope) -> int: ...
+    async def aclose(self) -> None: ...
+
+
+class MemoryStore:
+    """An LRU dict, bounded by entry count; expired entries are dropped when met."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._max = max_entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: str) -> CacheEntry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at <= time.time():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    async def put(self, key: str, entry: CacheEntry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    async def purge(self, scope: PurgeScope) -> int:
+        now = time.time()
+        doomed = [key for key, entry in self._entries.items() if scope.matches(entry, now)]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
+    async def aclose(self) -> None:
+        return None

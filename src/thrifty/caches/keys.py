@@ -1,0 +1,114 @@
+"""What makes two requests "the same": the exact key, the semantic partition, and what may be cached at all.
+
+The exact key covers everything that changes the answer (model alias and its targets, messages, tools,
+``response_format`` and the generation parameters) and nothing that does not (``stream``, ``user``, metadata).
+The semantic partition is the context a paraphrase must share before its answer may be reused: tenant, alias,
+system prompt, tools, ``response_format``, temperature bucket and the whole conversation before the last user
+turn, so "and in Paris?" can only match inside the same conversation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from thrifty.tokens import text_of
+from thrifty.types import ChatRequest, JsonObject, Principal, Target
+
+ANSWER_SHAPING = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "max_tokens",
+    "max_completion_tokens",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "parallel_tool_calls",
+    "reasoning_effort",
+    "modalities",
+)
+DEFAULT_TEMPERATURE = 1.0
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def exact_key(request: ChatRequest, principal: Principal, targets: Sequence[Target]) -> str:
+    """Same tenant, same alias with the same targets, same messages and parameters: same key.
+
+    The alias's targets are part of the key, so re-pointing an alias invalidates its entries by itself.
+    """
+    body = request.body
+    shaped = {name: body[name] for name in ANSWER_SHAPING if name in body}
+    return _digest([principal.tenant, request.model, [str(t) for t in targets], body["messages"], shaped])
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticQuery:
+    partition: str
+    text: str
+    """The last user turn: the part a paraphrase may differ in."""
+
+
+def semantic_query(request: ChatRequest, principal: Principal, targets: Sequence[Target]) -> SemanticQuery | None:
+    """The partition and the text to embed, or None when the request has no user turn last."""
+    messages = request.messages
+    last = messages[-1]
+    if last.get("role") != "user":
+        return None
+    body = request.body
+    context = {
+        "tenant": principal.tenant,
+        "alias": request.model,
+        "targets": [str(t) for t in targets],
+        "before": messages[:-1],
+        "shaping": {
+            name: body[name] for name in ANSWER_SHAPING if name not in ("temperature", "seed") and name in body
+        },
+        "temperature": temperature_bucket(body),
+    }
+    return SemanticQuery(_digest(context), text_of(last.get("content")))
+
+
+def temperature_bucket(body: JsonObject) -> str:
+    temperature = body.get("temperature")
+    value = DEFAULT_TEMPERATURE if temperature is None else float(temperature)
+    if value == 0:
+        return "zero"
+    return "low" if value <= 0.5 else "high"
+
+
+def cacheable_request(body: JsonObject, max_temperature: float) -> bool:
+    """Requests whose answer may be reused: not too random, and not carrying tool results (the world moved)."""
+    temperature = body.get("temperature")
+    if (DEFAULT_TEMPERATURE if temperature is None else float(temperature)) > max_temperature:
+        return False
+    return not any(m.get("role") in ("tool", "function") for m in body["messages"])
+
+
+def cacheable_response(body: JsonObject, cache_tool_calls: bool) -> bool:
+    """Never an error, never a tool call unless allowed (calling the tool again may be the point)."""
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return False
+    for choice in choices:
+        message = choice.get("message") or {}
+        if (message.get("tool_calls") or message.get("function_call")) and not cache_tool_calls:
+            return False
+        if choice.get("finish_reason") == "content_filter":
+            return False
+    return True

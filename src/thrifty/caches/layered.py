@@ -1,0 +1,124 @@
+"""``LayeredCache``: the cache stage. Exact first, then semantic, each switched per alias and per feature.
+
+A hit is an answer someone already paid for: the ledger records it at cost 0 beside its baseline (what the
+requested model would have charged for the same tokens), so the cache's savings are sums of rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from thrifty.caches.entries import CacheEntry, EntryStore, PurgeScope
+from thrifty.caches.keys import cacheable_request, cacheable_response, exact_key
+from thrifty.settings import CacheSettings
+from thrifty.types import ChatRequest, ChatResponse, Principal, Target
+
+BYPASS = "bypass"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    exact: bool
+    semantic: bool
+    semantic_threshold: float
+    ttl_s: float
+
+
+class CachePolicy:
+    """Settings resolved for an (alias, feature) pair: defaults, then the alias's rule, then the feature's."""
+
+    def __init__(self, settings: CacheSettings) -> None:
+        self.settings = settings
+        self._resolved: dict[tuple[str, str], Rule] = {}
+
+    def rule(self, alias: str, feature: str) -> Rule:
+        found = self._resolved.get((alias, feature))
+        if found is None:
+            s = self.settings
+            rule = Rule(s.exact, s.semantic, s.semantic_threshold, s.ttl_s)
+            for override in (s.models.get(alias), s.features.get(feature)):
+                if override is not None:
+                    rule = Rule(
+                        rule.exact if override.exact is None else override.exact,
+                        rule.semantic if override.semantic is None else override.semantic,
+                        rule.semantic_threshold if override.semantic_threshold is None else override.semantic_threshold,
+                        rule.ttl_s if override.ttl_s is None else override.ttl_s,
+                    )
+            found = self._resolved[(alias, feature)] = rule
+        return found
+
+
+class SemanticLayer(Protocol):
+    """Near-duplicate questions in the same context (``caches.semantic``)."""
+
+    async def lookup(self, request: ChatRequest, principal: Principal, threshold: float) -> ChatResponse | None: ...
+    async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float) -> None: ...
+    async def purge(self, scope: PurgeScope) -> int: ...
+
+
+class LayeredCache:
+    def __init__(
+        self,
+        policy: CachePolicy,
+        store: EntryStore,
+        aliases: Mapping[str, tuple[Target, ...]],
+        semantic: SemanticLayer | None = None,
+    ) -> None:
+        self.policy, self.entries, self.semantic = policy, store, semantic
+        self._aliases = aliases
+
+    def _applies(self, request: ChatRequest) -> bool:
+        settings = self.policy.settings
+        return request.cache_mode != BYPASS and cacheable_request(request.body, settings.max_temperature)
+
+    async def lookup(self, request: ChatRequest, principal: Principal) -> ChatResponse | None:
+        rule = self.policy.rule(request.model, principal.feature)
+        if not (rule.exact or rule.semantic) or not self._applies(request):
+            return None
+        if rule.exact:
+            entry = await self.entries.get(exact_key(request, principal, self._aliases[request.model]))
+            if entry is not None:
+                return hit(entry, request, "exact")
+        if rule.semantic and self.semantic is not None:
+            return await self.semantic.lookup(request, principal, rule.semantic_threshold)
+        return None
+
+    async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None:
+        rule = self.policy.rule(request.model, principal.feature)
+        if response.cache or not (rule.exact or rule.semantic) or not self._applies(request):
+            return
+        if response.usage is None or not cacheable_response(response.body, self.policy.settings.cache_tool_calls):
+            return
+        if rule.exact:
+            now = time.time()
+            entry = CacheEntry(
+                response.body,
+                response.target,
+                response.usage,
+                principal.tenant,
+                principal.feature,
+                request.model,
+                now,
+                now + rule.ttl_s,
+            )
+            await self.entries.put(exact_key(request, principal, self._aliases[request.model]), entry)
+        if rule.semantic and self.semantic is not None:
+            await self.semantic.store(request, principal, response, rule.ttl_s)
+
+    async def purge(self, scope: PurgeScope) -> int:
+        purged = await self.entries.purge(scope)
+        if self.semantic is not None:
+            purged += await self.semantic.purge(scope)
+        return purged
+
+    async def aclose(self) -> None:
+        await self.entries.aclose()
+
+
+def hit(entry: CacheEntry, request: ChatRequest, kind: str) -> ChatResponse:
+    """The stored answer under this request's id, marked as served from the cache."""
+    body = dict(entry.body, id="chatcmpl-" + request.request_id.removeprefix("req_"))
+    return ChatResponse(body, entry.usage, entry.target, 0.0, cache=kind)

@@ -1,0 +1,129 @@
+"""Exact-cache stores outside the process: a SQLite file (one host) and Redis (shared by replicas).
+
+SQLite is used through the standard library directly: a primary-key lookup is tens of microseconds, cheaper
+than a hop to a thread, so it runs on the event loop. Redis keeps one string per entry with its TTL; Redis'
+own ``maxmemory`` policy bounds its size.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from thrifty.caches.entries import CacheEntry, PurgeScope
+
+REDIS_PREFIX = "thrifty:cache:"
+
+
+class SqliteStore:
+    def __init__(self, path: Path, max_entries: int = 100_000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS cache_entries (key TEXT PRIMARY KEY, value BLOB NOT NULL, "
+            "tenant TEXT NOT NULL, feature TEXT NOT NULL, alias TEXT NOT NULL, created_at REAL NOT NULL, "
+            "expires_at REAL NOT NULL, used_at REAL NOT NULL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS ix_cache_used ON cache_entries (used_at)")
+        self._max = max_entries
+        self._puts = 0
+
+    async def get(self, key: str) -> CacheEntry | None:
+        now = time.time()
+        row = self._db.execute("SELECT value, expires_at FROM cache_entries WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        if row[1] <= now:
+            self._db.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
+            return None
+        self._db.execute("UPDATE cache_entries SET used_at = ? WHERE key = ?", (now, key))
+        return CacheEntry.from_bytes(row[0])
+
+    async def put(self, key: str, entry: CacheEntry) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                entry.to_bytes(),
+                entry.tenant,
+                entry.feature,
+                entry.alias,
+                entry.created_at,
+                entry.expires_at,
+                time.time(),
+            ),
+        )
+        self._puts += 1
+        if self._puts % 256 == 0:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Expired entries first, then the least recently used beyond the size limit."""
+        self._db.execute("DELETE FROM cache_entries WHERE expires_at <= ?", (time.time(),))
+        (count,) = self._db.execute("SELECT count(*) FROM cache_entries").fetchone()
+        if count > self._max:
+            self._db.execute(
+                "DELETE FROM cache_entries WHERE key IN (SELECT key FROM cache_entries ORDER BY used_at LIMIT ?)",
+                (count - self._max,),
+            )
+
+    async def purge(self, scope: PurgeScope) -> int:
+        where, params = _where(scope)
+        cursor = self._db.execute("DELETE FROM cache_entries" + where, params)
+        return cursor.rowcount
+
+    async def aclose(self) -> None:
+        self._db.close()
+
+
+def _where(scope: PurgeScope) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("tenant", scope.tenant), ("feature", scope.feature), ("alias", scope.alias)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if scope.older_than_s is not None:
+        clauses.append("created_at <= ?")
+        params.append(time.time() - scope.older_than_s)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        try:
+            import redis.asyncio as redis_asyncio
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ImportError("the Redis cache needs the 'redis' extra: pip install 'thrifty[redis]'") from exc
+        self._redis = redis_asyncio.Redis.from_url(url)
+
+    async def get(self, key: str) -> CacheEntry | None:
+        raw = await self._redis.get(REDIS_PREFIX + key)
+        if raw is None:
+            return None
+        entry = CacheEntry.from_bytes(_as_bytes(raw))
+        return entry if entry.expires_at > time.time() else None
+
+    async def put(self, key: str, entry: CacheEntry) -> None:
+        ttl_ms = int((entry.expires_at - time.time()) * 1000)
+        if ttl_ms > 0:
+            await self._redis.set(REDIS_PREFIX + key, entry.to_bytes(), px=ttl_ms)
+
+    async def purge(self, scope: PurgeScope) -> int:
+        now, purged = time.time(), 0
+        async for name in self._redis.scan_iter(match=REDIS_PREFIX + "*", count=1000):
+            raw = await self._redis.get(name)
+            if raw is not None and scope.matches(CacheEntry.from_bytes(_as_bytes(raw)), now):
+                purged += await self._redis.delete(name)
+        return purged
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+def _as_bytes(raw: bytes | str) -> bytes:
+    return raw.encode() if isinstance(raw, str) else raw

@@ -1,0 +1,94 @@
+"""A complete answer and its stream, each made from the other.
+
+A cached answer to a streaming request is replayed as ``chat.completion.chunk`` events; a streamed answer is
+assembled into one ``chat.completion`` so the cache can keep it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+
+from thrifty.types import ChatResponse, JsonObject, StreamChunk, Usage
+
+CHARS_PER_CHUNK = 48
+
+
+def usage_body(usage: Usage) -> JsonObject:
+    body: JsonObject = {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+    if usage.cache_read_tokens:
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
+    return body
+
+
+async def chunks_of(response: ChatResponse) -> AsyncGenerator[StreamChunk, None]:
+    """The answer as a stream: a role chunk, its text in pieces, tool calls whole, the finish, the usage."""
+    body = response.body
+    base = {"id": body.get("id", ""), "object": "chat.completion.chunk", "created": body.get("created", 0)}
+    base["model"] = body.get("model", response.target.model)
+    for choice in body.get("choices") or []:
+        index, message = choice.get("index", 0), choice.get("message") or {}
+        yield _chunk(base, index, {"role": "assistant", "content": ""})
+        content = message.get("content") or ""
+        for start in range(0, len(content), CHARS_PER_CHUNK):
+            yield _chunk(base, index, {"content": content[start : start + CHARS_PER_CHUNK]})
+        calls = message.get("tool_calls") or []
+        if calls:
+            yield _chunk(base, index, {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
+        yield _chunk(base, index, {}, choice.get("finish_reason") or "stop")
+    if response.usage is not None:
+        payload = orjson.dumps({**base, "choices": [], "usage": usage_body(response.usage)})
+        yield StreamChunk(payload, response.usage, usage_only=True)
+
+
+def _chunk(base: JsonObject, index: int, delta: JsonObject, finish: str | None = None) -> StreamChunk:
+    choice = {"index": index, "delta": delta, "finish_reason": finish}
+    return StreamChunk(orjson.dumps({**base, "choices": [choice]}))
+
+
+def assemble(payloads: list[bytes], model: str) -> JsonObject:
+    """The ``chat.completion`` a stream amounted to (content, tool calls and finish reason per choice)."""
+    choices: dict[int, dict[str, Any]] = {}
+    first: JsonObject = {}
+    for payload in payloads:
+        chunk = orjson.loads(payload)
+        first = first or chunk
+        for choice in chunk.get("choices") or []:
+            state = choices.setdefault(choice.get("index", 0), {"content": [], "calls": {}, "finish": None})
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                state["content"].append(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                _merge_call(state["calls"], call)
+            state["finish"] = choice.get("finish_reason") or state["finish"]
+    return {
+        "id": first.get("id", ""),
+        "object": "chat.completion",
+        "created": first.get("created", int(time.time())),
+        "model": first.get("model", model),
+        "choices": [_choice(index, state) for index, state in sorted(choices.items())],
+    }
+
+
+def _merge_call(calls: dict[int, JsonObject], fragment: JsonObject) -> None:
+    call = calls.setdefault(
+        fragment.get("index", 0), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    call["id"] = fragment.get("id") or call["id"]
+    function = fragment.get("function") or {}
+    call["function"]["name"] += function.get("name") or ""
+    call["function"]["arguments"] += function.get("arguments") or ""
+
+
+def _choice(index: int, state: dict[str, Any]) -> JsonObject:
+    message: JsonObject = {"role": "assistant", "content": "".join(state["content"]) or None}
+    if state["calls"]:
+        message["tool_calls"] = [state["calls"][i] for i in sorted(state["calls"])]
+    return {"index": index, "message": message, "finish_reason": state["finish"] or "stop"}

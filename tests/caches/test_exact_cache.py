@@ -1,0 +1,324 @@
+"""The exact cache through the running gateway and the official openai SDK, on memory, SQLite and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import openai
+import pytest
+
+from fakes.upstream import FakeUpstream, FakeUsage, Fault
+from gateway_harness import config_text, ledger_rows
+from thrifty.caches.entries import CacheEntry, MemoryStore, PurgeScope
+from thrifty.caches.shared_stores import RedisStore, SqliteStore
+from thrifty.keys import create_key
+from thrifty.server.run import ServerThread
+from thrifty.settings import load_settings
+from thrifty.types import Target, Usage
+
+HI = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture
+def up() -> Iterator[FakeUpstream]:
+    with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200)) as upstream:
+        yield upstream
+
+
+def gateway(tmp_path: Path, up: FakeUpstream, cache: str) -> ServerThread:
+    (tmp_path / "thrifty.toml").write_text(config_text(up, extra=cache))
+    return ServerThread(load_settings(tmp_path / "thrifty.toml"))
+
+
+def client(server: ServerThread, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+
+
+MEMORY = "\n[cache]\nexact = true\n"
+
+
+def test_repeat_is_served_from_cache_at_zero_cost_with_its_baseline(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, MEMORY) as gw, client(gw) as c:
+        first = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+        second = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+        rows = ledger_rows(gw)
+    assert first.headers["x-thrifty-cache"] == "miss" and second.headers["x-thrifty-cache"] == "exact"
+    assert second.headers["x-thrifty-cost-usd"] == "0"
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert second.parse().id != first.parse().id
+    assert len(up.requests) == 1
+    assert [(r["cache"], r["cost_nusd"], r["baseline_cost_nusd"]) for r in rows] == [
+        ("", 270_000, 270_000),
+        ("exact", 0, 270_000),
+    ]
+    with gw.runtime.ledger.engine.connect() as conn:
+        from sqlalchemy import select
+
+        from thrifty.ledger import tables
+
+        savings = conn.execute(select(tables.savings)).all()
+    assert [(s.lever, s.savings_nusd) for s in savings] == [("cache", 270_000)]
+
+
+def test_bypass_header_skips_lookup_and_store(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, MEMORY) as gw, client(gw) as c:
+        bypass = {"x-thrifty-cache": "bypass"}
+        c.chat.completions.create(model="fast", messages=HI, temperature=0, extra_headers=bypass)
+        raw = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+        assert raw.headers["x-thrifty-cache"] == "miss"
+        raw = c.chat.completions.with_raw_response.create(
+            model="fast", messages=HI, temperature=0, extra_headers=bypass
+        )
+        assert raw.headers["x-thrifty-cache"] == "miss"
+    assert len(up.requests) == 3
+
+
+def test_other_tenants_other_system_prompts_and_other_parameters_miss(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, MEMORY) as gw:
+        engine = gw.runtime.ledger.engine
+        acme, globex = create_key(engine, "acme")[1], create_key(engine, "globex")[1]
+        gw.runtime.keys.refresh()
+        with client(gw, acme) as a, client(gw, globex) as g:
+            a.chat.completions.create(model="fast", messages=HI, temperature=0)
+            assert (
+                g.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0).headers[
+                    "x-thrifty-cache"
+                ]
+                == "miss"
+            )
+            other_system = [{"role": "system", "content": "You are verbose."}, HI[1]]
+            a.chat.completions.create(model="fast", messages=other_system, temperature=0)
+            a.chat.completions.create(model="fast", messages=HI, temperature=0, max_tokens=5)
+            a.chat.completions.create(model="resilient", messages=HI, temperature=0)
+            hit = a.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+            assert hit.headers["x-thrifty-cache"] == "exact"
+    assert len(up.requests) == 5 + 0  # 'resilient' answered by its second target after a refused connection
+
+
+def test_streaming_request_is_served_from_cache_as_sse(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, MEMORY) as gw, client(gw) as c:
+        fresh = "".join(
+            ch.choices[0].delta.content or ""
+            for ch in c.chat.completions.create(model="fast", messages=HI, temperature=0, stream=True)
+            if ch.choices
+        )
+        raw = c.chat.completions.with_raw_response.create(
+            model="fast", messages=HI, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = list(raw.parse())
+        rows = ledger_rows(gw)
+    assert raw.headers["x-thrifty-cache"] == "exact"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == fresh
+    assert [ch.usage.completion_tokens for ch in chunks if ch.usage] == [200]
+    assert len(up.requests) == 1
+    assert [(r["streamed"], r["cache"], r["cost_nusd"]) for r in rows] == [(True, "", 270_000), (True, "exact", 0)]
+
+
+def test_hot_requests_tool_calls_and_errors_are_never_cached(tmp_path: Path, up: FakeUpstream) -> None:
+    cache = "\n[cache]\nexact = true\nmax_temperature = 0.5\n"
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    with gateway(tmp_path, up, cache) as gw, client(gw) as c:
+        for _ in range(2):
+            c.chat.completions.create(model="fast", messages=HI, temperature=0.9)
+            c.chat.completions.create(model="fast", messages=HI)  # unset temperature is OpenAI's 1.0
+            c.chat.completions.create(
+                model="fast", messages=[{"role": "user", "content": "call tool"}], tools=tools, temperature=0
+            )  # type: ignore[arg-type]
+        up.fail_next(Fault.status(400))
+        with pytest.raises(openai.BadRequestError):
+            c.chat.completions.create(model="fast", messages=HI, temperature=0)
+        raw = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+        assert raw.headers["x-thrifty-cache"] == "miss"
+    assert len(up.requests) == 8
+
+
+def test_per_feature_rules_refine_the_default(tmp_path: Path, up: FakeUpstream) -> None:
+    cache = "\n[cache]\nexact = true\n[cache.features.live-scores]\nexact = false\n"
+    with gateway(tmp_path, up, cache) as gw, client(gw) as c:
+        for _ in range(2):
+            c.chat.completions.create(
+                model="fast", messages=HI, temperature=0, extra_headers={"x-thrifty-feature": "live-scores"}
+            )
+    assert len(up.requests) == 2
+
+
+def test_changing_an_alias_targets_invalidates_its_entries(tmp_path: Path, up: FakeUpstream) -> None:
+    cache = "\n[cache]\nstore = 'sqlite'\nexact = true\n"
+    with gateway(tmp_path, up, cache) as gw, client(gw) as c:
+        c.chat.completions.create(model="fast", messages=HI, temperature=0)
+    text = (
+        (tmp_path / "thrifty.toml").read_text().replace('targets = ["up::gpt-4o-mini"]', 'targets = ["up::gpt-4o"]', 1)
+    )
+    (tmp_path / "thrifty.toml").write_text(text)
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw, client(gw) as c:
+        raw = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+        assert raw.headers["x-thrifty-cache"] == "miss" and raw.headers["x-thrifty-model"] == "gpt-4o"
+        raw = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+        assert raw.headers["x-thrifty-cache"] == "exact"
+
+
+def test_concurrent_identical_requests_all_get_the_answer(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, MEMORY) as gw:
+
+        async def burst() -> list[str]:
+            async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as ac:
+                replies = await asyncio.gather(
+                    *(ac.chat.completions.create(model="fast", messages=HI, temperature=0) for _ in range(20))
+                )
+            return [r.choices[0].message.content or "" for r in replies]
+
+        answers = asyncio.run(burst())
+        rows = ledger_rows(gw)
+    assert set(answers) == {"echo: What is the capital of France?"}
+    paid = [r for r in rows if not r["cache"]]
+    assert len(rows) == 20 and len(paid) == len(up.requests)
+    assert all(r["cost_nusd"] == 0 for r in rows if r["cache"])
+
+
+def entry(tenant: str, feature: str, alias: str, age_s: float = 0, ttl_s: float = 60) -> CacheEntry:
+    now = time.time()
+    return CacheEntry({"choices": []}, Target("up", "m"), Usage(1, 1), tenant, feature, alias, now - age_s, now + ttl_s)
+
+
+async def check_store(store: MemoryStore | SqliteStore | RedisStore, prefix: str) -> None:
+    await store.put(prefix + "a", entry("acme", "search", "fast"))
+    await store.put(prefix + "b", entry("acme", "chat", "fast", age_s=7200))
+    await store.put(prefix + "c", entry("globex", "search", "smart"))
+    await store.put(prefix + "expired", entry("acme", "search", "fast", ttl_s=-1))
+    assert await store.get(prefix + "expired") is None
+    got = await store.get(prefix + "a")
+    assert got is not None and got.tenant == "acme" and got.usage == Usage(1, 1)
+    assert await store.purge(PurgeScope(older_than_s=3600)) == 1
+    assert await store.purge(PurgeScope(tenant="acme", feature="search")) == 1
+    assert await store.get(prefix + "c") is not None
+    assert await store.purge(PurgeScope(alias="smart")) == 1
+    assert await store.get(prefix + "c") is None
+
+
+async def test_memory_store_purges_and_evicts() -> None:
+    store = MemoryStore(max_entries=2)
+    await check_store(MemoryStore(), "")
+    for name in "xyz":
+        await store.put(name, entry("t", "f", "a"))
+    assert len(store) == 2 and await store.get("x") is None
+
+
+async def test_sqlite_store_purges(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "cache.sqlite")
+    await check_store(store, "")
+    await store.aclose()
+
+
+async def test_redis_store_is_shared_and_purges() -> None:
+    url = os.environ.get("THRIFTY_TEST_REDIS", "redis://127.0.0.1:6379/15")
+    one, two = RedisStore(url), RedisStore(url)
+    try:
+        await one._redis.ping()
+    except Exception as exc:
+        await one.aclose()
+        await two.aclose()
+        if os.environ.get("THRIFTY_REQUIRE_SERVICES") == "1":
+            raise
+        pytest.skip(f"Redis not reachable: {exc}")
+    prefix = "test-" + secrets.token_hex(4) + "-"
+    await one._redis.flushdb()
+    await one.put(prefix + "shared", entry("acme", "f", "fast"))
+    assert await two.get(prefix + "shared") is not None  # another replica sees it
+    await check_store(two, prefix)
+    await one.aclose()
+    await two.aclose()
+
+
+def test_redis_cache_through_two_gateways(tmp_path: Path, up: FakeUpstream) -> None:
+    url = os.environ.get("THRIFTY_TEST_REDIS", "redis://127.0.0.1:6379/14")
+    cache = f"\n[cache]\nexact = true\nstore = 'redis'\nurl = '{url}'\n"
+    import redis
+
+    with redis.Redis.from_url(url) as sync_redis:
+        sync_redis.flushdb()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with gateway(tmp_path / "a", up, cache) as a, gateway(tmp_path / "b", up, cache) as b:
+        with client(a) as ca, client(b) as cb:
+            question = [{"role": "user", "content": "unique " + secrets.token_hex(4)}]
+            ca.chat.completions.create(model="fast", messages=question, temperature=0)
+            raw = cb.chat.completions.with_raw_response.create(model="fast", messages=question, temperature=0)
+    assert raw.headers["x-thrifty-cache"] == "exact"
+    assert len(up.requests) == 1
+    assert Decimal(raw.headers["x-thrifty-cost-usd"]) == 0
+
+
+def test_purge_by_admin_endpoint_and_cli(tmp_path: Path, up: FakeUpstream) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    with gateway(tmp_path, up, MEMORY) as gw:
+        with client(gw) as c:
+            for feature in ("a", "b"):
+                question = [{"role": "user", "content": f"question for {feature}"}]
+                c.chat.completions.create(
+                    model="fast", messages=question, temperature=0, extra_headers={"x-thrifty-feature": feature}
+                )
+        purge = gw.base_url + "/admin/cache/purge"
+        assert httpx.post(purge, json={"feature": "a"}).json() == {"purged": 1}
+        assert httpx.post(purge, json={"older_than_s": "soon"}).status_code == 400
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "thrifty.cli",
+                "cache",
+                "purge",
+                "--config",
+                str(tmp_path / "thrifty.toml"),
+                "--gateway",
+                gw.base_url,
+                "--tenant",
+                "default",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "purged 1 entries in" in done.stdout
+        record, secret = create_key(gw.runtime.ledger.engine, "acme")
+        admin = create_key(gw.runtime.ledger.engine, "ops", admin=True)[1]
+        gw.runtime.keys.refresh()
+        denied = httpx.post(purge, json={}, headers={"authorization": f"Bearer {secret}"})
+        assert denied.status_code == 403 and denied.json()["error"]["type"] == "permission_error"
+        assert httpx.post(purge, json={}, headers={"authorization": f"Bearer {admin}"}).json() == {"purged": 0}
+
+
+def test_cli_purges_a_sqlite_store(tmp_path: Path, up: FakeUpstream) -> None:
+    import subprocess
+    import sys
+
+    with gateway(tmp_path, up, "\n[cache]\nexact = true\nstore = 'sqlite'\n") as gw, client(gw) as c:
+        c.chat.completions.create(model="fast", messages=HI, temperature=0)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "thrifty.cli",
+            "cache",
+            "purge",
+            "--config",
+            str(tmp_path / "thrifty.toml"),
+            "--older-than",
+            "0s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "purged 1 entries from the sqlite store" in done.stdout
