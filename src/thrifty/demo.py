@@ -28,6 +28,7 @@ def demo_settings() -> Settings:
         },
         # The catalog prices Mixtral under Mistral's own name; the recorded answers came from this checkpoint.
         "prices": {WEAK: {"usd_per_mtok_input": Decimal("0.7"), "usd_per_mtok_output": Decimal("0.7")}},
+        "cache": {"exact": True},
     }
     return settings_from_dict(raw, base_dir=Path.cwd(), source="demo config")
 
@@ -56,6 +57,12 @@ def print_simulation(result: SimulationResult) -> None:
     print(f"\nPaid {usd(total)} against a baseline of {usd(baseline)}; saved {usd(baseline - total)}.")
     for lever, amount in sorted(result.savings.items()):
         print(f"  saved by {lever}: {usd(amount)}")
+    hits: dict[str, int] = {}
+    for outcome in result.outcomes:
+        hits[outcome.cache or "miss"] = hits.get(outcome.cache or "miss", 0) + 1
+    wrong = sum(outcome.wrong_answer() for outcome in result.outcomes)
+    print("  cache: " + ", ".join(f"{kind} {count:,}" for kind, count in sorted(hits.items())))
+    print(f"  cached answers that belonged to another question: {wrong}")
     quality = result.quality()
     if quality:
         rows = [

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from thrifty.keys import create_key
 from thrifty.ledger import queries
+from thrifty.providers.replay import no_answer
 from thrifty.server.run import ServerThread
 from thrifty.settings import Settings
 from thrifty.workload import WorkloadRecord
@@ -27,6 +28,22 @@ class Outcome:
     model: str
     cost_usd: Decimal | None
     error: str = ""
+    text: str = ""
+    cache: str = ""
+
+    def served_quality(self) -> float | None:
+        """The label of the answer served; 0 when the cache served another question's answer."""
+        answer = self.record.answers.get(self.model)
+        if answer is None or answer.quality is None:
+            return None
+        expected = answer.text if answer.text is not None else no_answer(self.record.group)
+        return answer.quality if self.text == expected else 0.0
+
+    def wrong_answer(self) -> bool:
+        """A cached answer that belongs to another question (only a semantic hit can do this)."""
+        answer = self.record.answers.get(self.model)
+        expected = answer.text if answer is not None and answer.text is not None else no_answer(self.record.group)
+        return bool(self.cache) and self.text != expected
 
 
 @dataclass
@@ -43,11 +60,11 @@ class SimulationResult:
         asked: dict[str, list[float]] = defaultdict(list)
         for outcome in self.outcomes:
             record = outcome.record
-            got = record.answers.get(outcome.model)
+            got = outcome.served_quality()
             wanted = record.answers.get(str(record.request.get("model")))
-            if got is None or wanted is None or got.quality is None or wanted.quality is None:
+            if got is None or wanted is None or wanted.quality is None:
                 continue
-            served[record.feature].append(got.quality)
+            served[record.feature].append(got)
             asked[record.feature].append(wanted.quality)
         return {
             feature: (len(values), sum(values) / len(values), sum(asked[feature]) / len(values))
@@ -112,4 +129,11 @@ async def _send(client: object, record: WorkloadRecord) -> Outcome:
     except openai.APIError as exc:
         return Outcome(record, "", None, error=str(exc))
     cost = raw.headers.get("x-thrifty-cost-usd", "unpriced")
-    return Outcome(record, raw.headers.get("x-thrifty-model", ""), None if cost == "unpriced" else Decimal(cost))
+    completion = raw.parse()
+    return Outcome(
+        record,
+        raw.headers.get("x-thrifty-model", ""),
+        None if cost == "unpriced" else Decimal(cost),
+        text=completion.choices[0].message.content or "",
+        cache="" if raw.headers.get("x-thrifty-cache", "miss") == "miss" else raw.headers["x-thrifty-cache"],
+    )

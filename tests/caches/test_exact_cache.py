@@ -290,7 +290,7 @@ def test_purge_by_admin_endpoint_and_cli(tmp_path: Path, up: FakeUpstream) -> No
         )
         assert done.returncode == 0, done.stderr
         assert "purged 1 entries in" in done.stdout
-        record, secret = create_key(gw.runtime.ledger.engine, "acme")
+        _, secret = create_key(gw.runtime.ledger.engine, "acme")
         admin = create_key(gw.runtime.ledger.engine, "ops", admin=True)[1]
         gw.runtime.keys.refresh()
         denied = httpx.post(purge, json={}, headers={"authorization": f"Bearer {secret}"})

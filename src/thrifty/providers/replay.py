@@ -30,7 +30,12 @@ from thrifty.types import (
 )
 from thrifty.workload import ReplayIndex, read_workload
 
-NO_ANSWER = "(no answer was recorded for this prompt and model)"
+
+def no_answer(group: str) -> str:
+    """The stand-in reply: it names the question, so an answer reused for another question can be told apart."""
+    return f"(no answer was recorded for this prompt and model; question {group})"
+
+
 WORDS_PER_CHUNK = 4
 
 
@@ -45,7 +50,7 @@ class ReplayProvider:
         if record is None:
             raise UpstreamRejected("the replay provider has no recorded answer for this prompt", upstream_status=404)
         answer = record.answers.get(model)
-        text = answer.text if answer is not None and answer.text is not None else NO_ANSWER
+        text = answer.text if answer is not None and answer.text is not None else no_answer(record.group)
         output_tokens = (
             answer.output_tokens
             if answer is not None and answer.text is not None and answer.output_tokens is not None
