@@ -8,9 +8,11 @@ from pathlib import Path
 
 import openai
 import pytest
+from sqlalchemy import select
 
 from fakes.upstream import FakeUpstream, FakeUsage, Fault
 from gateway_harness import ledger_rows, running_gateway
+from thrifty.ledger import tables
 from thrifty.server.run import ServerThread
 
 HI = [{"role": "user", "content": "hello there"}]
@@ -52,8 +54,12 @@ def test_non_streaming_answer_headers_and_ledger_row(client: openai.OpenAI, gw: 
     assert row["request_id"] == raw.headers["x-thrifty-request-id"]
     assert (row["tenant"], row["user_id"], row["feature"], row["session_id"]) == ("default", "u1", "search", "s9")
     assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"]) == (1000, 200, 400)
-    assert row["cost_nusd"] == 240_000 and row["baseline_cost_nusd"] == 240_000
+    # The baseline has no cache of any kind: 1000 x $0.15 + 200 x $0.60 per million.
+    assert row["cost_nusd"] == 240_000 and row["baseline_cost_nusd"] == 270_000
     assert row["status"] == "ok" and not row["tokens_estimated"] and not row["unpriced"]
+    with gw.runtime.ledger.engine.connect() as conn:
+        savings = conn.execute(select(tables.savings)).all()
+    assert [(s.lever, s.savings_nusd) for s in savings] == [("prompt_cache", 30_000)]
     assert row["provider"] == "up" and row["requested_model"] == "fast"
 
 
@@ -136,8 +142,8 @@ def test_fallback_on_refused_connection_and_429(client: openai.OpenAI, gw: Serve
     assert raw.headers["x-thrifty-model"] == "gpt-4o"
     (row,) = ledger_rows(gw)
     assert row["model"] == "gpt-4o" and row["status"] == "ok"
-    # The baseline is the alias's first choice (gpt-4o-mini) for the same tokens.
-    assert row["baseline_cost_nusd"] == 240_000 and row["cost_nusd"] > row["baseline_cost_nusd"]
+    # The baseline is the alias's first choice (gpt-4o-mini) for the same tokens, uncached.
+    assert row["baseline_cost_nusd"] == 270_000 and row["cost_nusd"] > row["baseline_cost_nusd"]
 
 
 def test_upstream_400_is_not_retried_and_is_recorded(client: openai.OpenAI, gw: ServerThread, up: FakeUpstream) -> None:

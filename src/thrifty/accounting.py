@@ -70,8 +70,23 @@ class Trace:
         )
 
 
-def savings_by_lever(cost: Cost, baseline: Cost, lever: str) -> dict[str, Decimal]:
-    """The whole difference goes to one lever here; later levers split it between them."""
-    if cost.usd is None or baseline.usd is None or cost.usd == baseline.usd:
+def without_cache(usage: Usage) -> Usage:
+    """The same tokens as if no provider cache had been read or written."""
+    return Usage(usage.input_tokens, usage.output_tokens, estimated=usage.estimated)
+
+
+def split_savings(cost: Cost, baseline: Cost, uncached_here: Cost, cache: str, model_lever: str) -> dict[str, Decimal]:
+    """Baseline minus cost, split by the lever that earned each part.
+
+    ``uncached_here`` is what the model that answered would have charged without its prompt cache: the gap to
+    the cost is the provider cache's (negative when a cache write cost more than it saved), and the gap from
+    the baseline is the choice of model (a fallback, or later a router). A cache hit earns everything.
+    """
+    if cost.usd is None or baseline.usd is None:
         return {}
-    return {lever: baseline.usd - cost.usd}
+    if cache:
+        return {"cache": baseline.usd - cost.usd} if baseline.usd != cost.usd else {}
+    if uncached_here.usd is None:
+        return {}
+    parts = {"prompt_cache": uncached_here.usd - cost.usd, model_lever: baseline.usd - uncached_here.usd}
+    return {lever: amount for lever, amount in parts.items() if amount}

@@ -136,10 +136,13 @@ def build_provider(name: str, provider: ProviderSettings, settings: Settings, co
     if provider.kind == "anthropic":
         from thrifty.providers.anthropic import AnthropicProvider
 
-        return AnthropicProvider(name, provider.base_url, api_key, timeouts)
+        caching = True if provider.prompt_caching is None else provider.prompt_caching
+        return AnthropicProvider(name, provider.base_url, api_key, timeouts, counter if caching else None)
     from thrifty.providers.openai import OpenAIProvider
 
-    return OpenAIProvider(name, provider.base_url, api_key, timeouts)
+    official = (urlparse(provider.base_url).hostname or "").endswith("openai.com")
+    caching = official if provider.prompt_caching is None else provider.prompt_caching
+    return OpenAIProvider(name, provider.base_url, api_key, timeouts, prompt_cache_key=caching)
 
 
 def _secret(name: str, provider: ProviderSettings) -> str:

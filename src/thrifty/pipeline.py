@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from decimal import Decimal
 
-from thrifty.accounting import Trace, savings_by_lever
+from thrifty.accounting import Trace, split_savings, without_cache
 from thrifty.errors import ThriftyError, UpstreamError
 from thrifty.observe.metrics import GatewayMetrics
 from thrifty.protocols import (
@@ -197,13 +197,16 @@ class Gateway:
         )
 
     def finished(self, trace: Trace, cost: Cost, request: ChatRequest | None = None, answer: str = "") -> LedgerEntry:
-        """The row of a request that was answered: its baseline is the alias's first target, same tokens."""
-        baseline = self.pricer.cost(self.aliases[trace.requested_model][0], trace.usage)
+        """The row of a request that was answered. Its baseline is the alias's first target for the same tokens,
+        with no cache of any kind: the difference is what the levers saved."""
+        uncached = without_cache(trace.usage)
+        baseline = self.pricer.cost(self.aliases[trace.requested_model][0], uncached)
+        uncached_here = self.pricer.cost(trace.target, uncached) if trace.target else baseline
         payload = None
         if self.capture_payloads and request is not None:
             body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
             payload = Payload(body, answer)
-        savings = savings_by_lever(cost, baseline, "cache" if trace.cache else "fallback")
+        savings = split_savings(cost, baseline, uncached_here, trace.cache, "fallback")
         return trace.entry("ok", cost, baseline, savings=savings, payload=payload)
 
     def _record_failure(self, trace: Trace, exc: ThriftyError) -> None:

@@ -53,6 +53,9 @@ class ProviderSettings(_Strict):
     catalog_provider: str | None = None
     """The genai-prices provider id for pricing; default from ``kind`` and ``base_url``."""
     timeout_s: Annotated[float, Field(gt=0)] | None = None
+    prompt_caching: bool | None = None
+    """Anthropic: mark the stable prefix with ``cache_control``; OpenAI: send ``prompt_cache_key``. Default: on
+    for Anthropic, and for OpenAI only at api.openai.com (other servers may refuse the unknown field)."""
 
     @model_validator(mode="after")
     def _needs_url(self) -> ProviderSettings:

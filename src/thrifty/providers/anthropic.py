@@ -6,25 +6,45 @@ from collections.abc import AsyncGenerator
 
 import orjson
 
+from thrifty.caches.prompt_cache import add_cache_breakpoints
 from thrifty.errors import UpstreamError
 from thrifty.providers.anthropic_format import AnthropicStreamTranslator, from_anthropic, to_anthropic
 from thrifty.providers.http import HttpClient, Timeouts, parse_json
 from thrifty.providers.openai import reject_embeddings
-from thrifty.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, StreamChunk, Target
+from thrifty.tokens import TiktokenCounter
+from thrifty.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    JsonObject,
+    StreamChunk,
+    Target,
+)
 
 API_VERSION = "2023-06-01"
 
 
 class AnthropicProvider:
-    def __init__(self, name: str, base_url: str, api_key: str, timeouts: Timeouts) -> None:
+    def __init__(
+        self, name: str, base_url: str, api_key: str, timeouts: Timeouts, cache_counter: TiktokenCounter | None = None
+    ) -> None:
+        """With ``cache_counter``, the stable prefix of each request is marked for Anthropic's prompt cache."""
         self.name = name
+        self._cache_counter = cache_counter
         headers = {"anthropic-version": API_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
         self._http = HttpClient(base_url, headers, timeouts)
 
-    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
+    def _body(self, request: ChatRequest, model: str) -> JsonObject:
         body = to_anthropic(request.body, model)
+        if self._cache_counter is not None:
+            body = add_cache_breakpoints(body, model, self._cache_counter)
+        return body
+
+    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
+        body = self._body(request, model)
         body.pop("stream", None)
         raw, upstream_ms = await self._http.post_json("/v1/messages", body)
         parsed = parse_json(raw, "a response")
@@ -34,7 +54,7 @@ class AnthropicProvider:
         return ChatResponse(out, usage, Target(self.name, model), upstream_ms)
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncGenerator[StreamChunk, None]:
-        body = to_anthropic(request.body, model)
+        body = self._body(request, model)
         body["stream"] = True
         translator = AnthropicStreamTranslator()
         stopped = False

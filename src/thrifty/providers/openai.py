@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from thrifty.caches.prompt_cache import prompt_cache_key as prefix_key
 from thrifty.errors import BadRequest, UpstreamError
 from thrifty.providers.http import HttpClient, Timeouts, parse_json
 from thrifty.types import (
@@ -24,9 +25,11 @@ from thrifty.types import (
 )
 
 
-def to_openai(body: JsonObject, model: str, *, stream: bool) -> JsonObject:
+def to_openai(body: JsonObject, model: str, *, stream: bool, cache_key: bool = False) -> JsonObject:
     out = dict(body)
     out["model"] = model
+    if cache_key and "prompt_cache_key" not in out:
+        out["prompt_cache_key"] = prefix_key(body)
     if stream:
         out["stream"] = True
         options = dict(out.get("stream_options") or {})
@@ -70,19 +73,24 @@ def chunk_from_sse(data: bytes) -> StreamChunk:
 
 
 class OpenAIProvider:
-    def __init__(self, name: str, base_url: str, api_key: str, timeouts: Timeouts) -> None:
+    def __init__(
+        self, name: str, base_url: str, api_key: str, timeouts: Timeouts, *, prompt_cache_key: bool = False
+    ) -> None:
         self.name = name
+        self._cache_key = prompt_cache_key
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = HttpClient(base_url, headers, timeouts)
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
-        raw, upstream_ms = await self._http.post_json("/chat/completions", to_openai(request.body, model, stream=False))
+        body = to_openai(request.body, model, stream=False, cache_key=self._cache_key)
+        raw, upstream_ms = await self._http.post_json("/chat/completions", body)
         body, usage = from_openai(raw)
         return ChatResponse(body, usage, Target(self.name, model), upstream_ms, raw=raw)
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncGenerator[StreamChunk, None]:
         done = False
-        lines = self._http.post_stream("/chat/completions", to_openai(request.body, model, stream=True))
+        body = to_openai(request.body, model, stream=True, cache_key=self._cache_key)
+        lines = self._http.post_stream("/chat/completions", body)
         async for line in lines:
             if not line.startswith(b"data:"):
                 continue

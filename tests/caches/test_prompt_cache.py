@@ -1,0 +1,99 @@
+"""Provider prompt caching: breakpoints for Anthropic, prompt_cache_key for OpenAI, savings, and the prefix lint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from sqlalchemy import select
+
+from fakes.upstream import FakeUpstream, FakeUsage
+from gateway_harness import config_text, ledger_rows
+from thrifty.caches.prompt_cache import add_cache_breakpoints, lint_prefix, prompt_cache_key
+from thrifty.ledger import tables
+from thrifty.server.run import ServerThread
+from thrifty.settings import load_settings
+from thrifty.tokens import TiktokenCounter
+
+LONG_SYSTEM = "You are a meticulous support agent for the Acme cloud platform. " * 200  # about 2,600 tokens
+COUNTER = TiktokenCounter()
+
+
+def test_breakpoints_mark_long_prefixes_only() -> None:
+    body = {"system": LONG_SYSTEM, "messages": [{"role": "user", "content": "hi"}]}
+    marked = add_cache_breakpoints(body, "claude-sonnet-4-5", COUNTER)
+    assert marked["system"] == [{"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral"}}]
+    short = {"system": "Be brief.", "messages": [{"role": "user", "content": "hi"}]}
+    assert add_cache_breakpoints(short, "claude-sonnet-4-5", COUNTER) == short
+    # Haiku needs a 2,048-token prefix; the system prompt alone is long enough here too.
+    assert "cache_control" in str(add_cache_breakpoints(body, "claude-3-5-haiku-latest", COUNTER))
+
+
+def test_history_before_the_last_turn_is_marked_and_client_marks_are_respected() -> None:
+    messages = [
+        {"role": "user", "content": "Here is the contract: " + "clause " * 1500},
+        {"role": "assistant", "content": "Read it."},
+        {"role": "user", "content": "What is clause 3?"},
+    ]
+    marked = add_cache_breakpoints({"messages": messages}, "claude-sonnet-4-5", COUNTER)
+    assert marked["messages"][1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert marked["messages"][2] == messages[2]
+    mine = {"system": [{"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
+    assert add_cache_breakpoints({**mine, "messages": messages}, "claude-sonnet-4-5", COUNTER)["messages"] == messages
+
+
+def test_prompt_cache_key_follows_the_prefix() -> None:
+    a = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "one"}]}
+    b = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "two"}]}
+    c = {"messages": [{"role": "system", "content": "T"}, {"role": "user", "content": "one"}]}
+    assert prompt_cache_key(a) == prompt_cache_key(b) != prompt_cache_key(c)
+
+
+def test_lint_finds_what_breaks_prefix_caching() -> None:
+    messages = [
+        {"role": "system", "content": "Current time: 2026-11-26 15:04:05. request_id=ab12cd. You are helpful."},
+        {"role": "user", "content": "hello"},
+    ]
+    tools = [{"type": "function", "function": {"name": n}} for n in ("search", "add")]
+    found = {(f.where, f.what) for f in lint_prefix(messages, tools)}
+    assert ("messages[0] (system)", "timestamp") in found
+    assert ("messages[0] (system)", "request or session id") in found
+    assert ("tools", "tools not in a stable order") in found
+    assert lint_prefix([{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "x"}]) == []
+
+
+@pytest.fixture
+def up() -> Iterator[FakeUpstream]:
+    with FakeUpstream(usage=FakeUsage(input_tokens=3000, output_tokens=100, cache_read_tokens=2600)) as upstream:
+        yield upstream
+
+
+def test_anthropic_prompt_cache_read_is_priced_and_credited(tmp_path: Path, up: FakeUpstream) -> None:
+    (tmp_path / "thrifty.toml").write_text(config_text(up))
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            client.chat.completions.create(
+                model="claude", messages=[{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": "hi"}]
+            )
+        (row,) = ledger_rows(gw)
+        with gw.runtime.ledger.engine.connect() as conn:
+            savings = {s.lever: s.savings_nusd for s in conn.execute(select(tables.savings))}
+    sent = up.requests[-1].json
+    assert sent["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    # claude-3-5-haiku: 400 uncached x $0.80 + 2,600 cache reads x $0.08 + 100 out x $4.00, per million.
+    assert row["cost_nusd"] == 928_000
+    assert row["baseline_cost_nusd"] == 2_800_000  # 3,000 x $0.80 + 100 x $4.00, as if nothing were cached
+    assert savings == {"prompt_cache": 1_872_000}
+
+
+def test_openai_prompt_cache_key_is_opt_in_off_openai(tmp_path: Path, up: FakeUpstream) -> None:
+    text = config_text(up).replace("[providers.down]", "prompt_caching = true\n\n[providers.down]", 1)
+    (tmp_path / "thrifty.toml").write_text(text)
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+            client.chat.completions.create(model="mystery", messages=[{"role": "user", "content": "hi"}])
+    assert up.requests[0].json["prompt_cache_key"].startswith("thrifty-")
+    assert up.requests[0].json["prompt_cache_key"] == up.requests[1].json["prompt_cache_key"]
