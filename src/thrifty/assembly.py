@@ -8,7 +8,9 @@ from urllib.parse import urlparse
 
 from thrifty.caches.none import NoCache
 from thrifty.errors import ConfigError
-from thrifty.guards.open import OpenGuard
+from thrifty.guards.budget_book import BudgetBook
+from thrifty.guards.estimate import CostEstimator
+from thrifty.guards.stores import GuardStore
 from thrifty.keys import KeyAuthenticator
 from thrifty.ledger.migrations import migrate
 from thrifty.ledger.writer import SqlLedger
@@ -16,7 +18,7 @@ from thrifty.observe.metrics import GatewayMetrics
 from thrifty.optimizers.none import NoOptimizer
 from thrifty.pipeline import Gateway
 from thrifty.pricing import CatalogPricer, ModelPrice
-from thrifty.protocols import Provider, ResponseCache
+from thrifty.protocols import Guard, Provider, ResponseCache
 from thrifty.providers.http import Timeouts
 from thrifty.routers.static import StaticRouter
 from thrifty.settings import ProviderSettings, Settings
@@ -32,6 +34,9 @@ class Runtime:
     gateway: Gateway
     ledger: SqlLedger
     keys: KeyAuthenticator
+    estimator: CostEstimator
+    budgets: BudgetBook | None = None
+    guard_store: GuardStore | None = None
 
     def start(self) -> None:
         try:
@@ -42,13 +47,18 @@ class Runtime:
             logging.getLogger("thrifty").warning("ledger database not ready at start-up: %s", exc)
         self.ledger.start()
         self.keys.start()
+        if self.budgets is not None:
+            self.budgets.start()
 
     async def aclose(self) -> None:
         for provider in self.gateway.providers.values():
             await provider.aclose()
-        close = getattr(self.gateway.cache, "aclose", None)
-        if close is not None:
-            await close()
+        for resource in (self.gateway.cache, self.guard_store):
+            close = getattr(resource, "aclose", None)
+            if close is not None:
+                await close()
+        if self.budgets is not None:
+            self.budgets.close()
         self.keys.close()
         self.ledger.close()
 
@@ -58,21 +68,53 @@ def build_runtime(settings: Settings) -> Runtime:
     keys = KeyAuthenticator(ledger.engine)
     counter = TiktokenCounter()
     aliases = {alias: model.parsed_targets() for alias, model in settings.models.items()}
+    pricer = build_pricer(settings)
+    estimator = CostEstimator(pricer, counter, aliases, settings.guards.default_max_output_tokens)
+    guard, budgets, store = build_guard(settings, ledger, estimator)
     gateway = Gateway(
         aliases=aliases,
         authenticator=keys,
-        guard=OpenGuard(),
+        guard=guard,
         cache=build_cache(settings, aliases),
         optimizer=NoOptimizer(),
         router=StaticRouter(aliases),
         providers={name: build_provider(name, p, settings, counter) for name, p in settings.providers.items()},
-        pricer=build_pricer(settings),
+        pricer=pricer,
         ledger=ledger,
         metrics=GatewayMetrics(),
         counter=counter,
         capture_payloads=settings.ledger.capture_payloads,
     )
-    return Runtime(settings, gateway, ledger, keys)
+    return Runtime(settings, gateway, ledger, keys, estimator, budgets, store)
+
+
+def build_guard(
+    settings: Settings, ledger: SqlLedger, estimator: CostEstimator
+) -> tuple[Guard, BudgetBook | None, GuardStore | None]:
+    """Agent caps, rate limits and budgets as configured (budgets also from the database, so a budget set with
+    the CLI applies without a restart); no guard at all costs nothing."""
+    from thrifty.guards.budget_book import from_settings
+    from thrifty.guards.budgets import BudgetGuard
+    from thrifty.guards.chain import GuardChain
+    from thrifty.guards.limits import AgentCaps, AgentGuard, RateLimit, RateLimiter
+    from thrifty.guards.stores import MemoryGuardStore, RedisGuardStore
+
+    config = settings.guards
+    store: GuardStore = (
+        RedisGuardStore(config.url or "redis://127.0.0.1:6379/0") if config.store == "redis" else MemoryGuardStore()
+    )
+    book = BudgetBook(ledger.engine, from_settings(settings.budgets))
+    limits = [RateLimit(r.scope, r.id, r.rpm, r.tpm, r.usd_per_minute) for r in settings.rate_limits]
+    caps = settings.agent_caps
+    chain = GuardChain(
+        estimator,
+        budgets=BudgetGuard(book, store, estimator, book.spend_since),
+        limiter=RateLimiter(limits, store) if limits else None,
+        agents=AgentGuard(AgentCaps(caps.max_calls, caps.max_tool_calls, caps.window_s, caps.loop_repeats), store)
+        if caps
+        else None,
+    )
+    return chain, book, store
 
 
 def build_cache(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> ResponseCache:

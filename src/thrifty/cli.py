@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from thrifty.errors import ThriftyError
+from thrifty.errors import BadRequest, ThriftyError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -148,6 +148,42 @@ def cmd_cache_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_budget_set(args: argparse.Namespace) -> int:
+    from decimal import Decimal
+
+    from thrifty.guards.budget_book import save_budget
+    from thrifty.guards.budgets import Budget
+
+    scopes = [(s, getattr(args, s)) for s in ("tenant", "key", "user", "feature", "session") if getattr(args, s)]
+    periods = [(p, getattr(args, f"usd_per_{p}")) for p in ("day", "week", "month") if getattr(args, f"usd_per_{p}")]
+    if args.usd_total:
+        periods.append(("total", args.usd_total))
+    if len(scopes) != 1 or len(periods) != 1:
+        raise BadRequest("give exactly one of --tenant/--key/--user/--feature/--session and one --usd-per-PERIOD")
+    (scope, scope_id), (period, usd) = scopes[0], periods[0]
+    budget = save_budget(_engine(args), Budget("", scope, scope_id, period, Decimal(usd), not args.soft, args.clamp))
+    kind = "soft" if args.soft else "hard"
+    print(f"{budget.budget_id}: {kind} budget of ${budget.limit_usd} per {period} for {scope} {scope_id}")
+    return 0
+
+
+def cmd_budget_list(args: argparse.Namespace) -> int:
+    from thrifty.guards.budget_book import from_settings, load_budgets
+    from thrifty.render import table
+
+    budgets = from_settings(_settings(args).budgets) + load_budgets(_engine(args))
+    rows = [[b.budget_id, b.scope, b.scope_id, b.period, b.limit_usd, "hard" if b.hard else "soft"] for b in budgets]
+    print(table(["budget", "scope", "id", "period", "limit", "kind"], rows))
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from thrifty.quotes import estimate_from_cli
+
+    print(estimate_from_cli(_settings(args), args.model, args.prompt, args.messages, args.max_tokens, args.json))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from thrifty.export import export_workload
 
@@ -196,6 +232,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--gateway", help="a running gateway's URL, to purge its in-process caches too")
     c.add_argument("--key", help="admin key for --gateway (default: $THRIFTY_ADMIN_KEY)")
     c.set_defaults(run=cmd_cache_purge)
+
+    p = sub.add_parser("budget", help="spending limits per tenant, key, user, feature or session")
+    bsub = p.add_subparsers(metavar="ACTION")
+    b = bsub.add_parser("set", parents=[config], help="set (or replace) a budget")
+    for scope in ("tenant", "key", "user", "feature", "session"):
+        b.add_argument(f"--{scope}")
+    for period in ("day", "week", "month"):
+        b.add_argument(f"--usd-per-{period}", type=str)
+    b.add_argument("--usd-total", type=str)
+    b.add_argument("--soft", action="store_true", help="alert only, never refuse")
+    b.add_argument("--clamp", action="store_true", help="lower max_tokens to what is left instead of refusing")
+    b.set_defaults(run=cmd_budget_set)
+    b = bsub.add_parser("list", parents=[config], help="budgets from the config and the database")
+    b.set_defaults(run=cmd_budget_list)
+
+    p = sub.add_parser("estimate", parents=[config], help="expected and worst-case cost of a request, per model")
+    p.add_argument("--model", required=True, help="model alias")
+    p.add_argument("--prompt", help="the user message")
+    p.add_argument("--messages", help="a JSON file: a list of messages or a whole request body")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_estimate)
 
     p = sub.add_parser("report", parents=[config], help="requests, tokens and spend from the ledger")
     p.add_argument(

@@ -8,6 +8,10 @@
     │   └── PayloadTooLarge         413 invalid_request_error  request_too_large
     ├── AuthenticationFailed        401 authentication_error   invalid_api_key
     ├── PermissionDenied            403 permission_error
+    ├── Refused                     429 (a guard said no; carries retry-after when it knows)
+    │   ├── BudgetExceeded          429 insufficient_quota     budget_exceeded
+    │   ├── RateLimited             429 rate_limit_error       rate_limited
+    │   └── AgentCapReached         429 rate_limit_error       agent_cap_reached / agent_loop_detected
     ├── NotFound                    404 not_found_error
     ├── ConfigError                 (start-up only, never reaches a client)
     └── UpstreamError               502 api_error              (provider answered badly; retryable by status)
@@ -22,6 +26,7 @@ Provider adapters translate their failures into this tree once, at the boundary;
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -40,6 +45,10 @@ class ThriftyError(Exception):
     @property
     def http_status(self) -> int:
         return self.status
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Extra response headers (``retry-after``)."""
+        return []
 
     def to_openai(self) -> dict[str, Any]:
         return {
@@ -76,6 +85,33 @@ class AuthenticationFailed(ThriftyError):
 class PermissionDenied(ThriftyError):
     status = 403
     error_type = "permission_error"
+
+
+class Refused(ThriftyError):
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after_s is None:
+            return []
+        return [(b"retry-after", str(max(1, math.ceil(self.retry_after_s))).encode())]
+
+
+class BudgetExceeded(Refused):
+    error_type = "insufficient_quota"
+    default_code = "budget_exceeded"
+
+
+class RateLimited(Refused):
+    default_code = "rate_limited"
+
+
+class AgentCapReached(Refused):
+    default_code = "agent_cap_reached"
 
 
 class NotFound(ThriftyError):

@@ -18,6 +18,7 @@ from thrifty.accounting import Trace, split_savings, without_cache
 from thrifty.errors import ThriftyError, UpstreamError
 from thrifty.observe.metrics import GatewayMetrics
 from thrifty.protocols import (
+    Admission,
     Authenticator,
     Guard,
     Ledger,
@@ -46,6 +47,8 @@ from thrifty.types import (
 )
 
 log = logging.getLogger("thrifty")
+
+ZERO = Cost(Decimal(0))
 
 
 class Gateway:
@@ -76,50 +79,60 @@ class Gateway:
     async def handle(self, request: ChatRequest, caller: Caller) -> tuple[ChatResponse, Cost]:
         """One chat completion, non-streaming; returns the answer and what it cost."""
         trace = Trace(request.request_id, "chat", request.model)
+        admission: Admission | None = None
         try:
             trace.principal = self.authenticator.authenticate(caller)  # 1. authenticate
-            self._check_model(request.model)
-            admission = self.guard.admit(request, trace.principal)  # 2. guard
+            self.check_model(request.model)
+            admission = await self.guard.admit(request, trace.principal)  # 2. guard
+            request = admission.request
             response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
             if response is None:
                 optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize
                 route = self.router.route(optimized, trace.principal)  # 5. route
                 response = await self._call(optimized, route, trace)  # 6. call provider
                 await self.cache.store(request, trace.principal, response)
-            trace.target, trace.cache = response.target, response.cache
-            trace.usage = response.usage or self.estimate_usage(request, response.target, output_text(response))
-            cost = Cost(Decimal(0)) if response.cache else self.pricer.cost(response.target, trace.usage)
-            admission.settle(cost)
+            cost = self.account(trace, request, response)
+            await admission.settle(cost, trace.usage, response.target.model)
         except ThriftyError as exc:
             self._record_failure(trace, exc)
             raise
+        finally:
+            if admission is not None:
+                await admission.settle(ZERO)  # a no-op once settled; releases the reservation otherwise
         self.record(self.finished(trace, cost, request, output_text(response)))  # 7. record
         return response, cost
 
     async def open_stream(self, request: ChatRequest, caller: Caller) -> ChatStream:
         """Stages 1-6 of a streamed completion, up to its first chunk; the stream records itself when it ends."""
         trace = Trace(request.request_id, "chat", request.model, streamed=True)
+        admission: Admission | None = None
         try:
             trace.principal = self.authenticator.authenticate(caller)  # 1. authenticate
-            self._check_model(request.model)
-            admission = self.guard.admit(request, trace.principal)  # 2. guard
+            self.check_model(request.model)
+            admission = await self.guard.admit(request, trace.principal)  # 2. guard
+            request = admission.request
             cached = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
             if cached is not None:
                 trace.cache = cached.cache
-                return ChatStream(self, request, trace, await replay_stream(cached), admission)
-            optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize
-            route = self.router.route(optimized, trace.principal)  # 5. route
-            opened = await self._open(optimized, route, trace)  # 6. call provider
+                opened = await replay_stream(cached)
+            else:
+                optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize
+                route = self.router.route(optimized, trace.principal)  # 5. route
+                opened = await self._open(optimized, route, trace)  # 6. call provider
+            stream, admission = ChatStream(self, request, trace, opened, admission), None  # it settles now
+            return stream
         except ThriftyError as exc:
             self._record_failure(trace, exc)
             raise
-        return ChatStream(self, request, trace, opened, admission)
+        finally:
+            if admission is not None:
+                await admission.settle(ZERO)
 
     async def embed(self, request: EmbeddingRequest, caller: Caller) -> tuple[EmbeddingResponse, Cost]:
         trace = Trace(request.request_id, "embeddings", request.model)
         try:
             trace.principal = self.authenticator.authenticate(caller)
-            self._check_model(request.model)
+            self.check_model(request.model)
             last: ThriftyError | None = None
             for target in self.aliases[request.model]:
                 started = time.perf_counter()
@@ -147,7 +160,7 @@ class Gateway:
         self.ledger.record(entry)
         self.metrics.observe(entry)
 
-    def _check_model(self, model: str) -> None:
+    def check_model(self, model: str) -> None:
         if model not in self.aliases:
             raise unknown_model(model, self.aliases)
 
@@ -195,6 +208,12 @@ class Gateway:
             output_tokens=self.counter.count_text(target.model, output),
             estimated=True,
         )
+
+    def account(self, trace: Trace, request: ChatRequest, response: ChatResponse) -> Cost:
+        """Who answered, the tokens (counted offline if the provider gave none), and the cost: 0 from the cache."""
+        trace.target, trace.cache = response.target, response.cache
+        trace.usage = response.usage or self.estimate_usage(request, response.target, output_text(response))
+        return ZERO if response.cache else self.pricer.cost(response.target, trace.usage)
 
     def finished(self, trace: Trace, cost: Cost, request: ChatRequest | None = None, answer: str = "") -> LedgerEntry:
         """The row of a request that was answered. Its baseline is the alias's first target for the same tokens,

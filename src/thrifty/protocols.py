@@ -31,15 +31,18 @@ class Authenticator(Protocol):
 
 
 class Admission(Protocol):
-    """What a guard reserved for one request; settled once the cost is known."""
+    """What a guard reserved for one request (and the request it admitted, ``max_tokens`` perhaps clamped);
+    settled exactly once, to the real cost or to zero."""
 
-    def settle(self, cost: Cost) -> None: ...
+    @property
+    def request(self) -> ChatRequest: ...
+    async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None: ...
 
 
 class Guard(Protocol):
     """Stage 2: refuse early (budgets, rate limits, agent caps) or admit and reserve."""
 
-    def admit(self, request: ChatRequest, principal: Principal) -> Admission: ...
+    async def admit(self, request: ChatRequest, principal: Principal) -> Admission: ...
 
 
 class ResponseCache(Protocol):

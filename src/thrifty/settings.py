@@ -112,6 +112,39 @@ class CacheSettings(_Strict):
     features: dict[str, CacheRule] = {}
 
 
+class GuardSettings(_Strict):
+    store: Literal["memory", "redis"] = "memory"
+    """Counters for budgets, rate limits and agent caps: this process, or Redis shared by replicas."""
+    url: str = ""
+    default_max_output_tokens: Annotated[int, Field(gt=0)] = 4096
+    """The output a request without ``max_tokens`` may produce, for reservations and quotes."""
+
+
+class BudgetSettings(_Strict):
+    scope: Literal["tenant", "key", "user", "feature", "session"]
+    id: Annotated[str, Field(min_length=1)]
+    usd: Annotated[Decimal, Field(gt=0)]
+    period: Literal["day", "week", "month", "total"] = "month"
+    hard: bool = True
+    clamp: bool = False
+    """Lower ``max_tokens`` to what the budget can still pay for, instead of refusing."""
+
+
+class RateLimitSettings(_Strict):
+    scope: Literal["key", "tenant"]
+    id: str = "*"
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    tpm: Annotated[int, Field(gt=0)] | None = None
+    usd_per_minute: Annotated[Decimal, Field(gt=0)] | None = None
+
+
+class AgentCapSettings(_Strict):
+    max_calls: Annotated[int, Field(gt=0)] | None = None
+    max_tool_calls: Annotated[int, Field(gt=0)] | None = None
+    window_s: Annotated[int, Field(gt=0)] = 3600
+    loop_repeats: Annotated[int, Field(ge=2)] | None = None
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     ledger: LedgerSettings = LedgerSettings()
@@ -119,6 +152,10 @@ class Settings(_Strict):
     models: dict[str, ModelSettings] = {}
     prices: dict[str, PriceSettings] = {}
     cache: CacheSettings = CacheSettings()
+    guards: GuardSettings = GuardSettings()
+    budgets: list[BudgetSettings] = []
+    rate_limits: list[RateLimitSettings] = []
+    agent_caps: AgentCapSettings | None = None
     base_dir: Path = Path(".")
     """The config file's folder (set by ``load_settings``, not by the file)."""
 

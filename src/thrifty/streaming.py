@@ -82,12 +82,12 @@ class ChatStream:
         except ThriftyError as exc:
             status, self.error = "error", exc
             # Recorded before the client hears of the failure, as a finished stream is before [DONE].
-            self._finish(status, exc.error_type)
+            await self._finish(status, exc.error_type)
             yield orjson.dumps(exc.to_openai())
         finally:
             await self._opened.rest.aclose()
             if self.cost is None:
-                self._finish(status, "")
+                await self._finish(status, "")
 
     async def _store(self) -> None:
         """A fresh, complete answer goes to the cache like a non-streamed one."""
@@ -97,14 +97,14 @@ class ChatStream:
         response = ChatResponse(body, self._usage, self.target, self._trace.upstream_ms)
         await self._gateway.cache.store(self._request, self._trace.principal, response)
 
-    def _finish(self, status: Status, error_type: str) -> None:
+    async def _finish(self, status: Status, error_type: str) -> None:
         trace = self._trace
         trace.upstream_ms = 0.0 if trace.cache else trace.elapsed_ms()
         text = streamed_text(self._payloads) if self._usage is None or self._gateway.capture_payloads else ""
         trace.usage = self._usage or self._gateway.estimate_usage(self._request, self.target, text)
         cost = Cost(Decimal(0)) if trace.cache else self._gateway.pricer.cost(self.target, trace.usage)
-        self._admission.settle(cost)
         self.cost = cost
+        await self._admission.settle(cost, trace.usage, self.target.model)
         if status == "ok":
             entry = self._gateway.finished(trace, cost, self._request, text)
         else:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from thrifty.types import ChatRequest, Cost, Principal
+from dataclasses import dataclass
+
+from thrifty.types import ChatRequest, Cost, Principal, Usage
 
 
+@dataclass(frozen=True, slots=True)
 class NoReservation:
-    def settle(self, cost: Cost) -> None:
+    request: ChatRequest
+
+    async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None:
         return None
 
 
 class OpenGuard:
-    def admit(self, request: ChatRequest, principal: Principal) -> NoReservation:
-        return NoReservation()
+    async def admit(self, request: ChatRequest, principal: Principal) -> NoReservation:
+        return NoReservation(request)

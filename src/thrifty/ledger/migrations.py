@@ -19,7 +19,7 @@ Step = Callable[[Connection], None]
 
 def _v1_initial(conn: Connection) -> None:
     tables.metadata.create_all(
-        conn, tables=[tables.requests, tables.savings, tables.payloads, tables.keys], checkfirst=True
+        conn, tables=[t for t in tables.metadata.sorted_tables if t is not tables.schema_version], checkfirst=True
     )
 
 

@@ -89,6 +89,35 @@ keys = Table(
     Column("admin", Boolean, nullable=False, server_default=false()),
 )
 
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("budget_id", String(64), primary_key=True),
+    Column("scope", String(16), nullable=False),
+    Column("scope_id", String(256), nullable=False),
+    Column("period", String(16), nullable=False),
+    Column("limit_nusd", BigInteger, nullable=False),
+    Column("hard", Boolean, nullable=False),
+    Column("clamp", Boolean, nullable=False, server_default=false()),
+    Column("created_at", Float, nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("alert_id", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("scope_id", String(256), nullable=False),
+    Column("dedupe_key", String(256), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("delivered", Boolean, nullable=False, server_default=false()),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Index("ix_alerts_created", "created_at"),
+)
+
 schema_version = Table(
     "thrifty_schema",
     metadata,

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from thrifty.errors import BadRequest, NotFound, PermissionDenied, ThriftyError
+from thrifty.guards.estimate import CostEstimator
 from thrifty.pipeline import Gateway
 from thrifty.server import anthropic_routes, openapi
 from thrifty.server.http import Request, Send, json_response, send_error
@@ -34,12 +35,14 @@ class ThriftyApp:
         *,
         max_body_bytes: int,
         ready: Callable[[], bool],
+        estimator: CostEstimator,
         on_startup: Lifecycle | None = None,
         on_shutdown: Lifecycle | None = None,
     ) -> None:
         self.gateway = gateway
         self.max_body_bytes = max_body_bytes
         self.ready = ready
+        self.estimator = estimator
         self._on_startup, self._on_shutdown = on_startup, on_shutdown
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
@@ -138,6 +141,16 @@ async def metrics(app: ThriftyApp, request: Request, send: Send) -> None:
     )
 
 
+async def cost_quote(app: ThriftyApp, request: Request, send: Send) -> None:
+    from thrifty.quotes import quote_body
+
+    body = check_chat(parse_body(await request.body()))
+    app.gateway.authenticator.authenticate(request.caller(body.get("user")))
+    app.gateway.check_model(body["model"])
+    quoted = quote_body(app.estimator, ChatRequest(body, request.request_id))
+    await json_response(send, 200, orjson.dumps(quoted), request_id=request.request_id)
+
+
 async def purge_cache(app: ThriftyApp, request: Request, send: Send) -> None:
     from thrifty.caches.entries import PurgeScope
 
@@ -173,4 +186,5 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/metrics"): metrics,
     ("GET", "/openapi.json"): openapi_document,
     ("POST", "/admin/cache/purge"): purge_cache,
+    ("POST", "/v1/cost/quote"): cost_quote,
 }

@@ -88,11 +88,13 @@ async def json_response(
     model: str | None = None,
     cache: str | None = None,
     content_type: bytes = b"application/json",
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     headers = [
         (b"content-type", content_type),
         (b"content-length", str(len(body)).encode()),
         *thrifty_headers(request_id, cost, model, cache),
+        *(extra_headers or []),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -105,4 +107,4 @@ async def send_error(send: Send, exc: ThriftyError, *, anthropic: bool, request_
         body = anthropic_error_body(exc.error_type, exc.message)
     else:
         body = exc.to_openai()
-    await json_response(send, exc.http_status, orjson.dumps(body), request_id=request_id)
+    await json_response(send, exc.http_status, orjson.dumps(body), request_id=request_id, extra_headers=exc.headers())

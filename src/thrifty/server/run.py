@@ -21,6 +21,7 @@ def make_app(runtime: Runtime) -> ThriftyApp:
         runtime.gateway,
         max_body_bytes=runtime.settings.server.max_body_bytes,
         ready=runtime.ledger.ping,
+        estimator=runtime.estimator,
         on_startup=startup,
         on_shutdown=runtime.aclose,
     )

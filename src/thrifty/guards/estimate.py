@@ -1,0 +1,76 @@
+"""What a request may cost before it is sent: counted input tokens, and at most ``max_tokens`` of output.
+
+Budgets reserve the worst case, rate limits count tokens, and ``POST /v1/cost/quote`` / ``thrifty estimate`` show
+both the worst and the expected cost on each model. "Expected" output is the mean output of the calls this
+gateway has seen for that model (capped by ``max_tokens``), or a quarter of the cap when it has seen none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from thrifty.protocols import Pricer
+from thrifty.tokens import TiktokenCounter
+from thrifty.types import ChatRequest, Target, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    target: Target
+    input_tokens: int
+    max_output_tokens: int
+    expected_output_tokens: int
+    worst_usd: Decimal | None
+    expected_usd: Decimal | None
+
+
+class CostEstimator:
+    def __init__(
+        self,
+        pricer: Pricer,
+        counter: TiktokenCounter,
+        aliases: Mapping[str, tuple[Target, ...]],
+        default_max_output_tokens: int = 4096,
+    ) -> None:
+        self._pricer, self._counter, self._aliases = pricer, counter, aliases
+        self._default_max = default_max_output_tokens
+        self._outputs: dict[str, tuple[int, int]] = {}
+
+    def max_output_tokens(self, request: ChatRequest) -> int:
+        body = request.body
+        cap = body.get("max_completion_tokens") or body.get("max_tokens") or self._default_max
+        return int(cap) * int(body.get("n") or 1)
+
+    def input_tokens(self, request: ChatRequest, target: Target) -> int:
+        return self._counter.count_messages(target.model, request.messages)
+
+    def quotes(self, request: ChatRequest) -> list[Quote]:
+        cap = self.max_output_tokens(request)
+        quotes = []
+        for target in self._aliases[request.model]:
+            tokens_in = self.input_tokens(request, target)
+            seen, total = self._outputs.get(target.model, (0, 0))
+            expected_out = min(cap, total // seen if seen else cap // 4)
+            quotes.append(
+                Quote(
+                    target,
+                    tokens_in,
+                    cap,
+                    expected_out,
+                    self._pricer.cost(target, Usage(tokens_in, cap)).usd,
+                    self._pricer.cost(target, Usage(tokens_in, expected_out)).usd,
+                )
+            )
+        return quotes
+
+    def worst_case(self, request: ChatRequest) -> tuple[Decimal | None, int]:
+        """The most any of the alias's targets could charge (a fallback may land on any), and the input tokens."""
+        quotes = self.quotes(request)
+        priced = [q.worst_usd for q in quotes if q.worst_usd is not None]
+        return (max(priced) if priced else None), max(q.input_tokens for q in quotes)
+
+    def observe_output(self, model: str, output_tokens: int) -> None:
+        seen, total = self._outputs.get(model, (0, 0))
+        self._outputs[model] = (seen + 1, total + output_tokens)

@@ -1,0 +1,173 @@
+"""Atomic counters for the guards: in this process, or in Redis shared by replicas.
+
+Two primitives, each atomic where it runs (one event loop here; one Lua script in Redis):
+
+- ``reserve``: admit an amount against a limit counting what is spent *and* what is reserved by requests still
+  in flight, so concurrent requests can never jointly overshoot; ``settle`` turns a reservation into spend;
+  reservations expire, so a crashed request cannot hold budget forever.
+- ``hit_window``: add to several fixed-window counters at once, all or none, refusing if any would pass its
+  limit (rate limits by key and tenant, in requests, tokens and USD per minute).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    spent: int
+    reserved: int
+
+
+class GuardStore(Protocol):
+    async def reserve(self, key: str, token: str, amount: int, limit: int, ttl_s: float, seed: int) -> Verdict: ...
+    async def settle(self, key: str, token: str, actual: int) -> None: ...
+    async def hit_window(self, counters: Sequence[tuple[str, int, int]], window_s: int) -> float | None: ...
+    async def reserved_total(self) -> int: ...
+
+
+@dataclass
+class _Account:
+    spent: int
+    reservations: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def live_reserved(self, now: float) -> int:
+        for token in [t for t, (_, expires) in self.reservations.items() if expires <= now]:
+            del self.reservations[token]
+        return sum(amount for amount, _ in self.reservations.values())
+
+
+class MemoryGuardStore:
+    """For one gateway process; every call runs to completion on the event loop, which makes it atomic."""
+
+    def __init__(self) -> None:
+        self._accounts: dict[str, _Account] = {}
+        self._windows: dict[str, tuple[int, int]] = {}
+
+    async def reserve(self, key: str, token: str, amount: int, limit: int, ttl_s: float, seed: int) -> Verdict:
+        now = time.time()
+        account = self._accounts.setdefault(key, _Account(seed))
+        reserved = account.live_reserved(now)
+        if account.spent + reserved + amount > limit:
+            return Verdict(False, account.spent, reserved)
+        account.reservations[token] = (amount, now + ttl_s)
+        return Verdict(True, account.spent, reserved + amount)
+
+    async def settle(self, key: str, token: str, actual: int) -> None:
+        account = self._accounts.get(key)
+        if account is not None:
+            account.reservations.pop(token, None)
+            account.spent += actual
+
+    async def hit_window(self, counters: Sequence[tuple[str, int, int]], window_s: int) -> float | None:
+        now = time.time()
+        window = int(now // window_s)
+        current = {k: (v[1] if v[0] == window else 0) for k, v in self._windows.items()}
+        for key, amount, limit in counters:
+            if current.get(key, 0) + amount > limit:
+                return (window + 1) * window_s - now
+        for key, amount, _ in counters:
+            self._windows[key] = (window, current.get(key, 0) + amount)
+        return None
+
+    async def reserved_total(self) -> int:
+        now = time.time()
+        return sum(account.live_reserved(now) for account in self._accounts.values())
+
+
+# KEYS[1] spent, KEYS[2] reservations hash; ARGV token, amount, limit, expires_at, now, seed, key ttl
+_RESERVE = """
+redis.call('SET', KEYS[1], ARGV[6], 'NX', 'EX', ARGV[7])
+local spent = tonumber(redis.call('GET', KEYS[1]))
+local reserved = 0
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local amount, expires = string.match(all[i + 1], '(%d+):([%d%.]+)')
+  if tonumber(expires) <= tonumber(ARGV[5]) then
+    redis.call('HDEL', KEYS[2], all[i])
+  else
+    reserved = reserved + tonumber(amount)
+  end
+end
+if spent + reserved + tonumber(ARGV[2]) > tonumber(ARGV[3]) then
+  return {0, spent, reserved}
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+return {1, spent, reserved + tonumber(ARGV[2])}
+"""
+
+# Spend counts even when the reservation already expired: the money was spent either way.
+_SETTLE = """
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('INCRBY', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: counters; ARGV[1] window seconds, then amount, limit pairs
+_WINDOW = """
+for i, key in ipairs(KEYS) do
+  local current = tonumber(redis.call('GET', key) or '0')
+  if current + tonumber(ARGV[2 * i]) > tonumber(ARGV[2 * i + 1]) then
+    return redis.call('PTTL', key)
+  end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('INCRBY', key, ARGV[2 * i])
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return -10
+"""
+
+PREFIX = "thrifty:guard:"
+
+
+class RedisGuardStore:
+    """Shared by replicas: the limits hold across all of them, not per replica."""
+
+    def __init__(self, url: str, key_ttl_s: int = 40 * 86400) -> None:
+        import redis.asyncio as redis_asyncio
+
+        self._redis: Any = redis_asyncio.Redis.from_url(url)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._window = self._redis.register_script(_WINDOW)
+        self._key_ttl_s = key_ttl_s
+
+    async def reserve(self, key: str, token: str, amount: int, limit: int, ttl_s: float, seed: int) -> Verdict:
+        now = time.time()
+        keys = [PREFIX + key + ":spent", PREFIX + key + ":res"]
+        args: list[str | int] = [token, amount, limit, f"{now + ttl_s:.3f}", f"{now:.3f}", seed, self._key_ttl_s]
+        ok, spent, reserved = await self._reserve(keys=keys, args=args)
+        return Verdict(bool(ok), int(spent), int(reserved))
+
+    async def settle(self, key: str, token: str, actual: int) -> None:
+        await self._settle(keys=[PREFIX + key + ":spent", PREFIX + key + ":res"], args=[token, actual])
+
+    async def hit_window(self, counters: Sequence[tuple[str, int, int]], window_s: int) -> float | None:
+        window = int(time.time() // window_s)
+        keys = [f"{PREFIX}rate:{key}:{window}" for key, _, _ in counters]
+        args: list[int] = [window_s + 1]
+        for _, amount, limit in counters:
+            args += [amount, limit]
+        result = int(await self._window(keys=keys, args=args))
+        if result == -10:
+            return None
+        return max(result, 1) / 1000
+
+    async def reserved_total(self) -> int:
+        total = 0
+        async for name in self._redis.scan_iter(match=PREFIX + "*:res", count=1000):
+            for value in (await self._redis.hgetall(name)).values():
+                amount, expires = value.decode().split(":")
+                if float(expires) > time.time():
+                    total += int(amount)
+        return total
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
