@@ -14,6 +14,8 @@ from thrifty.guards.stores import GuardStore
 from thrifty.keys import KeyAuthenticator
 from thrifty.ledger.migrations import migrate
 from thrifty.ledger.writer import SqlLedger
+from thrifty.observe.alerts import AlertSink
+from thrifty.observe.anomaly import AnomalyDetector, AnomalySettings
 from thrifty.observe.metrics import GatewayMetrics
 from thrifty.optimizers.none import NoOptimizer
 from thrifty.pipeline import Gateway
@@ -37,6 +39,8 @@ class Runtime:
     estimator: CostEstimator
     budgets: BudgetBook | None = None
     guard_store: GuardStore | None = None
+    alerts: AlertSink | None = None
+    anomalies: AnomalyDetector | None = None
 
     def start(self) -> None:
         try:
@@ -70,7 +74,12 @@ def build_runtime(settings: Settings) -> Runtime:
     aliases = {alias: model.parsed_targets() for alias, model in settings.models.items()}
     pricer = build_pricer(settings)
     estimator = CostEstimator(pricer, counter, aliases, settings.guards.default_max_output_tokens)
-    guard, budgets, store = build_guard(settings, ledger, estimator)
+    sink = AlertSink(ledger.engine, settings.alerts.webhooks, settings.alerts.slack_webhooks, settings.alerts.dedupe_s)
+    guard, budgets, store = build_guard(settings, ledger, estimator, sink)
+    a = settings.alerts
+    detector = AnomalyDetector(
+        sink, AnomalySettings(a.fast_window_s, a.factor, a.min_usd_per_hour, a.min_tokens_per_hour)
+    )
     gateway = Gateway(
         aliases=aliases,
         authenticator=keys,
@@ -84,17 +93,18 @@ def build_runtime(settings: Settings) -> Runtime:
         metrics=GatewayMetrics(),
         counter=counter,
         capture_payloads=settings.ledger.capture_payloads,
+        observers=[detector],
     )
-    return Runtime(settings, gateway, ledger, keys, estimator, budgets, store)
+    return Runtime(settings, gateway, ledger, keys, estimator, budgets, store, sink, detector)
 
 
 def build_guard(
-    settings: Settings, ledger: SqlLedger, estimator: CostEstimator
+    settings: Settings, ledger: SqlLedger, estimator: CostEstimator, sink: AlertSink
 ) -> tuple[Guard, BudgetBook | None, GuardStore | None]:
     """Agent caps, rate limits and budgets as configured (budgets also from the database, so a budget set with
     the CLI applies without a restart); no guard at all costs nothing."""
     from thrifty.guards.budget_book import from_settings
-    from thrifty.guards.budgets import BudgetGuard
+    from thrifty.guards.budgets import BudgetAlerts, BudgetGuard
     from thrifty.guards.chain import GuardChain
     from thrifty.guards.limits import AgentCaps, AgentGuard, RateLimit, RateLimiter
     from thrifty.guards.stores import MemoryGuardStore, RedisGuardStore
@@ -108,7 +118,7 @@ def build_guard(
     caps = settings.agent_caps
     chain = GuardChain(
         estimator,
-        budgets=BudgetGuard(book, store, estimator, book.spend_since),
+        budgets=BudgetGuard(book, store, estimator, book.spend_since, BudgetAlerts(sink)),
         limiter=RateLimiter(limits, store) if limits else None,
         agents=AgentGuard(AgentCaps(caps.max_calls, caps.max_tool_calls, caps.window_s, caps.loop_repeats), store)
         if caps

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 
 from thrifty.accounting import Trace, split_savings, without_cache
@@ -67,6 +67,7 @@ class Gateway:
         metrics: GatewayMetrics | None = None,
         counter: TiktokenCounter | None = None,
         capture_payloads: bool = False,
+        observers: Sequence[Callable[[LedgerEntry], None]] = (),
     ) -> None:
         self.aliases = dict(aliases)
         self.authenticator, self.guard, self.cache = authenticator, guard, cache
@@ -75,6 +76,7 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self.counter = counter or TiktokenCounter()
         self.capture_payloads = capture_payloads
+        self.observers = list(observers)
 
     async def handle(self, request: ChatRequest, caller: Caller) -> tuple[ChatResponse, Cost]:
         """One chat completion, non-streaming; returns the answer and what it cost."""
@@ -159,6 +161,8 @@ class Gateway:
         """Stage 7: the durable ledger row and the metrics."""
         self.ledger.record(entry)
         self.metrics.observe(entry)
+        for observer in self.observers:
+            observer(entry)
 
     def check_model(self, model: str) -> None:
         if model not in self.aliases:

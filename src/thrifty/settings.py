@@ -145,6 +145,18 @@ class AgentCapSettings(_Strict):
     loop_repeats: Annotated[int, Field(ge=2)] | None = None
 
 
+class AlertSettings(_Strict):
+    webhooks: list[str] = []
+    """Generic receivers: each alert is POSTed as a JSON object."""
+    slack_webhooks: list[str] = []
+    """Slack-compatible incoming webhooks: ``{"text": ...}``."""
+    dedupe_s: Annotated[float, Field(gt=0)] = 3600.0
+    fast_window_s: Annotated[int, Field(ge=60)] = 300
+    factor: Annotated[float, Field(gt=1)] = 5.0
+    min_usd_per_hour: Annotated[float, Field(ge=0)] = 1.0
+    min_tokens_per_hour: Annotated[float, Field(ge=0)] = 200_000.0
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     ledger: LedgerSettings = LedgerSettings()
@@ -156,6 +168,7 @@ class Settings(_Strict):
     budgets: list[BudgetSettings] = []
     rate_limits: list[RateLimitSettings] = []
     agent_caps: AgentCapSettings | None = None
+    alerts: AlertSettings = AlertSettings()
     base_dir: Path = Path(".")
     """The config file's folder (set by ``load_settings``, not by the file)."""
 

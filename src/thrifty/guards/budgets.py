@@ -21,6 +21,7 @@ from thrifty.errors import BudgetExceeded
 from thrifty.guards.estimate import CostEstimator
 from thrifty.guards.stores import GuardStore
 from thrifty.ledger.tables import from_nusd, to_nusd
+from thrifty.observe.alerts import Alert, AlertSink
 from thrifty.types import ChatRequest, Principal
 
 SCOPES = ("tenant", "key", "user", "feature", "session")
@@ -67,17 +68,26 @@ SpendSince = Callable[[Budget, float], Decimal]
 class Hold:
     key: str
     token: str
+    budget: Budget
+
+
+OnSpent = Callable[[Budget, str, int], None]
+"""Told each budget's spend (nano-dollars) after a settlement, with the period's key: for the 50/80/100% alerts."""
 
 
 class BudgetAdmission:
-    def __init__(self, store: GuardStore, holds: Sequence[Hold], request: ChatRequest) -> None:
-        self._store, self._holds, self.request = store, list(holds), request
+    def __init__(
+        self, store: GuardStore, holds: Sequence[Hold], request: ChatRequest, on_spent: OnSpent | None = None
+    ) -> None:
+        self._store, self._holds, self.request, self._on_spent = store, list(holds), request, on_spent
 
     async def settle(self, cost_usd: Decimal | None) -> None:
         actual = to_nusd(cost_usd) or 0
         holds, self._holds = self._holds, []
         for hold in holds:
-            await self._store.settle(hold.key, hold.token, actual)
+            spent = await self._store.settle(hold.key, hold.token, actual)
+            if self._on_spent is not None and actual:
+                self._on_spent(hold.budget, hold.key, spent)
 
 
 class BudgetGuard:
@@ -87,8 +97,10 @@ class BudgetGuard:
         store: GuardStore,
         estimator: CostEstimator,
         spend_since: SpendSince,
+        on_spent: OnSpent | None = None,
     ) -> None:
         self._budgets, self._store, self._estimator, self._spend_since = budgets, store, estimator, spend_since
+        self._on_spent = on_spent
         self._seeded: set[str] = set()
 
     async def admit(self, request: ChatRequest, principal: Principal) -> BudgetAdmission:
@@ -104,7 +116,7 @@ class BudgetGuard:
         except BudgetExceeded:
             await BudgetAdmission(self._store, holds, request).settle(Decimal(0))
             raise
-        return BudgetAdmission(self._store, holds, request)
+        return BudgetAdmission(self._store, holds, request, self._on_spent)
 
     async def _reserve(
         self, budget: Budget, request: ChatRequest, worst: Decimal | None, input_tokens: int
@@ -121,7 +133,7 @@ class BudgetGuard:
         limit = to_nusd(budget.limit_usd) or 0 if budget.hard else UNLIMITED
         verdict = await self._store.reserve(key, token, amount, limit, RESERVATION_TTL_S, seed)
         if verdict.ok:
-            return Hold(key, token), request, worst
+            return Hold(key, token, budget), request, worst
         if budget.clamp and worst:
             clamped = self._clamp(request, limit - verdict.spent - verdict.reserved, input_tokens, worst)
             if clamped is not None:
@@ -158,3 +170,33 @@ def _refusal(budget: Budget, spent_nusd: int, reserved_nusd: int, resets: dateti
         f"{budget.period}, spent ${spent:.6f} (+${reserved:.6f} reserved by requests in flight); {when}",
         retry_after_s=retry_after,
     )
+
+
+THRESHOLDS = (0.5, 0.8, 1.0)
+
+
+class BudgetAlerts:
+    """Fires when a budget's spend crosses 50, 80 and 100% of its limit, once per threshold per period."""
+
+    def __init__(self, sink: AlertSink) -> None:
+        self._sink = sink
+        self._fired: set[str] = set()
+
+    def __call__(self, budget: Budget, period_key: str, spent_nusd: int) -> None:
+        limit = to_nusd(budget.limit_usd) or 1
+        for threshold in THRESHOLDS:
+            percent = int(threshold * 100)
+            if spent_nusd >= limit * threshold and f"{period_key}:{percent}" not in self._fired:
+                self._fired.add(f"{period_key}:{percent}")
+                self._sink.fire(
+                    Alert(
+                        "budget",
+                        "critical" if threshold >= 1 else "warning",
+                        budget.scope,
+                        budget.scope_id,
+                        f"{period_key}:{percent}",
+                        f"budget {budget.budget_id} ({budget.scope} {budget.scope_id}) reached {percent}% of "
+                        f"${budget.limit_usd} per {budget.period}: ${from_nusd(spent_nusd):.6f} spent"
+                        + ("" if budget.hard else " (soft budget: nothing is refused)"),
+                    )
+                )

@@ -26,7 +26,7 @@ class Verdict:
 
 class GuardStore(Protocol):
     async def reserve(self, key: str, token: str, amount: int, limit: int, ttl_s: float, seed: int) -> Verdict: ...
-    async def settle(self, key: str, token: str, actual: int) -> None: ...
+    async def settle(self, key: str, token: str, actual: int) -> int: ...
     async def hit_window(self, counters: Sequence[tuple[str, int, int]], window_s: int) -> float | None: ...
     async def reserved_total(self) -> int: ...
 
@@ -58,11 +58,12 @@ class MemoryGuardStore:
         account.reservations[token] = (amount, now + ttl_s)
         return Verdict(True, account.spent, reserved + amount)
 
-    async def settle(self, key: str, token: str, actual: int) -> None:
-        account = self._accounts.get(key)
-        if account is not None:
-            account.reservations.pop(token, None)
-            account.spent += actual
+    async def settle(self, key: str, token: str, actual: int) -> int:
+        """Returns the spend after settling."""
+        account = self._accounts.setdefault(key, _Account(0))
+        account.reservations.pop(token, None)
+        account.spent += actual
+        return account.spent
 
     async def hit_window(self, counters: Sequence[tuple[str, int, int]], window_s: int) -> float | None:
         now = time.time()
@@ -105,8 +106,7 @@ return {1, spent, reserved + tonumber(ARGV[2])}
 # Spend counts even when the reservation already expired: the money was spent either way.
 _SETTLE = """
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('INCRBY', KEYS[1], ARGV[2])
-return 1
+return redis.call('INCRBY', KEYS[1], ARGV[2])
 """
 
 # KEYS: counters; ARGV[1] window seconds, then amount, limit pairs
@@ -146,8 +146,8 @@ class RedisGuardStore:
         ok, spent, reserved = await self._reserve(keys=keys, args=args)
         return Verdict(bool(ok), int(spent), int(reserved))
 
-    async def settle(self, key: str, token: str, actual: int) -> None:
-        await self._settle(keys=[PREFIX + key + ":spent", PREFIX + key + ":res"], args=[token, actual])
+    async def settle(self, key: str, token: str, actual: int) -> int:
+        return int(await self._settle(keys=[PREFIX + key + ":spent", PREFIX + key + ":res"], args=[token, actual]))
 
     async def hit_window(self, counters: Sequence[tuple[str, int, int]], window_s: int) -> float | None:
         window = int(time.time() // window_s)

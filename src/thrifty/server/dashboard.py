@@ -84,7 +84,9 @@ async def dashboard_login(app: ThriftyApp, request: Request, send: Send) -> None
     key = body.get("key")
     if not isinstance(key, str) or not _KEY_CHARS.fullmatch(key):
         raise BadRequest("'key' must be a Thrifty API key", param="key")
-    principal = _require_admin(app.gateway.authenticator.authenticate(dataclasses.replace(request.caller(), api_key=key)))
+    principal = _require_admin(
+        app.gateway.authenticator.authenticate(dataclasses.replace(request.caller(), api_key=key))
+    )
     answer = {"signed_in": True, "tenant": principal.tenant, "key_id": principal.key_id}
     await _set_cookie(send, request, key, max_age_s=COOKIE_MAX_AGE_S, answer=answer)
 
