@@ -135,3 +135,28 @@ def test_simulate_and_export_round_trip(tmp_path: Path) -> None:
     records = read_workload(tmp_path / "out.jsonl")
     assert len(records) == 40
     assert all(r.answers["gpt-4-1106-preview"].text for r in records if r.source == "ledger")
+
+
+def test_report_csv_by_feature_and_day(tmp_path: Path, up: FakeUpstream) -> None:
+    import csv
+    import io
+
+    (tmp_path / "thrifty.toml").write_text(config_text(up) + "\n[cache]\nexact = true\n")
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            for feature in ("a", "a", "b"):
+                client.chat.completions.create(
+                    model="fast", messages=HI, temperature=0, extra_headers={"x-thrifty-feature": feature}
+                )
+        ledger_rows(gw)
+    result = thrifty("report", "--by", "feature,day", "--csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0][0] == "feature,day"
+    by_group = {row[0]: row for row in rows[1:] if not row[0].startswith("savings:")}
+    day = next(iter(by_group)).split(" / ")[1]
+    assert by_group[f"a / {day}"][1] == "2" and by_group[f"b / {day}"][1] == "1"
+    savings = [row for row in rows if row[0] == "savings:cache"]
+    assert savings and savings[0][-1] == "0.00054"  # two cache hits at $0.00027 each
+    bad = thrifty("report", "--by", "colour", cwd=tmp_path)
+    assert bad.returncode == 1 and "cannot group by colour" in bad.stderr

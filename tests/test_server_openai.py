@@ -184,7 +184,10 @@ def test_unpriced_model_is_recorded_as_unpriced_not_zero(client: openai.OpenAI, 
     (row,) = ledger_rows(gw)
     assert row["unpriced"] and row["cost_nusd"] is None and row["input_tokens"] == 1000
     metrics = gw.runtime.gateway.metrics.render().decode()
-    assert 'thrifty_unpriced_requests_total{model="my-private-finetune",provider="up"} 1.0' in metrics
+    assert (
+        'thrifty_unpriced_requests_total{feature="",model="my-private-finetune",provider="up",tenant="default"} 1.0'
+        in metrics
+    )
 
 
 def test_embeddings_models_and_health(client: openai.OpenAI, gw: ServerThread) -> None:
@@ -198,7 +201,10 @@ def test_embeddings_models_and_health(client: openai.OpenAI, gw: ServerThread) -
             assert response.status == 200
     with urllib.request.urlopen(gw.base_url + "/metrics") as response:
         text = response.read().decode()
-    assert 'thrifty_requests_total{endpoint="embeddings",model="embed",provider="up",status="ok"} 1.0' in text
+    assert (
+        'thrifty_requests_total{alias="embed",endpoint="embeddings",feature="",model="text-embedding-3-small",'
+        'provider="up",status="ok",tenant="default"} 1.0' in text
+    )
     assert "thrifty_overhead_seconds_bucket" in text and "thrifty_upstream_latency_seconds_bucket" in text
     row = ledger_rows(gw)[0]
     assert row["endpoint"] == "embeddings" and row["cost_nusd"] is not None

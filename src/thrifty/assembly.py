@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from decimal import Decimal
 from urllib.parse import urlparse
 
 from thrifty.caches.none import NoCache
 from thrifty.errors import ConfigError
 from thrifty.guards.budget_book import BudgetBook
+from thrifty.guards.budgets import Budget, OnSpent
 from thrifty.guards.estimate import CostEstimator
 from thrifty.guards.stores import GuardStore
 from thrifty.keys import KeyAuthenticator
 from thrifty.ledger.migrations import migrate
+from thrifty.ledger.tables import from_nusd
 from thrifty.ledger.writer import SqlLedger
 from thrifty.observe.alerts import AlertSink
 from thrifty.observe.anomaly import AnomalyDetector, AnomalySettings
@@ -75,7 +78,8 @@ def build_runtime(settings: Settings) -> Runtime:
     pricer = build_pricer(settings)
     estimator = CostEstimator(pricer, counter, aliases, settings.guards.default_max_output_tokens)
     sink = AlertSink(ledger.engine, settings.alerts.webhooks, settings.alerts.slack_webhooks, settings.alerts.dedupe_s)
-    guard, budgets, store = build_guard(settings, ledger, estimator, sink)
+    metrics = GatewayMetrics()
+    guard, budgets, store = build_guard(settings, ledger, estimator, on_spent(sink, metrics))
     a = settings.alerts
     detector = AnomalyDetector(
         sink, AnomalySettings(a.fast_window_s, a.factor, a.min_usd_per_hour, a.min_tokens_per_hour)
@@ -90,7 +94,7 @@ def build_runtime(settings: Settings) -> Runtime:
         providers={name: build_provider(name, p, settings, counter) for name, p in settings.providers.items()},
         pricer=pricer,
         ledger=ledger,
-        metrics=GatewayMetrics(),
+        metrics=metrics,
         counter=counter,
         capture_payloads=settings.ledger.capture_payloads,
         observers=[detector],
@@ -98,13 +102,27 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime(settings, gateway, ledger, keys, estimator, budgets, store, sink, detector)
 
 
+def on_spent(sink: AlertSink, metrics: GatewayMetrics) -> OnSpent:
+    """After each settlement: the budget's remaining gauge, and its 50/80/100% alerts."""
+    from thrifty.guards.budgets import BudgetAlerts
+
+    alerts = BudgetAlerts(sink)
+
+    def spent(budget: Budget, period_key: str, spent_nusd: int) -> None:
+        alerts(budget, period_key, spent_nusd)
+        remaining = budget.limit_usd - (from_nusd(spent_nusd) or Decimal(0))
+        metrics.budget_remaining.labels(budget.budget_id).set(float(remaining))
+
+    return spent
+
+
 def build_guard(
-    settings: Settings, ledger: SqlLedger, estimator: CostEstimator, sink: AlertSink
+    settings: Settings, ledger: SqlLedger, estimator: CostEstimator, spent: OnSpent
 ) -> tuple[Guard, BudgetBook | None, GuardStore | None]:
     """Agent caps, rate limits and budgets as configured (budgets also from the database, so a budget set with
     the CLI applies without a restart); no guard at all costs nothing."""
     from thrifty.guards.budget_book import from_settings
-    from thrifty.guards.budgets import BudgetAlerts, BudgetGuard
+    from thrifty.guards.budgets import BudgetGuard
     from thrifty.guards.chain import GuardChain
     from thrifty.guards.limits import AgentCaps, AgentGuard, RateLimit, RateLimiter
     from thrifty.guards.stores import MemoryGuardStore, RedisGuardStore
@@ -118,7 +136,7 @@ def build_guard(
     caps = settings.agent_caps
     chain = GuardChain(
         estimator,
-        budgets=BudgetGuard(book, store, estimator, book.spend_since, BudgetAlerts(sink)),
+        budgets=BudgetGuard(book, store, estimator, book.spend_since, spent),
         limiter=RateLimiter(limits, store) if limits else None,
         agents=AgentGuard(AgentCaps(caps.max_calls, caps.max_tool_calls, caps.window_s, caps.loop_repeats), store)
         if caps

@@ -103,8 +103,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     engine = _engine(args)
     since = queries.since_timestamp(args.since)
-    rows = queries.report(engine, args.by, since)
+    try:
+        rows = queries.report(engine, args.by, since)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
     savings = queries.savings_by_lever(engine, since)
+    if args.csv:
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        fields = list(rows[0].as_json()) if rows else ["group"]
+        writer.writerow([args.by if f == "group" else f for f in fields])
+        for row in rows:
+            writer.writerow(row.as_json().values())
+        for lever, amount in sorted(savings.items()):
+            writer.writerow([f"savings:{lever}", *([""] * (len(fields) - 2)), queries.plain(amount)])
+        return 0
     if args.json:
         out = {
             "by": args.by,
@@ -259,10 +273,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--by",
         default="model",
-        choices=["tenant", "key", "user", "feature", "session", "model", "day", "provider", "alias"],
+        help="tenant, key, user, feature, session, model, provider, alias, day; several with commas (feature,day)",
     )
     p.add_argument("--since", help="YYYY-MM-DD (UTC)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--csv", action="store_true")
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("demo", help="replay the bundled workload through a real gateway")

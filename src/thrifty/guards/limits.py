@@ -39,7 +39,7 @@ class RateLimit:
 
     def subject(self, principal: Principal) -> str | None:
         actual = principal.key_id if self.scope == "key" else principal.tenant
-        if not actual or (self.scope_id != "*" and self.scope_id != actual):
+        if not actual or self.scope_id not in ("*", actual):
             return None
         return f"{self.scope}:{actual}"
 

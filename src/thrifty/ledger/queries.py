@@ -71,10 +71,15 @@ def _count_where(flag: Any) -> Any:
 
 
 def report(engine: Engine, by: str, since: float | None = None) -> list[ReportRow]:
+    """``by`` is one grouping or several joined by commas (``feature,day``: cost per feature per day)."""
     r = tables.requests.c
-    group = GROUPS[by]
+    names = [name.strip() for name in by.split(",")]
+    unknown = [name for name in names if name not in GROUPS]
+    if unknown:
+        raise ValueError(f"cannot group by {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    groups = [GROUPS[name] for name in names]
     query = select(
-        group,
+        *groups,
         func.count(),
         _count_where(r.status != "ok"),
         func.coalesce(func.sum(r.input_tokens), 0),
@@ -85,24 +90,25 @@ def report(engine: Engine, by: str, since: float | None = None) -> list[ReportRo
         func.coalesce(func.sum(r.baseline_cost_nusd), 0),
         _count_where(r.unpriced),
         _count_where(r.tokens_estimated),
-    ).group_by(group)
+    ).group_by(*groups)
     if since is not None:
         query = query.where(r.started_at >= since)
     with engine.connect() as conn:
-        rows = conn.execute(query.order_by(func.coalesce(func.sum(r.cost_nusd), 0).desc())).all()
+        rows = conn.execute(query.order_by(*groups[1:], func.coalesce(func.sum(r.cost_nusd), 0).desc())).all()
+    width = len(groups)
     return [
         ReportRow(
-            group=str(row[0]),
-            requests=int(row[1] or 0),
-            errors=int(row[2] or 0),
-            input_tokens=int(row[3] or 0),
-            output_tokens=int(row[4] or 0),
-            cache_read_tokens=int(row[5] or 0),
-            cache_write_tokens=int(row[6] or 0),
-            cost_usd=_usd(row[7]),
-            baseline_cost_usd=_usd(row[8]),
-            unpriced=int(row[9] or 0),
-            estimated=int(row[10] or 0),
+            group=" / ".join(str(v) for v in row[:width]),
+            requests=int(row[width] or 0),
+            errors=int(row[width + 1] or 0),
+            input_tokens=int(row[width + 2] or 0),
+            output_tokens=int(row[width + 3] or 0),
+            cache_read_tokens=int(row[width + 4] or 0),
+            cache_write_tokens=int(row[width + 5] or 0),
+            cost_usd=_usd(row[width + 6]),
+            baseline_cost_usd=_usd(row[width + 7]),
+            unpriced=int(row[width + 8] or 0),
+            estimated=int(row[width + 9] or 0),
         )
         for row in rows
     ]

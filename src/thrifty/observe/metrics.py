@@ -1,21 +1,22 @@
 """Prometheus metrics, one registry per gateway (no import-time globals).
 
-Labels stay bounded: provider, model and endpoint come from config; users and sessions are never labels.
+Labels stay bounded: provider and model come from config; tenant and feature are capped at ``MAX_LABEL_VALUES``
+distinct values each (the rest are counted as ``other``); users and sessions are never labels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from thrifty.types import LedgerEntry
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1)
-
-
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
+MAX_LABEL_VALUES = 100
+SERIES = ["tenant", "feature", "provider", "model"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,95 +29,104 @@ class _Series:
     ttft: Histogram
 
 
+class _Bounded:
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= MAX_LABEL_VALUES:
+            return "other"
+        self._seen.add(value)
+        return value
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
-        self._requests: dict[tuple[str, str, str, str], Counter] = {}
-        self._series: dict[tuple[str, str], _Series] = {}
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._requests: dict[tuple[str, ...], Counter] = {}
+        self._series: dict[tuple[str, ...], _Series] = {}
+        self._tenants, self._features = _Bounded(), _Bounded()
+        self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "thrifty_requests", "Requests handled", ["endpoint", "model", "provider", "status"], registry=r
+            "thrifty_requests", "Requests handled", ["endpoint", "alias", "status", *SERIES], registry=r
         )
-        self.tokens = Counter("thrifty_tokens", "Tokens by kind", ["kind", "provider", "model"], registry=r)
-        self.cost = Counter("thrifty_cost_usd", "Cost paid, USD", ["provider", "model"], registry=r)
-        self.baseline = Counter(
-            "thrifty_baseline_cost_usd",
-            "Cost without Thrifty's levers, USD",
-            ["provider", "model"],
+        self.tokens = Counter("thrifty_tokens", "Tokens paid for, by kind", ["kind", *SERIES], registry=r)
+        self.cost = Counter("thrifty_cost_usd", "Cost paid, USD", SERIES, registry=r)
+        self.baseline = Counter("thrifty_baseline_cost_usd", "Cost without Thrifty's levers, USD", SERIES, registry=r)
+        # A gauge, not a counter: a lever can cost money (a fallback to a dearer model, a cache write).
+        self.savings = Gauge(
+            "thrifty_savings_usd",
+            "Baseline minus cost, by lever, since start",
+            ["lever", "tenant", "feature"],
             registry=r,
         )
-        self.unpriced = Counter(
-            "thrifty_unpriced_requests",
-            "Requests whose model has no price",
-            ["provider", "model"],
-            registry=r,
+        self.unpriced = Counter("thrifty_unpriced_requests", "Requests whose model has no price", SERIES, registry=r)
+        self.cache_hits = Counter(
+            "thrifty_cache_hits", "Answers served from the cache", ["kind", "tenant", "feature"], registry=r
+        )
+        self.refusals = Counter("thrifty_refusals", "Requests a guard refused", ["code", "tenant"], registry=r)
+        self.budget_remaining = Gauge(
+            "thrifty_budget_remaining_usd", "Left in the current period", ["budget"], registry=r
         )
         self.upstream = Histogram(
-            "thrifty_upstream_latency_seconds",
-            "Time spent waiting for the provider",
-            ["provider"],
-            buckets=_LATENCY_BUCKETS_S,
-            registry=r,
-        )
+            "thrifty_upstream_latency_seconds", "Time spent waiting for the provider", ["provider"],
+            buckets=_LATENCY_BUCKETS_S, registry=r,
+        )  # fmt: skip
         self.overhead = Histogram(
-            "thrifty_overhead_seconds",
-            "Time the gateway itself adds to a request (total minus upstream)",
-            buckets=_OVERHEAD_BUCKETS_S,
-            registry=r,
-        )
-        self.cache_hits = Counter("thrifty_cache_hits", "Answers served from the cache", ["kind"], registry=r)
+            "thrifty_overhead_seconds", "Time the gateway itself adds to a request (total minus upstream)",
+            buckets=_OVERHEAD_BUCKETS_S, registry=r,
+        )  # fmt: skip
         self.ttft = Histogram(
-            "thrifty_time_to_first_token_seconds",
-            "Time to the first streamed token",
-            ["provider"],
-            buckets=_LATENCY_BUCKETS_S,
-            registry=r,
-        )
+            "thrifty_time_to_first_token_seconds", "Time to the first streamed token", ["provider"],
+            buckets=_LATENCY_BUCKETS_S, registry=r,
+        )  # fmt: skip
 
     def observe(self, entry: LedgerEntry) -> None:
-        provider, model, usage = entry.provider or "none", entry.model or "none", entry.usage
-        key = (entry.endpoint, entry.requested_model, provider, entry.status)
+        tenant, feature = self._tenants(entry.principal.tenant), self._features(entry.principal.feature)
+        labels = (tenant, feature, entry.provider or "none", entry.model or "none")
+        key = (entry.endpoint, entry.requested_model, entry.status, *labels)
         requests = self._requests.get(key)
         if requests is None:
             requests = self._requests[key] = self.requests.labels(*key)
         requests.inc()
-        series = self._series.get((provider, model)) or self._new_series(provider, model)
+        if entry.status == "error" and entry.error_type in ("insufficient_quota", "rate_limit_error"):
+            self.refusals.labels(entry.error_type, tenant).inc()
+        series = self._series.get(labels) or self._new_series(labels)
+        if entry.baseline_cost_usd is not None:
+            series.baseline.inc(float(entry.baseline_cost_usd))
+        for lever, amount in entry.savings_usd.items():
+            self.savings.labels(lever, tenant, feature).inc(float(amount))
         if entry.cache:
-            self.cache_hits.labels(entry.cache).inc()
-            if entry.baseline_cost_usd is not None:
-                series.baseline.inc(float(entry.baseline_cost_usd))
+            self.cache_hits.labels(entry.cache, tenant, feature).inc()
             self.overhead.observe(entry.total_ms / 1000)
             return
-        for child, count in zip(
-            series.tokens,
-            (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens),
-            strict=True,
-        ):
+        usage = entry.usage
+        counts = (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
+        for child, count in zip(series.tokens, counts, strict=True):
             if count:
                 child.inc(count)
         if entry.cost_usd is not None:
             series.cost.inc(float(entry.cost_usd))
         else:
             series.unpriced.inc()
-        if entry.baseline_cost_usd is not None:
-            series.baseline.inc(float(entry.baseline_cost_usd))
         if entry.upstream_ms:
             series.upstream.observe(entry.upstream_ms / 1000)
         self.overhead.observe(max(entry.total_ms - entry.upstream_ms, 0.0) / 1000)
         if entry.ttft_ms is not None:
             series.ttft.observe(entry.ttft_ms / 1000)
 
-    def _new_series(self, provider: str, model: str) -> _Series:
-        """Label lookups cost more than the increments; each (provider, model) pair is looked up once."""
+    def _new_series(self, labels: tuple[str, ...]) -> _Series:
+        """Label lookups cost more than the increments; each label combination is looked up once."""
         series = _Series(
-            tokens=tuple(self.tokens.labels(kind, provider, model) for kind in TOKEN_KINDS),
-            cost=self.cost.labels(provider, model),
-            unpriced=self.unpriced.labels(provider, model),
-            baseline=self.baseline.labels(provider, model),
-            upstream=self.upstream.labels(provider),
-            ttft=self.ttft.labels(provider),
+            tokens=tuple(self.tokens.labels(kind, *labels) for kind in TOKEN_KINDS),
+            cost=self.cost.labels(*labels),
+            unpriced=self.unpriced.labels(*labels),
+            baseline=self.baseline.labels(*labels),
+            upstream=self.upstream.labels(labels[2]),
+            ttft=self.ttft.labels(labels[2]),
         )
-        self._series[(provider, model)] = series
+        self._series[labels] = series
         return series
 
     def render(self) -> bytes:
