@@ -136,9 +136,10 @@ def build_guard(
     caps = settings.agent_caps
     chain = GuardChain(
         estimator,
+        store,
         budgets=BudgetGuard(book, store, estimator, book.spend_since, spent),
         limiter=RateLimiter(limits, store) if limits else None,
-        agents=AgentGuard(AgentCaps(caps.max_calls, caps.max_tool_calls, caps.window_s, caps.loop_repeats), store)
+        agents=AgentGuard(AgentCaps(caps.max_calls, caps.max_tool_calls, caps.window_s, caps.loop_repeats))
         if caps
         else None,
     )

@@ -6,11 +6,13 @@ the client goes away (the pipeline and the stream both settle in their ``finally
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 from thrifty.guards.budgets import BudgetAdmission, BudgetGuard
 from thrifty.guards.estimate import CostEstimator
 from thrifty.guards.limits import AgentGuard, RateLimiter
+from thrifty.guards.stores import GuardStore
 from thrifty.types import ChatRequest, Cost, Principal, Usage
 
 
@@ -31,30 +33,43 @@ class ChainAdmission:
         if self._settled:
             return
         self._settled = True
+        pending = []
         if self._budget is not None:
-            await self._budget.settle(cost.usd)
+            pending.append(self._budget.settle(cost.usd))
         if usage is not None:
-            if self._limiter is not None:
-                await self._limiter.count(self._subjects, usage, cost.usd)
+            if self._limiter is not None and self._subjects:
+                pending.append(self._limiter.count(self._subjects, usage, cost.usd))
             if model:
                 self._estimator.observe_output(model, usage.output_tokens)
+        if len(pending) == 1:
+            await pending[0]
+        elif pending:
+            await asyncio.gather(*pending)  # overlapping round trips to a shared store
 
 
 class GuardChain:
     def __init__(
         self,
         estimator: CostEstimator,
+        store: GuardStore,
         budgets: BudgetGuard | None = None,
         limiter: RateLimiter | None = None,
         agents: AgentGuard | None = None,
     ) -> None:
-        self.estimator = estimator
+        self.estimator, self._store = estimator, store
         self._budgets, self._limiter, self._agents = budgets, limiter, agents
 
     async def admit(self, request: ChatRequest, principal: Principal) -> ChainAdmission:
-        if self._agents is not None:
-            await self._agents.admit(request, principal)
-        subjects = await self._limiter.admit(principal) if self._limiter is not None else []
+        agent_windows = self._agents.windows(request, principal) if self._agents is not None else []
+        rate_windows, subjects = self._limiter.windows(principal) if self._limiter is not None else ([], [])
+        windows = agent_windows + rate_windows
+        if windows:
+            overflow = await self._store.hit_window(windows)  # agent caps and rate limits in one round trip
+            if overflow is not None:
+                window = windows[overflow.index]
+                if overflow.index < len(agent_windows) and self._agents is not None:
+                    raise self._agents.refusal(window, overflow.retry_after_s)
+                raise RateLimiter.refusal(window, overflow.retry_after_s)
         budget = None
         if self._budgets is not None:
             budget = await self._budgets.admit(request, principal)

@@ -19,7 +19,7 @@ from decimal import Decimal
 import orjson
 
 from thrifty.errors import AgentCapReached, RateLimited
-from thrifty.guards.stores import GuardStore
+from thrifty.guards.stores import GuardStore, Window
 from thrifty.ledger.tables import to_nusd
 from thrifty.types import ChatRequest, Principal, Usage
 
@@ -48,9 +48,9 @@ class RateLimiter:
     def __init__(self, limits: Sequence[RateLimit], store: GuardStore) -> None:
         self._limits, self._store = list(limits), store
 
-    async def admit(self, principal: Principal) -> list[str]:
-        """Refuse, or count the request; returns the subjects whose token and USD windows it will feed."""
-        checks: list[tuple[str, int, int]] = []
+    def windows(self, principal: Principal) -> tuple[list[Window], list[str]]:
+        """The windows to check and count now, and the subjects whose token and USD windows settle later."""
+        windows: list[Window] = []
         subjects = []
         for index, limit in enumerate(self._limits):
             subject = limit.subject(principal)
@@ -58,29 +58,31 @@ class RateLimiter:
                 continue
             subjects.append(f"{index}:{subject}")
             if limit.rpm is not None:
-                checks.append((f"{index}:{subject}:req", 1, limit.rpm))
+                windows.append(Window(f"{index}:{subject}:req", 1, limit.rpm, MINUTE_S))
             if limit.tpm is not None:
-                checks.append((f"{index}:{subject}:tok", 0, limit.tpm - 1))
+                windows.append(Window(f"{index}:{subject}:tok", 0, limit.tpm - 1, MINUTE_S))
             if limit.usd_per_minute is not None:
-                checks.append((f"{index}:{subject}:usd", 0, (to_nusd(limit.usd_per_minute) or 0) - 1))
-        if checks:
-            retry_after = await self._store.hit_window(checks, MINUTE_S)
-            if retry_after is not None:
-                raise RateLimited(
-                    f"rate limit reached for {', '.join(s.split(':', 1)[1] for s in subjects)}; "
-                    f"retry in {retry_after:.1f} s",
-                    retry_after_s=retry_after,
-                )
-        return subjects
+                windows.append(Window(f"{index}:{subject}:usd", 0, (to_nusd(limit.usd_per_minute) or 0) - 1, MINUTE_S))
+        return windows, subjects
+
+    @staticmethod
+    def refusal(window: Window, retry_after_s: float) -> RateLimited:
+        subject = window.key.split(":", 1)[1].rsplit(":", 1)[0]
+        return RateLimited(
+            f"rate limit reached for {subject}; retry in {retry_after_s:.1f} s", retry_after_s=retry_after_s
+        )
 
     async def count(self, subjects: Sequence[str], usage: Usage, cost_usd: Decimal | None) -> None:
         if not subjects:
             return
         tokens, nusd = usage.input_tokens + usage.output_tokens, to_nusd(cost_usd) or 0
-        counters = []
+        windows = []
         for subject in subjects:
-            counters += [(f"{subject}:tok", tokens, NO_LIMIT), (f"{subject}:usd", nusd, NO_LIMIT)]
-        await self._store.hit_window(counters, MINUTE_S)
+            windows += [
+                Window(f"{subject}:tok", tokens, NO_LIMIT, MINUTE_S),
+                Window(f"{subject}:usd", nusd, NO_LIMIT, MINUTE_S),
+            ]
+        await self._store.hit_window(windows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +94,14 @@ class AgentCaps:
 
 
 class AgentGuard:
-    def __init__(self, caps: AgentCaps, store: GuardStore) -> None:
-        self._caps, self._store = caps, store
+    def __init__(self, caps: AgentCaps) -> None:
+        self._caps = caps
 
-    async def admit(self, request: ChatRequest, principal: Principal) -> None:
+    def windows(self, request: ChatRequest, principal: Principal) -> list[Window]:
+        """Refuses loops and too many tool results now; returns the session's call-count window to check."""
         caps = self._caps
         if not principal.session:
-            return
+            return []
         messages = request.messages
         if caps.loop_repeats is not None:
             repeats = Counter(_tool_calls(messages)).most_common(1)
@@ -115,14 +118,16 @@ class AgentGuard:
                 raise AgentCapReached(
                     f"session {principal.session}: {tool_results} tool calls, over the cap of {caps.max_tool_calls}"
                 )
-        if caps.max_calls is not None:
-            key = f"agent:{principal.tenant}:{principal.session}"
-            retry = await self._store.hit_window([(key, 1, caps.max_calls)], caps.window_s)
-            if retry is not None:
-                raise AgentCapReached(
-                    f"session {principal.session}: over the cap of {caps.max_calls} LLM calls per {caps.window_s} s",
-                    retry_after_s=retry,
-                )
+        if caps.max_calls is None:
+            return []
+        return [Window(f"agent:{principal.tenant}:{principal.session}", 1, caps.max_calls, caps.window_s)]
+
+    def refusal(self, window: Window, retry_after_s: float) -> AgentCapReached:
+        session = window.key.split(":", 2)[2]
+        return AgentCapReached(
+            f"session {session}: over the cap of {self._caps.max_calls} LLM calls per {self._caps.window_s} s",
+            retry_after_s=retry_after_s,
+        )
 
 
 def _tool_calls(messages: Sequence[dict[str, object]]) -> list[tuple[str, bytes]]:

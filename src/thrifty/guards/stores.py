@@ -6,7 +6,7 @@ Two primitives, each atomic where it runs (one event loop here; one Lua script i
   in flight, so concurrent requests can never jointly overshoot; ``settle`` turns a reservation into spend;
   reservations expire, so a crashed request cannot hold budget forever.
 - ``hit_window``: add to several fixed-window counters at once, all or none, refusing if any would pass its
-  limit (rate limits by key and tenant, in requests, tokens and USD per minute).
+  limit (agent caps per session, rate limits by key and tenant: one round trip for all of them).
 """
 
 from __future__ import annotations
@@ -15,6 +15,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    key: str
+    amount: int
+    limit: int
+    window_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    index: int
+    """Which window refused."""
+    retry_after_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +42,7 @@ class Verdict:
 class GuardStore(Protocol):
     async def reserve(self, key: str, token: str, amount: int, limit: int, ttl_s: float, seed: int) -> Verdict: ...
     async def settle(self, key: str, token: str, actual: int) -> int: ...
-    async def hit_window(self, counters: Sequence[tuple[str, int, int]], window_s: int) -> float | None: ...
+    async def hit_window(self, windows: Sequence[Window]) -> Overflow | None: ...
     async def reserved_total(self) -> int: ...
 
 
@@ -65,15 +80,18 @@ class MemoryGuardStore:
         account.spent += actual
         return account.spent
 
-    async def hit_window(self, counters: Sequence[tuple[str, int, int]], window_s: int) -> float | None:
+    async def hit_window(self, windows: Sequence[Window]) -> Overflow | None:
         now = time.time()
-        window = int(now // window_s)
-        current = {k: (v[1] if v[0] == window else 0) for k, v in self._windows.items()}
-        for key, amount, limit in counters:
-            if current.get(key, 0) + amount > limit:
-                return (window + 1) * window_s - now
-        for key, amount, _ in counters:
-            self._windows[key] = (window, current.get(key, 0) + amount)
+        current = []
+        for index, w in enumerate(windows):
+            number = int(now // w.window_s)
+            held = self._windows.get(w.key)
+            value = held[1] if held is not None and held[0] == number else 0
+            if value + w.amount > w.limit:
+                return Overflow(index, (number + 1) * w.window_s - now)
+            current.append((number, value))
+        for w, (number, value) in zip(windows, current, strict=True):
+            self._windows[w.key] = (number, value + w.amount)
         return None
 
     async def reserved_total(self) -> int:
@@ -109,19 +127,19 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 return redis.call('INCRBY', KEYS[1], ARGV[2])
 """
 
-# KEYS: counters; ARGV[1] window seconds, then amount, limit pairs
+# KEYS: counters (the window number is in the key); ARGV: amount, limit, ttl triples
 _WINDOW = """
 for i, key in ipairs(KEYS) do
   local current = tonumber(redis.call('GET', key) or '0')
-  if current + tonumber(ARGV[2 * i]) > tonumber(ARGV[2 * i + 1]) then
-    return redis.call('PTTL', key)
+  if current + tonumber(ARGV[3 * i - 2]) > tonumber(ARGV[3 * i - 1]) then
+    return {i, redis.call('PTTL', key)}
   end
 end
 for i, key in ipairs(KEYS) do
-  redis.call('INCRBY', key, ARGV[2 * i])
-  redis.call('EXPIRE', key, ARGV[1])
+  redis.call('INCRBY', key, ARGV[3 * i - 2])
+  redis.call('EXPIRE', key, ARGV[3 * i])
 end
-return -10
+return {0, 0}
 """
 
 PREFIX = "thrifty:guard:"
@@ -149,16 +167,16 @@ class RedisGuardStore:
     async def settle(self, key: str, token: str, actual: int) -> int:
         return int(await self._settle(keys=[PREFIX + key + ":spent", PREFIX + key + ":res"], args=[token, actual]))
 
-    async def hit_window(self, counters: Sequence[tuple[str, int, int]], window_s: int) -> float | None:
-        window = int(time.time() // window_s)
-        keys = [f"{PREFIX}rate:{key}:{window}" for key, _, _ in counters]
-        args: list[int] = [window_s + 1]
-        for _, amount, limit in counters:
-            args += [amount, limit]
-        result = int(await self._window(keys=keys, args=args))
-        if result == -10:
+    async def hit_window(self, windows: Sequence[Window]) -> Overflow | None:
+        now = time.time()
+        keys = [f"{PREFIX}win:{w.key}:{int(now // w.window_s)}" for w in windows]
+        args: list[int] = []
+        for w in windows:
+            args += [w.amount, w.limit, w.window_s + 1]
+        index, pttl = await self._window(keys=keys, args=args)
+        if int(index) == 0:
             return None
-        return max(result, 1) / 1000
+        return Overflow(int(index) - 1, max(int(pttl), 1) / 1000)
 
     async def reserved_total(self) -> int:
         total = 0

@@ -103,7 +103,7 @@ class AnomalyDetector:
                         scope,
                         scope_id,
                         f"anomaly:{scope}:{scope_id}:{window}",
-                        f"{scope} {scope_id}: {rate:,.2f} {unit}/hour over the {window.split('-', maxsplit=1)[0]} window, "
+                        f"{scope} {scope_id}: {rate:,.2f} {unit}/hour over the {window.split('-', 1)[0]} window, "
                         f"against a baseline of {baseline:,.2f} {unit}/hour",
                     )
                 )
