@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import urlparse
@@ -28,7 +29,7 @@ from thrifty.providers.http import Timeouts
 from thrifty.routers.static import StaticRouter
 from thrifty.settings import ProviderSettings, Settings
 from thrifty.tokens import TiktokenCounter
-from thrifty.types import Target
+from thrifty.types import LedgerEntry, Target
 
 
 @dataclass
@@ -97,7 +98,7 @@ def build_runtime(settings: Settings) -> Runtime:
         metrics=metrics,
         counter=counter,
         capture_payloads=settings.ledger.capture_payloads,
-        observers=[detector],
+        observers=[detector, *_span_observer(settings)],
     )
     return Runtime(settings, gateway, ledger, keys, estimator, budgets, store, sink, detector)
 
@@ -144,6 +145,14 @@ def build_guard(
         else None,
     )
     return chain, book, store
+
+
+def _span_observer(settings: Settings) -> list[Callable[[LedgerEntry], None]]:
+    if not settings.otel:
+        return []
+    from thrifty.observe.otel import SpanObserver
+
+    return [SpanObserver()]
 
 
 def build_cache(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> ResponseCache:

@@ -169,6 +169,8 @@ class Settings(_Strict):
     rate_limits: list[RateLimitSettings] = []
     agent_caps: AgentCapSettings | None = None
     alerts: AlertSettings = AlertSettings()
+    otel: bool = False
+    """Emit an OpenTelemetry span per request (GenAI semantic conventions; needs the ``otel`` extra)."""
     base_dir: Path = Path(".")
     """The config file's folder (set by ``load_settings``, not by the file)."""
 
