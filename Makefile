@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup system-deps demo test lint typecheck unit bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,13 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy src
 
-unit: setup
+# The dashboard's tests render it in Debian's headless Chromium; as root, install it when it is missing.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+		echo "note: chromium is missing; the dashboard's browser tests will be skipped"
+
+unit: setup system-deps
 	$(BIN)/pytest
 
 test: lint typecheck unit

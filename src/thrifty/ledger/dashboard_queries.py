@@ -8,6 +8,7 @@ Unpriced requests are counted apart and never as $0, so the page can say how muc
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -200,13 +201,14 @@ class BudgetState:
         }
 
 
-def budget_states(engine: Engine, now: datetime) -> list[BudgetState]:
-    """Stored budgets with what the ledger says was spent in their current period, fullest first.
+def budget_states(engine: Engine, now: datetime, budgets: Sequence[Budget] | None = None) -> list[BudgetState]:
+    """Budgets (the gateway's, config and stored; else the stored ones) with what the ledger says was spent in
+    their current period, fullest first.
 
     Spend comes from recorded rows, as in reports; reservations of requests still in flight are not spend.
     """
     states = []
-    for budget in load_budgets(engine):
+    for budget in load_budgets(engine) if budgets is None else budgets:
         start, resets = window(budget.period, now)
         states.append(BudgetState(budget, spend_since(engine, budget, start.timestamp()), start, resets))
     return sorted(states, key=lambda s: (-s.used_pct, s.budget.scope, s.budget.scope_id))
@@ -221,10 +223,11 @@ def recent_alerts(engine: Engine, since: float, limit: int = ALERT_LIMIT) -> lis
         .limit(limit)
     )
     with engine.connect() as conn:
-        return [dict(row) for row in conn.execute(query).mappings()]
+        # str(): the keys are SQLAlchemy's quoted_name, a str subclass that orjson refuses as a key.
+        return [{str(key): value for key, value in row.items()} for row in conn.execute(query).mappings()]
 
 
-def snapshot(engine: Engine, window: Window, now: float) -> dict[str, Any]:
+def snapshot(engine: Engine, window: Window, now: float, budgets: Sequence[Budget] | None = None) -> dict[str, Any]:
     """Everything the page draws, as JSON-ready values."""
     levers = sorted(savings_by_lever(engine, window.since).items(), key=lambda item: (-item[1], item[0]))
     return {
@@ -242,6 +245,6 @@ def snapshot(engine: Engine, window: Window, now: float) -> dict[str, Any]:
             by: [{"group": group, **spend.as_json()} for group, spend in top_spenders(engine, by, window.since)]
             for by in TOP_GROUPS
         },
-        "budgets": [state.as_json() for state in budget_states(engine, datetime.fromtimestamp(now, UTC))],
+        "budgets": [state.as_json() for state in budget_states(engine, datetime.fromtimestamp(now, UTC), budgets)],
         "alerts": recent_alerts(engine, window.since),
     }

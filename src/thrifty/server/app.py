@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 
 from thrifty.errors import BadRequest, NotFound, PermissionDenied, ThriftyError
+from thrifty.guards.budgets import Budget
 from thrifty.guards.estimate import CostEstimator
 from thrifty.pipeline import Gateway
-from thrifty.server import anthropic_routes, openapi
+from thrifty.server import anthropic_routes, dashboard, openapi
 from thrifty.server.http import Request, Send, json_response, send_error
 from thrifty.server.sse import relay_openai_stream
 from thrifty.server.wire import check_chat, check_embeddings, parse_body
@@ -36,6 +37,7 @@ class ThriftyApp:
         max_body_bytes: int,
         ready: Callable[[], bool],
         estimator: CostEstimator,
+        budgets: Callable[[], Sequence[Budget]] | None = None,
         on_startup: Lifecycle | None = None,
         on_shutdown: Lifecycle | None = None,
     ) -> None:
@@ -43,6 +45,7 @@ class ThriftyApp:
         self.max_body_bytes = max_body_bytes
         self.ready = ready
         self.estimator = estimator
+        self.budgets = budgets
         self._on_startup, self._on_shutdown = on_startup, on_shutdown
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
@@ -187,4 +190,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/openapi.json"): openapi_document,
     ("POST", "/admin/cache/purge"): purge_cache,
     ("POST", "/v1/cost/quote"): cost_quote,
+    ("GET", "/dashboard"): dashboard.dashboard_page,
+    ("POST", "/dashboard"): dashboard.dashboard_login,
+    ("GET", "/dashboard/data.json"): dashboard.dashboard_data,
 }

@@ -69,7 +69,8 @@ async def dashboard_data(app: ThriftyApp, request: Request, send: Send) -> None:
         window = dashboard_queries.parse_window(since, now)
     except ValueError as exc:
         raise BadRequest(str(exc), param="since") from exc
-    data = await asyncio.to_thread(dashboard_queries.snapshot, _engine(app), window, now)
+    budgets = app.budgets() if app.budgets is not None else None
+    data = await asyncio.to_thread(dashboard_queries.snapshot, _engine(app), window, now, budgets)
     data["viewer"] = {"tenant": principal.tenant, "key_id": principal.key_id}
     await json_response(send, 200, orjson.dumps(data), request_id=request.request_id, extra_headers=_NO_STORE)
 

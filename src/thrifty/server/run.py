@@ -22,6 +22,7 @@ def make_app(runtime: Runtime) -> ThriftyApp:
         max_body_bytes=runtime.settings.server.max_body_bytes,
         ready=runtime.ledger.ping,
         estimator=runtime.estimator,
+        budgets=runtime.budgets,
         on_startup=startup,
         on_shutdown=runtime.aclose,
     )
