@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from thrifty.types import Cost, LedgerEntry, Payload, Principal, Status, Target, Usage
+from thrifty.types import Cost, LedgerEntry, Payload, Principal, Route, Status, Target, Usage
 
 
 def new_request_id() -> str:
@@ -33,6 +33,7 @@ class Trace:
     upstream_ms: float = 0.0
     ttft_ms: float | None = None
     cache: str = ""
+    route: Route | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import urlparse
@@ -24,10 +24,11 @@ from thrifty.observe.metrics import GatewayMetrics
 from thrifty.optimizers.none import NoOptimizer
 from thrifty.pipeline import Gateway
 from thrifty.pricing import CatalogPricer, ModelPrice
-from thrifty.protocols import Guard, Provider, ResponseCache
+from thrifty.protocols import Guard, Provider, ResponseCache, Router
 from thrifty.providers.http import Timeouts
+from thrifty.routers.pool import ALL_CAPABILITIES, ModelInfo
 from thrifty.routers.static import StaticRouter
-from thrifty.settings import ProviderSettings, Settings
+from thrifty.settings import CascadeSettings, ProviderSettings, Settings
 from thrifty.tokens import TiktokenCounter
 from thrifty.types import LedgerEntry, Target
 
@@ -75,7 +76,7 @@ def build_runtime(settings: Settings) -> Runtime:
     ledger = SqlLedger(settings.ledger_url(), settings.journal_dir(), settings.ledger.flush_interval_ms)
     keys = KeyAuthenticator(ledger.engine)
     counter = TiktokenCounter()
-    aliases = {alias: model.parsed_targets() for alias, model in settings.models.items()}
+    aliases = {alias: settings.alias_targets(alias) for alias in settings.models}
     pricer = build_pricer(settings)
     estimator = CostEstimator(pricer, counter, aliases, settings.guards.default_max_output_tokens)
     sink = AlertSink(ledger.engine, settings.alerts.webhooks, settings.alerts.slack_webhooks, settings.alerts.dedupe_s)
@@ -91,7 +92,7 @@ def build_runtime(settings: Settings) -> Runtime:
         guard=guard,
         cache=build_cache(settings, aliases),
         optimizer=NoOptimizer(),
-        router=StaticRouter(aliases),
+        router=build_router(settings, aliases, counter),
         providers={name: build_provider(name, p, settings, counter) for name, p in settings.providers.items()},
         pricer=pricer,
         ledger=ledger,
@@ -99,6 +100,7 @@ def build_runtime(settings: Settings) -> Runtime:
         counter=counter,
         capture_payloads=settings.ledger.capture_payloads,
         observers=[detector, *_span_observer(settings)],
+        baselines=baselines(settings, aliases),
     )
     return Runtime(settings, gateway, ledger, keys, estimator, budgets, store, sink, detector)
 
@@ -145,6 +147,64 @@ def build_guard(
         else None,
     )
     return chain, book, store
+
+
+def pool_info(settings: Settings) -> dict[Target, ModelInfo]:
+    info = {}
+    for model in settings.pool.values():
+        capabilities = ALL_CAPABILITIES if model.capabilities is None else frozenset(model.capabilities)
+        info[Target.parse(model.target)] = ModelInfo(model.tier, model.context_window, capabilities)
+    return info
+
+
+def baselines(settings: Settings, aliases: Mapping[str, tuple[Target, ...]]) -> dict[str, Target]:
+    """What each alias's savings are measured against: as configured, else the first target of a plain list,
+    else the pool's strongest (the model a team would use without a router)."""
+    chosen = {}
+    for alias, model in settings.models.items():
+        if model.baseline:
+            chosen[alias] = _pick(settings, model.baseline)
+        else:
+            chosen[alias] = aliases[alias][-1] if model.pool else aliases[alias][0]
+    return chosen
+
+
+def _pick(settings: Settings, name: str) -> Target:
+    """A pool name or a ``provider::model`` target."""
+    return Target.parse(settings.pool[name].target) if name in settings.pool else Target.parse(name)
+
+
+def build_router(settings: Settings, aliases: dict[str, tuple[Target, ...]], counter: TiktokenCounter) -> Router:
+    from thrifty.routers.by_alias import AliasRouter
+    from thrifty.routers.cascade import CascadeRouter, Checks
+    from thrifty.routers.static import Rule, RulesRouter
+
+    info = pool_info(settings)
+    routers: dict[str, Router] = {}
+    for alias, model in settings.models.items():
+        targets = aliases[alias]
+        if model.router == "rules":
+            rules = [
+                Rule(
+                    _pick(settings, r.use),
+                    r.feature,
+                    r.tenant,
+                    tuple(r.keywords),
+                    r.max_input_tokens,
+                    r.min_input_tokens,
+                )
+                for r in model.rules
+            ]
+            default = _pick(settings, model.default) if model.default else targets[-1]
+            routers[alias] = RulesRouter(targets, rules, default, counter)
+        elif model.router == "cascade":
+            c = model.cascade or CascadeSettings()
+            routers[alias] = CascadeRouter(targets, Checks(tuple(c.checks), c.min_length, c.regex))
+        elif model.router == "learned":
+            raise ConfigError(f"models.{alias}: the learned router is not available in this build")
+        else:
+            routers[alias] = StaticRouter({alias: targets}, info, counter)
+    return AliasRouter(routers)
 
 
 def _span_observer(settings: Settings) -> list[Callable[[LedgerEntry], None]]:

@@ -63,8 +63,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for name, provider in settings.providers.items():
         _secret(name, provider)
     pricer = build_pricer(settings)
-    for alias, model in settings.models.items():
-        for target in model.parsed_targets():
+    for alias in settings.models:
+        for target in settings.alias_targets(alias):
             if settings.providers[target.provider].kind != "replay" and not pricer.is_priced(target):
                 print(f"warning: models.{alias}: {target} has no price; its calls will be recorded as unpriced")
     print(f"{path}: ok ({len(settings.providers)} providers, {len(settings.models)} models)")

@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from decimal import Decimal
 
 from thrifty.accounting import Trace, split_savings, without_cache
+from thrifty.calling import ProviderCaller
 from thrifty.errors import ThriftyError, UpstreamError
 from thrifty.observe.metrics import GatewayMetrics
 from thrifty.protocols import (
@@ -28,9 +30,9 @@ from thrifty.protocols import (
     ResponseCache,
     Router,
 )
-from thrifty.providers.http import first_item
+from thrifty.routers.cooldown import Cooldowns
 from thrifty.routers.static import unknown_model
-from thrifty.streaming import ChatStream, OpenedStream, replay_stream
+from thrifty.streaming import ChatStream, replay_stream
 from thrifty.tokens import TiktokenCounter, message_text
 from thrifty.types import (
     Caller,
@@ -41,7 +43,6 @@ from thrifty.types import (
     EmbeddingResponse,
     LedgerEntry,
     Payload,
-    Route,
     Target,
     Usage,
 )
@@ -68,10 +69,13 @@ class Gateway:
         counter: TiktokenCounter | None = None,
         capture_payloads: bool = False,
         observers: Sequence[Callable[[LedgerEntry], None]] = (),
+        baselines: Mapping[str, Target] | None = None,
     ) -> None:
         self.aliases = dict(aliases)
         self.authenticator, self.guard, self.cache = authenticator, guard, cache
         self.optimizer, self.router, self.providers = optimizer, router, dict(providers)
+        self.caller = ProviderCaller(self.providers, Cooldowns(), self._record_escalation)
+        self.baselines = {alias: (baselines or {}).get(alias, targets[0]) for alias, targets in self.aliases.items()}
         self.pricer, self.ledger = pricer, ledger
         self.metrics = metrics or GatewayMetrics()
         self.counter = counter or TiktokenCounter()
@@ -90,8 +94,8 @@ class Gateway:
             response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
             if response is None:
                 optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize
-                route = self.router.route(optimized, trace.principal)  # 5. route
-                response = await self._call(optimized, route, trace)  # 6. call provider
+                route = trace.route = self.router.route(optimized, trace.principal)  # 5. route
+                response = await self.caller.call(optimized, route, trace)  # 6. call provider
                 await self.cache.store(request, trace.principal, response)
             cost = self.account(trace, request, response)
             await admission.settle(cost, trace.usage, response.target.model)
@@ -102,7 +106,7 @@ class Gateway:
             if admission is not None:
                 await admission.settle(ZERO)  # a no-op once settled; releases the reservation otherwise
         self.record(self.finished(trace, cost, request, output_text(response)))  # 7. record
-        return response, cost
+        return replace(response, route=route_header(trace)), cost
 
     async def open_stream(self, request: ChatRequest, caller: Caller) -> ChatStream:
         """Stages 1-6 of a streamed completion, up to its first chunk; the stream records itself when it ends."""
@@ -119,8 +123,8 @@ class Gateway:
                 opened = await replay_stream(cached)
             else:
                 optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize
-                route = self.router.route(optimized, trace.principal)  # 5. route
-                opened = await self._open(optimized, route, trace)  # 6. call provider
+                route = trace.route = self.router.route(optimized, trace.principal)  # 5. route
+                opened = await self.caller.open(optimized, route, trace)  # 6. call provider
             stream, admission = ChatStream(self, request, trace, opened, admission), None  # it settles now
             return stream
         except ThriftyError as exc:
@@ -168,43 +172,6 @@ class Gateway:
         if model not in self.aliases:
             raise unknown_model(model, self.aliases)
 
-    async def _call(self, request: ChatRequest, route: Route, trace: Trace) -> ChatResponse:
-        last: ThriftyError | None = None
-        for target in route.targets:
-            started = time.perf_counter()
-            try:
-                return await self.providers[target.provider].chat(request, target.model)
-            except ThriftyError as exc:
-                if not exc.retryable:
-                    trace.target = target
-                    raise
-                log.warning("%s failed (%s); trying the next target", target, exc.message)
-                last = exc
-            finally:
-                trace.upstream_ms += (time.perf_counter() - started) * 1000
-        raise last or UpstreamError("the route has no targets")
-
-    async def _open(self, request: ChatRequest, route: Route, trace: Trace) -> OpenedStream:
-        last: ThriftyError | None = None
-        for target in route.targets:
-            started = time.perf_counter()
-            chunks = self.providers[target.provider].stream(request, target.model)
-            try:
-                first = await first_item(chunks)
-            except ThriftyError as exc:
-                await chunks.aclose()
-                if not exc.retryable:
-                    trace.target = target
-                    raise
-                log.warning("%s failed before its first token (%s); trying the next target", target, exc.message)
-                last = exc
-                continue
-            finally:
-                trace.upstream_ms += (time.perf_counter() - started) * 1000
-            trace.ttft_ms = trace.elapsed_ms()
-            return OpenedStream(target, first, chunks)
-        raise last or UpstreamError("the route has no targets")
-
     def estimate_usage(self, request: ChatRequest, target: Target, output: str) -> Usage:
         """Usage counted offline, when the provider reported none (marked estimated in the ledger)."""
         return Usage(
@@ -223,18 +190,40 @@ class Gateway:
         """The row of a request that was answered. Its baseline is the alias's first target for the same tokens,
         with no cache of any kind: the difference is what the levers saved."""
         uncached = without_cache(trace.usage)
-        baseline = self.pricer.cost(self.aliases[trace.requested_model][0], uncached)
+        baseline = self.pricer.cost(self.baselines[trace.requested_model], uncached)
         uncached_here = self.pricer.cost(trace.target, uncached) if trace.target else baseline
         payload = None
         if self.capture_payloads and request is not None:
             body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
             payload = Payload(body, answer)
-        savings = split_savings(cost, baseline, uncached_here, trace.cache, "fallback")
+        lever = "fallback" if trace.route is None or trace.route.router == "static" else "routing"
+        savings = split_savings(cost, baseline, uncached_here, trace.cache, lever)
         return trace.entry("ok", cost, baseline, savings=savings, payload=payload)
+
+    def _record_escalation(self, trace: Trace, request: ChatRequest, response: ChatResponse, check: str) -> None:
+        """A cascade step whose answer failed a check: paid for, so recorded, and charged to routing."""
+        usage = response.usage or self.estimate_usage(request, response.target, output_text(response))
+        cost = self.pricer.cost(response.target, usage)
+        step = Trace(f"{trace.request_id}.{response.target.model}", trace.endpoint, trace.requested_model)
+        step.principal, step.target, step.usage, step.started_at = (
+            trace.principal,
+            response.target,
+            usage,
+            trace.started_at,
+        )
+        step.upstream_ms = response.upstream_ms
+        savings = {"routing": -cost.usd} if cost.usd else {}
+        self.record(step.entry("escalated", cost, ZERO, error_type=f"check:{check}", savings=savings))
 
     def _record_failure(self, trace: Trace, exc: ThriftyError) -> None:
         cost = self.pricer.cost(trace.target, trace.usage) if trace.target else Cost(Decimal(0))
         self.record(trace.entry("error", cost, cost, error_type=exc.error_type))
+
+
+def route_header(trace: Trace) -> str:
+    if trace.cache:
+        return f"cache; {trace.cache} hit"
+    return trace.route.header() if trace.route is not None else ""
 
 
 def output_text(response: ChatResponse) -> str:

@@ -38,7 +38,7 @@ def estimate_from_cli(
     from thrifty.routers.static import unknown_model
     from thrifty.tokens import TiktokenCounter
 
-    aliases = {alias: m.parsed_targets() for alias, m in settings.models.items()}
+    aliases = {alias: settings.alias_targets(alias) for alias in settings.models}
     if model not in aliases:
         raise unknown_model(model, aliases)
     body = _body(model, prompt, messages_file, max_tokens)

@@ -66,8 +66,59 @@ class ProviderSettings(_Strict):
         return self
 
 
+Capability = Literal["tools", "vision", "json"]
+
+
+class PoolModelSettings(_Strict):
+    """One model of the routing pool (``[pool.NAME]``): what it costs is in the catalog, what it can do here."""
+
+    target: str
+    tier: int = 1
+    """Higher is stronger (and dearer); cascades and fallbacks climb tiers."""
+    context_window: Annotated[int, Field(gt=0)] | None = None
+    capabilities: list[Capability] | None = None
+    """None: assume it can do everything a request asks."""
+
+    @field_validator("target")
+    @classmethod
+    def _target_parses(cls, target: str) -> str:
+        Target.parse(target)
+        return target
+
+
+class RuleSettings(_Strict):
+    """Rules router: the first rule whose every condition holds picks ``use`` (a pool name or a target)."""
+
+    use: str
+    feature: str | None = None
+    tenant: str | None = None
+    keywords: list[str] = []
+    max_input_tokens: Annotated[int, Field(gt=0)] | None = None
+    min_input_tokens: Annotated[int, Field(ge=0)] | None = None
+
+
+class CascadeSettings(_Strict):
+    """Checks a cheap answer must pass before it is served; a failure escalates to the next tier."""
+
+    checks: list[Literal["refusal", "nonempty", "json", "final_number"]] = ["refusal", "nonempty"]
+    min_length: Annotated[int, Field(gt=0)] | None = None
+    regex: str | None = None
+
+
 class ModelSettings(_Strict):
-    targets: Annotated[list[str], Field(min_length=1)]
+    targets: list[str] = []
+    pool: list[str] = []
+    """Pool names, instead of ``targets``: tried cheapest tier first, never where a capability is missing."""
+    router: Literal["static", "rules", "learned", "cascade"] = "static"
+    baseline: str | None = None
+    """The model savings are measured against; default: the first target, or the pool's strongest."""
+    rules: list[RuleSettings] = []
+    default: str | None = None
+    cascade: CascadeSettings | None = None
+    router_dir: str = ""
+    """Learned router: the folder ``thrifty router train`` wrote."""
+    threshold: float | None = None
+    """Learned router: the operating point (``thrifty router calibrate`` prints it)."""
 
     @field_validator("targets")
     @classmethod
@@ -76,8 +127,11 @@ class ModelSettings(_Strict):
             Target.parse(text)
         return targets
 
-    def parsed_targets(self) -> tuple[Target, ...]:
-        return tuple(Target.parse(text) for text in self.targets)
+    @model_validator(mode="after")
+    def _has_targets(self) -> ModelSettings:
+        if bool(self.targets) == bool(self.pool):
+            raise ValueError("give either 'targets' or 'pool' (not both, not neither)")
+        return self
 
 
 class PriceSettings(_Strict):
@@ -162,6 +216,7 @@ class Settings(_Strict):
     ledger: LedgerSettings = LedgerSettings()
     providers: dict[str, ProviderSettings] = {}
     models: dict[str, ModelSettings] = {}
+    pool: dict[str, PoolModelSettings] = {}
     prices: dict[str, PriceSettings] = {}
     cache: CacheSettings = CacheSettings()
     guards: GuardSettings = GuardSettings()
@@ -177,7 +232,10 @@ class Settings(_Strict):
     @model_validator(mode="after")
     def _targets_exist(self) -> Settings:
         for alias, model in self.models.items():
-            for target in model.parsed_targets():
+            for name in model.pool:
+                if name not in self.pool:
+                    raise ValueError(f"models.{alias}: pool model {name!r} is not in [pool]")
+            for target in self.alias_targets(alias):
                 if target.provider not in self.providers:
                     known = ", ".join(sorted(self.providers)) or "none"
                     raise ValueError(
@@ -185,6 +243,14 @@ class Settings(_Strict):
                         f"which is not configured (providers: {known})"
                     )
         return self
+
+    def alias_targets(self, alias: str) -> tuple[Target, ...]:
+        """The alias's targets in the order they are tried: as listed, or the pool's by tier, cheapest first."""
+        model = self.models[alias]
+        if model.targets:
+            return tuple(Target.parse(text) for text in model.targets)
+        members = sorted((self.pool[name] for name in model.pool), key=lambda p: p.tier)
+        return tuple(Target.parse(p.target) for p in members)
 
     def path(self, value: str) -> Path:
         path = Path(value).expanduser()

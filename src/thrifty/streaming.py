@@ -63,6 +63,12 @@ class ChatStream:
     def cache(self) -> str:
         return self._trace.cache
 
+    @property
+    def route(self) -> str:
+        from thrifty.pipeline import route_header
+
+        return route_header(self._trace)
+
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The JSON payloads to send as SSE ``data:`` events (an error object last if the upstream failed)."""
         status: Status = "cancelled"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 JsonObject = dict[str, Any]
 
-Status = Literal["ok", "error", "cancelled"]
+Status = Literal["ok", "error", "cancelled", "escalated"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,11 @@ class Route:
     targets: tuple[Target, ...]
     router: str = "static"
     reason: str = ""
+    cascade: Any = None
+    """For cascades: the checks (``routers.cascade.Checks``) an answer must pass before the next tier is spared."""
+
+    def header(self) -> str:
+        return f"{self.router}; {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +131,8 @@ class ChatResponse:
     """The provider's bytes when they already are the OpenAI body (pass-through avoids re-encoding)."""
     cache: str = ""
     """``exact`` or ``semantic`` when the answer came from the cache (``target`` then names who first gave it)."""
+    route: str = ""
+    """Which router decided and why (the ``x-thrifty-route`` header)."""
 
 
 @dataclass(frozen=True, slots=True)

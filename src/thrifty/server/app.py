@@ -99,7 +99,14 @@ async def chat_completions(app: ThriftyApp, request: Request, send: Send) -> Non
     response, cost = await app.gateway.handle(chat, caller)
     raw = response.raw if response.raw is not None else orjson.dumps(response.body)
     await json_response(
-        send, 200, raw, request_id=request.request_id, cost=cost, model=response.target.model, cache=response.cache
+        send,
+        200,
+        raw,
+        request_id=request.request_id,
+        cost=cost,
+        model=response.target.model,
+        cache=response.cache,
+        route=response.route,
     )
 
 

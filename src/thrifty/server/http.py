@@ -66,7 +66,7 @@ class Request:
 
 
 def thrifty_headers(
-    request_id: str, cost: Cost | None, model: str | None, cache: str | None = None
+    request_id: str, cost: Cost | None, model: str | None, cache: str | None = None, route: str = ""
 ) -> list[tuple[bytes, bytes]]:
     headers = [(b"x-thrifty-request-id", request_id.encode())]
     if cost is not None:
@@ -75,6 +75,8 @@ def thrifty_headers(
         headers.append((b"x-thrifty-model", model.encode()))
     if cache is not None:
         headers.append((b"x-thrifty-cache", (cache or "miss").encode()))
+    if route:
+        headers.append((b"x-thrifty-route", route.encode("latin-1", "replace")))
     return headers
 
 
@@ -89,11 +91,12 @@ async def json_response(
     cache: str | None = None,
     content_type: bytes = b"application/json",
     extra_headers: list[tuple[bytes, bytes]] | None = None,
+    route: str = "",
 ) -> None:
     headers = [
         (b"content-type", content_type),
         (b"content-length", str(len(body)).encode()),
-        *thrifty_headers(request_id, cost, model, cache),
+        *thrifty_headers(request_id, cost, model, cache, route),
         *(extra_headers or []),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -35,7 +35,7 @@ async def relay_openai_stream(stream: ChatStream, request: Request, send: Send) 
 
 
 async def relay(events: AsyncGenerator[bytes, None], stream: ChatStream, request: Request, send: Send) -> None:
-    headers = SSE_HEADERS + thrifty_headers(stream.request_id, None, stream.target.model, stream.cache)
+    headers = SSE_HEADERS + thrifty_headers(stream.request_id, None, stream.target.model, stream.cache, stream.route)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     task = asyncio.current_task()
     watcher = asyncio.create_task(_cancel_on_disconnect(request, task.cancel if task else lambda: False))

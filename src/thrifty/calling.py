@@ -1,0 +1,86 @@
+"""Stage 6: call the route's targets in order until one answers well enough.
+
+Retryable failures (429, 5xx, timeouts, refused connections, a stream that fails before its first token) fall
+through to the next target; targets that keep failing are tried last for a while (``Cooldowns``). On a cascade
+route, an answer that fails a check is paid for, recorded by ``on_escalation``, and the next tier is asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from thrifty.accounting import Trace
+from thrifty.completions import chunks_of
+from thrifty.errors import ThriftyError, UpstreamError
+from thrifty.protocols import Provider
+from thrifty.providers.http import first_item
+from thrifty.routers.cascade import answer_text
+from thrifty.routers.cooldown import Cooldowns
+from thrifty.streaming import OpenedStream
+from thrifty.types import ChatRequest, ChatResponse, Route
+
+log = logging.getLogger("thrifty")
+
+OnEscalation = Callable[[Trace, ChatRequest, ChatResponse, str], None]
+
+
+class ProviderCaller:
+    def __init__(self, providers: Mapping[str, Provider], cooldowns: Cooldowns, on_escalation: OnEscalation) -> None:
+        self.providers, self.cooldowns, self._on_escalation = dict(providers), cooldowns, on_escalation
+
+    async def call(self, request: ChatRequest, route: Route, trace: Trace) -> ChatResponse:
+        last: ThriftyError | None = None
+        targets = self.cooldowns.order(route.targets)
+        for index, target in enumerate(targets):
+            started = time.perf_counter()
+            try:
+                response = await self.providers[target.provider].chat(request, target.model)
+            except ThriftyError as exc:
+                if not exc.retryable:
+                    trace.target = target
+                    raise
+                self.cooldowns.failed(target)
+                log.warning("%s failed (%s); trying the next target", target, exc.message)
+                last = exc
+                continue
+            finally:
+                trace.upstream_ms += (time.perf_counter() - started) * 1000
+            self.cooldowns.succeeded(target)
+            if route.cascade is not None and index < len(targets) - 1:
+                failed = route.cascade.first_failure(request, answer_text(response))
+                if failed is not None:
+                    self._on_escalation(trace, request, response, failed)
+                    continue
+            return response
+        raise last or UpstreamError("the route has no targets")
+
+    async def open(self, request: ChatRequest, route: Route, trace: Trace) -> OpenedStream:
+        if route.cascade is not None:
+            # A cascade judges whole answers: the chosen one is then streamed to the client.
+            response = await self.call(request, route, trace)
+            chunks = chunks_of(response)
+            trace.ttft_ms = trace.elapsed_ms()
+            return OpenedStream(response.target, await anext(chunks), chunks)
+        last: ThriftyError | None = None
+        for target in self.cooldowns.order(route.targets):
+            started = time.perf_counter()
+            chunks = self.providers[target.provider].stream(request, target.model)
+            try:
+                first = await first_item(chunks)
+            except ThriftyError as exc:
+                await chunks.aclose()
+                if not exc.retryable:
+                    trace.target = target
+                    raise
+                self.cooldowns.failed(target)
+                log.warning("%s failed before its first token (%s); trying the next target", target, exc.message)
+                last = exc
+                continue
+            finally:
+                trace.upstream_ms += (time.perf_counter() - started) * 1000
+            self.cooldowns.succeeded(target)
+            trace.ttft_ms = trace.elapsed_ms()
+            return OpenedStream(target, first, chunks)
+        raise last or UpstreamError("the route has no targets")

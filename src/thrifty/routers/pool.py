@@ -1,0 +1,55 @@
+"""What a request needs (tools, vision, JSON mode, context length) and which models of a pool can give it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from thrifty.tokens import TiktokenCounter
+from thrifty.types import ChatRequest, Target
+
+ALL_CAPABILITIES = frozenset({"tools", "vision", "json"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    tier: int = 1
+    context_window: int | None = None
+    capabilities: frozenset[str] = ALL_CAPABILITIES
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    capabilities: frozenset[str]
+    tokens: int
+    """Prompt tokens plus the output the request allows."""
+
+
+def needs_of(request: ChatRequest, counter: TiktokenCounter, model: str) -> Needs:
+    body = request.body
+    wanted = set()
+    if body.get("tools") or body.get("functions"):
+        wanted.add("tools")
+    if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+        wanted.add("json")
+    for message in request.messages:
+        content = message.get("content")
+        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+            wanted.add("vision")
+            break
+    output = int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+    return Needs(frozenset(wanted), counter.count_messages(model, request.messages) + output)
+
+
+def eligible(targets: Sequence[Target], info: Mapping[Target, ModelInfo], needs: Needs) -> list[Target]:
+    """The targets that can serve the request, in their order; a request none can serve keeps them all (the
+    provider's own error then says why, rather than the gateway guessing)."""
+    fit = []
+    for target in targets:
+        model = info.get(target, ModelInfo())
+        if not needs.capabilities <= model.capabilities:
+            continue
+        if model.context_window is not None and needs.tokens > model.context_window:
+            continue
+        fit.append(target)
+    return fit or list(targets)

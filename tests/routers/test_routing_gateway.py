@@ -1,0 +1,145 @@
+"""Routing through the running gateway: pools and capabilities, rules, cascades, cooldowns, route headers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from sqlalchemy import select
+
+from fakes.upstream import FakeUpstream, FakeUsage, Fault
+from gateway_harness import config_text, ledger_rows
+from thrifty.ledger import tables
+from thrifty.server.run import ServerThread
+from thrifty.settings import load_settings
+
+POOL = """
+[pool.mini]
+target = "up::gpt-4o-mini"
+tier = 1
+context_window = 2000
+capabilities = ["json"]
+
+[pool.big]
+target = "up::gpt-4o"
+tier = 2
+context_window = 128000
+"""
+
+
+def reply(body: dict[str, Any]) -> str:
+    text = str(body["messages"][-1]["content"])
+    if body["model"] == "gpt-4o-mini" and "hard" in text:
+        return "I'm sorry, I can't help with that."
+    return f"{body['model']} says: {text}"
+
+
+@pytest.fixture
+def up() -> Iterator[FakeUpstream]:
+    with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200), reply=reply) as upstream:
+        yield upstream
+
+
+def gateway(tmp_path: Path, up: FakeUpstream, extra: str) -> ServerThread:
+    (tmp_path / "thrifty.toml").write_text(config_text(up, extra=POOL + extra))
+    return ServerThread(load_settings(tmp_path / "thrifty.toml"))
+
+
+def ask(client: openai.OpenAI, text: str, **kwargs: Any) -> Any:
+    return client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": text}], **kwargs
+    )
+
+
+def test_pool_skips_models_lacking_a_capability_or_the_context(tmp_path: Path, up: FakeUpstream) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    with gateway(tmp_path, up, '\n[models.auto]\npool = ["mini", "big"]\n') as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            assert ask(client, "easy").headers["x-thrifty-model"] == "gpt-4o-mini"
+            assert ask(client, "easy", tools=[tool]).headers["x-thrifty-model"] == "gpt-4o"
+            assert ask(client, "easy " * 3000).headers["x-thrifty-model"] == "gpt-4o"
+            assert ask(client, "easy", max_tokens=1995).headers["x-thrifty-model"] == "gpt-4o"
+        rows = ledger_rows(gw)
+    # An alias over a pool is measured against the pool's strongest model: gpt-4o, $2.50 / $10 per million.
+    assert rows[0]["baseline_cost_nusd"] == 4_500_000 and rows[0]["cost_nusd"] == 270_000
+
+
+def test_rules_pick_by_feature_and_keyword_and_say_why(tmp_path: Path, up: FakeUpstream) -> None:
+    rules = """
+[models.auto]
+pool = ["mini", "big"]
+router = "rules"
+default = "big"
+[[models.auto.rules]]
+feature = "faq"
+use = "mini"
+[[models.auto.rules]]
+keywords = ["translate"]
+max_input_tokens = 200
+use = "mini"
+"""
+    with gateway(tmp_path, up, rules) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            faq = ask(client, "what is a token?", extra_headers={"x-thrifty-feature": "faq"})
+            translate = ask(client, "translate this to French: hello")
+            other = ask(client, "write me a sonnet")
+        rows = ledger_rows(gw)
+        with gw.runtime.ledger.engine.connect() as conn:
+            savings = conn.execute(select(tables.savings)).all()
+    assert faq.headers["x-thrifty-model"] == "gpt-4o-mini"
+    assert faq.headers["x-thrifty-route"] == "rules; rule 1: feature=faq"
+    assert translate.headers["x-thrifty-model"] == "gpt-4o-mini"
+    assert translate.headers["x-thrifty-route"].startswith("rules; rule 2: keywords=translate")
+    assert other.headers["x-thrifty-model"] == "gpt-4o"
+    assert other.headers["x-thrifty-route"] == "rules; no rule matched: default"
+    assert [r["model"] for r in rows] == ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o"]
+    assert sorted((s.lever, s.savings_nusd) for s in savings) == [("routing", 4_230_000)] * 2
+
+
+def test_cascade_escalates_on_a_failed_check_and_records_both_calls(tmp_path: Path, up: FakeUpstream) -> None:
+    cascade = '\n[models.auto]\npool = ["mini", "big"]\nrouter = "cascade"\n'
+    with gateway(tmp_path, up, cascade) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            easy = ask(client, "easy question")
+            hard = ask(client, "hard question")
+            streamed = list(
+                client.chat.completions.create(
+                    model="auto", messages=[{"role": "user", "content": "hard again"}], stream=True
+                )
+            )
+        rows = ledger_rows(gw)
+    assert easy.headers["x-thrifty-model"] == "gpt-4o-mini"
+    assert hard.headers["x-thrifty-model"] == "gpt-4o"
+    assert hard.parse().choices[0].message.content == "gpt-4o says: hard question"
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "gpt-4o says: hard again"
+    escalated = [r for r in rows if r["status"] == "escalated"]
+    assert [(r["model"], r["error_type"], r["cost_nusd"]) for r in escalated] == [
+        ("gpt-4o-mini", "check:refusal", 270_000)
+    ] * 2
+    assert len(rows) == 5
+
+
+def test_a_failing_target_is_cooled_down(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, "") as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            for _ in range(4):
+                client.chat.completions.create(model="resilient", messages=[{"role": "user", "content": "x"}])
+        cooling = gw.runtime.gateway.caller.cooldowns.cooling()
+    assert [str(t) for t in cooling] == ["down::gpt-4o-mini"]
+    # After three refused connections the dead target is tried last: the fourth call goes straight to 'up'.
+    assert len(up.requests) == 4
+
+
+def test_streams_fall_back_and_carry_the_route(tmp_path: Path, up: FakeUpstream) -> None:
+    up.script([Fault.status(503)])
+    with gateway(tmp_path, up, '\n[models.auto]\npool = ["mini", "big"]\n') as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            list(raw.parse())
+    assert raw.headers["x-thrifty-model"] == "gpt-4o"
+    assert raw.headers["x-thrifty-route"] == "static; configured order"
