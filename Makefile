@@ -7,9 +7,11 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
+# torch first, pinned to the CPU build: sentence-transformers would otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
