@@ -160,3 +160,16 @@ def test_report_csv_by_feature_and_day(tmp_path: Path, up: FakeUpstream) -> None
     assert savings and savings[0][-1] == "0.00054"  # two cache hits at $0.00027 each
     bad = thrifty("report", "--by", "colour", cwd=tmp_path)
     assert bad.returncode == 1 and "cannot group by colour" in bad.stderr
+
+
+def test_lint_reports_cost_per_call_and_what_breaks_prefix_caching(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.json"
+    repeated = "Always answer in British English and cite the policy section you used."
+    system = f"Current time: 2026-11-26 15:04:05.\n\n{repeated}\n\nYou help customers.   {repeated}"
+    tools = [{"type": "function", "function": {"name": n}} for n in ("search", "add")]
+    prompt.write_text(json.dumps({"messages": [{"role": "system", "content": system}], "tools": tools}))
+    result = thrifty("lint", str(prompt), "--model", "gpt-4o", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "$2.50 per million tokens" in result.stdout
+    assert "repeated-instruction" in result.stdout and "said 2 times verbatim" in result.stdout
+    assert "timestamp" in result.stdout and "tools not in a stable order" in result.stdout

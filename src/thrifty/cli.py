@@ -198,6 +198,20 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lint(args: argparse.Namespace) -> int:
+    from thrifty.assembly import build_pricer
+    from thrifty.lint import lint_file
+    from thrifty.pricing import CatalogPricer
+    from thrifty.settings import config_path
+    from thrifty.types import Target
+
+    path = config_path(args.config)
+    pricer = build_pricer(_settings(args)) if args.config or path.exists() else CatalogPricer()
+    target = Target.parse(args.model) if "::" in args.model else Target("openai", args.model)
+    print(lint_file(Path(args.prompt_file), target, pricer))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from thrifty.export import export_workload
 
@@ -268,6 +282,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_estimate)
+
+    p = sub.add_parser("lint", parents=[config], help="what a prompt costs per call and what breaks prompt caching")
+    p.add_argument("prompt_file")
+    p.add_argument("--model", default="gpt-4o-mini", help="model (or provider::model) whose price and tokenizer apply")
+    p.set_defaults(run=cmd_lint)
 
     p = sub.add_parser("report", parents=[config], help="requests, tokens and spend from the ledger")
     p.add_argument(
