@@ -34,6 +34,7 @@ class Trace:
     ttft_ms: float | None = None
     cache: str = ""
     route: Route | None = None
+    saved_tokens: tuple[tuple[str, int], ...] = ()
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
@@ -76,18 +77,33 @@ def without_cache(usage: Usage) -> Usage:
     return Usage(usage.input_tokens, usage.output_tokens, estimated=usage.estimated)
 
 
-def split_savings(cost: Cost, baseline: Cost, uncached_here: Cost, cache: str, model_lever: str) -> dict[str, Decimal]:
-    """Baseline minus cost, split by the lever that earned each part.
+@dataclass(frozen=True, slots=True)
+class Counterfactual:
+    """What the model that answered would have charged: without its prompt cache (``uncached``), and for the
+    client's original prompt before any optimizer shortened it (``original``), with each optimizer's share."""
 
-    ``uncached_here`` is what the model that answered would have charged without its prompt cache: the gap to
-    the cost is the provider cache's (negative when a cache write cost more than it saved), and the gap from
-    the baseline is the choice of model (a fallback, or later a router). A cache hit earns everything.
+    uncached: Cost
+    original: Cost
+    optimized: dict[str, Decimal]
+
+
+def split_savings(cost: Cost, baseline: Cost, here: Counterfactual, cache: str, model_lever: str) -> dict[str, Decimal]:
+    """Baseline minus cost, split by the lever that earned each part; the parts add up to the whole.
+
+    The gap between the original prompt and the one sent is the optimizers' (each credited with its own tokens);
+    between the uncached price and the cost, the provider cache's (negative when a cache write cost more than it
+    saved); between the baseline and the original prompt on the model that answered, the choice of model (a
+    fallback or a router). A cache hit earns everything.
     """
     if cost.usd is None or baseline.usd is None:
         return {}
     if cache:
         return {"cache": baseline.usd - cost.usd} if baseline.usd != cost.usd else {}
-    if uncached_here.usd is None:
+    if here.uncached.usd is None or here.original.usd is None:
         return {}
-    parts = {"prompt_cache": uncached_here.usd - cost.usd, model_lever: baseline.usd - uncached_here.usd}
+    parts = {
+        "prompt_cache": here.uncached.usd - cost.usd,
+        model_lever: baseline.usd - here.original.usd,
+        **here.optimized,
+    }
     return {lever: amount for lever, amount in parts.items() if amount}

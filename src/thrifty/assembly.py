@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import urlparse
 
+from thrifty.caches.layered import SemanticLayer
 from thrifty.caches.none import NoCache
 from thrifty.errors import ConfigError
 from thrifty.guards.budget_book import BudgetBook
@@ -24,11 +25,11 @@ from thrifty.observe.metrics import GatewayMetrics
 from thrifty.optimizers.none import NoOptimizer
 from thrifty.pipeline import Gateway
 from thrifty.pricing import CatalogPricer, ModelPrice
-from thrifty.protocols import Guard, Provider, ResponseCache, Router
+from thrifty.protocols import Guard, Optimizer, Provider, ResponseCache, Router
 from thrifty.providers.http import Timeouts
 from thrifty.routers.pool import ALL_CAPABILITIES, ModelInfo
 from thrifty.routers.static import StaticRouter
-from thrifty.settings import CascadeSettings, ProviderSettings, Settings
+from thrifty.settings import CascadeSettings, OptimizeSettings, ProviderSettings, Settings
 from thrifty.tokens import TiktokenCounter
 from thrifty.types import LedgerEntry, Target
 
@@ -91,7 +92,7 @@ def build_runtime(settings: Settings) -> Runtime:
         authenticator=keys,
         guard=guard,
         cache=build_cache(settings, aliases),
-        optimizer=NoOptimizer(),
+        optimizer=build_optimizer(settings, aliases, counter),
         router=build_router(settings, aliases, counter),
         providers={name: build_provider(name, p, settings, counter) for name, p in settings.providers.items()},
         pricer=pricer,
@@ -174,6 +175,25 @@ def _pick(settings: Settings, name: str) -> Target:
     return Target.parse(settings.pool[name].target) if name in settings.pool else Target.parse(name)
 
 
+def build_optimizer(settings: Settings, aliases: dict[str, tuple[Target, ...]], counter: TiktokenCounter) -> Optimizer:
+    from thrifty.optimizers.chain import OptimizePlan, OptimizerChain
+
+    def plan(o: OptimizeSettings) -> OptimizePlan:
+        return OptimizePlan(
+            o.hygiene,
+            o.prune_budget_tokens,
+            o.compress_ratio,
+            o.latest_turn_only,
+            o.default_max_tokens,
+            o.max_tokens_limit,
+        )
+
+    config = settings.optimize
+    if config == OptimizeSettings():
+        return NoOptimizer()
+    return OptimizerChain(plan(config), {name: plan(f) for name, f in config.features.items()}, aliases, counter)
+
+
 def build_router(settings: Settings, aliases: dict[str, tuple[Target, ...]], counter: TiktokenCounter) -> Router:
     from thrifty.routers.by_alias import AliasRouter
     from thrifty.routers.cascade import CascadeRouter, Checks
@@ -201,7 +221,11 @@ def build_router(settings: Settings, aliases: dict[str, tuple[Target, ...]], cou
             c = model.cascade or CascadeSettings()
             routers[alias] = CascadeRouter(targets, Checks(tuple(c.checks), c.min_length, c.regex))
         elif model.router == "learned":
-            raise ConfigError(f"models.{alias}: the learned router is not available in this build")
+            from thrifty.routers.learned_stage import LearnedRouter
+
+            if not model.router_dir:
+                raise ConfigError(f"models.{alias}: router = 'learned' needs router_dir (from `thrifty router train`)")
+            routers[alias] = LearnedRouter.from_dir(settings.path(model.router_dir), targets, model.threshold)
         else:
             routers[alias] = StaticRouter({alias: targets}, info, counter)
     return AliasRouter(routers)
@@ -234,7 +258,25 @@ def build_cache(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> R
         store = RedisStore(config.url or "redis://127.0.0.1:6379/0")
     else:
         store = MemoryStore(config.max_entries)
-    return LayeredCache(CachePolicy(config), store, aliases)
+    semantic = build_semantic(settings, aliases) if config.semantic or any(r.semantic for r in rules) else None
+    return LayeredCache(CachePolicy(config), store, aliases, semantic)
+
+
+def build_semantic(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> SemanticLayer:
+    from thrifty.caches.embedders import CachedEmbedder, Embedder, HashingEmbedder, MiniLMEmbedder
+    from thrifty.caches.semantic import MemoryVectors, SemanticCache, VectorStore
+
+    config = settings.cache
+    inner: Embedder = MiniLMEmbedder(threads=1) if config.embedder == "minilm" else HashingEmbedder()
+    embedder = CachedEmbedder(inner)
+    vectors: VectorStore
+    if config.semantic_store == "pgvector":
+        from thrifty.caches.pgvector_store import PgVectorStore
+
+        vectors = PgVectorStore(config.semantic_url or settings.ledger_url(), embedder.dimensions)
+    else:
+        vectors = MemoryVectors(embedder.dimensions, config.max_entries)
+    return SemanticCache(embedder, None, vectors, aliases)
 
 
 def build_pricer(settings: Settings) -> CatalogPricer:

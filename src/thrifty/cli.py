@@ -212,6 +212,27 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_router_train(args: argparse.Namespace) -> int:
+    from thrifty.routers.learned import train_command
+
+    print(train_command(args.data, args.out))
+    return 0
+
+
+def cmd_router_calibrate(args: argparse.Namespace) -> int:
+    from thrifty.routers.calibrate import calibrate_command
+
+    print(calibrate_command(args.router, args.data, args.keep))
+    return 0
+
+
+def cmd_eval_router(args: argparse.Namespace) -> int:
+    from thrifty.routers.evaluate import eval_command
+
+    print(eval_command(args.data, args.router, args.decisions))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from thrifty.export import export_workload
 
@@ -287,6 +308,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("prompt_file")
     p.add_argument("--model", default="gpt-4o-mini", help="model (or provider::model) whose price and tokenizer apply")
     p.set_defaults(run=cmd_lint)
+
+    p = sub.add_parser("router", help="train and calibrate a learned router on outcome data")
+    rsub = p.add_subparsers(metavar="ACTION")
+    r = rsub.add_parser("train", help="train on OUTCOMES.jsonl (one {prompt, outcomes} object a line)")
+    r.add_argument("--data", required=True, action="append", help="outcome file (repeatable)")
+    r.add_argument("--out", required=True, help="router folder to write")
+    r.set_defaults(run=cmd_router_train)
+    r = rsub.add_parser("calibrate", help="the cheapest operating point that keeps a share of the best quality")
+    r.add_argument("--router", required=True)
+    r.add_argument("--data", required=True)
+    r.add_argument("--keep", type=float, default=0.95)
+    r.set_defaults(run=cmd_router_calibrate)
+
+    p = sub.add_parser("eval", help="evaluate a router or the cache decision on your own data")
+    esub = p.add_subparsers(metavar="WHAT")
+    e = esub.add_parser("router", help="cost-quality curve, CPT and APGR beside random, best single and oracle")
+    e.add_argument("--data", required=True)
+    e.add_argument("--router", required=True)
+    e.add_argument("--decisions", help="write one {prompt, model} line per prompt at the calibrated point")
+    e.set_defaults(run=cmd_eval_router)
 
     p = sub.add_parser("report", parents=[config], help="requests, tokens and spend from the ledger")
     p.add_argument(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
 
-from thrifty.accounting import Trace, split_savings, without_cache
+from thrifty.accounting import Counterfactual, Trace, split_savings, without_cache
 from thrifty.calling import ProviderCaller
 from thrifty.errors import ThriftyError, UpstreamError
 from thrifty.observe.metrics import GatewayMetrics
@@ -94,6 +94,7 @@ class Gateway:
             response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
             if response is None:
                 optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize
+                trace.saved_tokens = optimized.saved_tokens
                 route = trace.route = self.router.route(optimized, trace.principal)  # 5. route
                 response = await self.caller.call(optimized, route, trace)  # 6. call provider
                 await self.cache.store(request, trace.principal, response)
@@ -123,6 +124,7 @@ class Gateway:
                 opened = await replay_stream(cached)
             else:
                 optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize
+                trace.saved_tokens = optimized.saved_tokens
                 route = trace.route = self.router.route(optimized, trace.principal)  # 5. route
                 opened = await self.caller.open(optimized, route, trace)  # 6. call provider
             stream, admission = ChatStream(self, request, trace, opened, admission), None  # it settles now
@@ -190,14 +192,24 @@ class Gateway:
         """The row of a request that was answered. Its baseline is the alias's first target for the same tokens,
         with no cache of any kind: the difference is what the levers saved."""
         uncached = without_cache(trace.usage)
-        baseline = self.pricer.cost(self.baselines[trace.requested_model], uncached)
-        uncached_here = self.pricer.cost(trace.target, uncached) if trace.target else baseline
+        original = Usage(
+            uncached.input_tokens + sum(tokens for _, tokens in trace.saved_tokens),
+            uncached.output_tokens,
+            estimated=uncached.estimated,
+        )
+        baseline = self.pricer.cost(self.baselines[trace.requested_model], original)
+        target = trace.target or self.baselines[trace.requested_model]
+        here = Counterfactual(
+            self.pricer.cost(target, uncached),
+            self.pricer.cost(target, original),
+            {lever: self.pricer.cost(target, Usage(tokens)).usd or Decimal(0) for lever, tokens in trace.saved_tokens},
+        )
         payload = None
         if self.capture_payloads and request is not None:
             body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
             payload = Payload(body, answer)
         lever = "fallback" if trace.route is None or trace.route.router == "static" else "routing"
-        savings = split_savings(cost, baseline, uncached_here, trace.cache, lever)
+        savings = split_savings(cost, baseline, here, trace.cache, lever)
         return trace.entry("ok", cost, baseline, savings=savings, payload=payload)
 
     def _record_escalation(self, trace: Trace, request: ChatRequest, response: ChatResponse, check: str) -> None:

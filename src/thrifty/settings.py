@@ -162,6 +162,14 @@ class CacheSettings(_Strict):
     max_temperature: Annotated[float, Field(ge=0)] = 1.0
     """Requests sampled hotter than this are never cached (an unset temperature counts as OpenAI's 1.0)."""
     cache_tool_calls: bool = False
+    embedder: Literal["minilm", "hashing"] = "minilm"
+    """Semantic cache embeddings: all-MiniLM-L6-v2 on the CPU (the ``semantic`` extra), or a light hashing
+    embedder (numpy only; fewer paraphrases found)."""
+    semantic_store: Literal["memory", "pgvector"] = "memory"
+    """Where semantic vectors live: this process, or PostgreSQL with pgvector shared by replicas."""
+    semantic_url: str = ""
+    verify_sample: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Share of semantic hits also sent to the model in the background, to measure the false-hit rate."""
     models: dict[str, CacheRule] = {}
     features: dict[str, CacheRule] = {}
 
@@ -211,6 +219,22 @@ class AlertSettings(_Strict):
     min_tokens_per_hour: Annotated[float, Field(ge=0)] = 200_000.0
 
 
+class OptimizeSettings(_Strict):
+    """``[optimize]``: every key off unless set; ``[optimize.features.NAME]`` replaces them for a feature."""
+
+    hygiene: bool = False
+    """Collapse whitespace and drop instructions repeated verbatim (never the system prompt's own text)."""
+    prune_budget_tokens: Annotated[int, Field(gt=0)] | None = None
+    """Keep the retrieved context most relevant to the question, so the prompt fits this many tokens."""
+    compress_ratio: Annotated[float, Field(ge=1)] | None = None
+    """Query-aware extractive compression of long context by this ratio."""
+    latest_turn_only: bool = False
+    """Rewrite only the latest turn's context, so the earlier prefix stays cacheable by the provider."""
+    default_max_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_tokens_limit: Annotated[int, Field(gt=0)] | None = None
+    features: dict[str, OptimizeSettings] = {}
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     ledger: LedgerSettings = LedgerSettings()
@@ -224,6 +248,7 @@ class Settings(_Strict):
     rate_limits: list[RateLimitSettings] = []
     agent_caps: AgentCapSettings | None = None
     alerts: AlertSettings = AlertSettings()
+    optimize: OptimizeSettings = OptimizeSettings()
     otel: bool = False
     """Emit an OpenTelemetry span per request (GenAI semantic conventions; needs the ``otel`` extra)."""
     base_dir: Path = Path(".")

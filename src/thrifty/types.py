@@ -98,6 +98,8 @@ class ChatRequest:
     request_id: str
     cache_mode: str = ""
     """The client's ``x-thrifty-cache`` request header; ``bypass`` skips cache lookup and store."""
+    saved_tokens: tuple[tuple[str, int], ...] = ()
+    """Prompt tokens each optimizer removed from the client's request (for the ledger's savings by lever)."""
 
     @property
     def model(self) -> str:

@@ -1,0 +1,85 @@
+"""``OptimizerChain``: the optimize stage. Hygiene, then pruning, then compression, then output caps.
+
+Each step that shortens the prompt says by how many tokens, and the ledger credits each lever with those
+tokens at the price of the model that answered. The original request is kept by the pipeline for the cache
+and the baseline. Settings apply to every feature unless ``[optimize.features.NAME]`` replaces them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from thrifty.optimizers.compress import compress_messages
+from thrifty.optimizers.hygiene import clean_messages
+from thrifty.optimizers.prune import prune_messages
+from thrifty.tokens import TiktokenCounter
+from thrifty.types import ChatRequest, JsonObject, Principal, Target
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizePlan:
+    hygiene: bool = False
+    prune_budget_tokens: int | None = None
+    compress_ratio: float | None = None
+    latest_turn_only: bool = False
+    default_max_tokens: int | None = None
+    max_tokens_limit: int | None = None
+
+    @property
+    def rewrites_prompt(self) -> bool:
+        return self.hygiene or self.prune_budget_tokens is not None or self.compress_ratio is not None
+
+
+class OptimizerChain:
+    def __init__(
+        self,
+        plan: OptimizePlan,
+        features: Mapping[str, OptimizePlan],
+        aliases: Mapping[str, tuple[Target, ...]],
+        counter: TiktokenCounter,
+    ) -> None:
+        self._plan, self._features, self._aliases, self._counter = plan, dict(features), aliases, counter
+
+    def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest:
+        plan = self._features.get(principal.feature, self._plan)
+        body = _capped(request.body, plan)
+        saved: list[tuple[str, int]] = []
+        if plan.rewrites_prompt:
+            model = self._aliases[request.model][0].model
+            messages = list(body["messages"])
+            if plan.hygiene:
+                cleaned = clean_messages(messages, self._counter, model)
+                messages = _note(saved, "hygiene", cleaned.tokens_before - cleaned.tokens_after, cleaned.messages)
+            if plan.prune_budget_tokens is not None:
+                pruned = prune_messages(
+                    messages, plan.prune_budget_tokens, self._counter, model, latest_turn_only=plan.latest_turn_only
+                )
+                messages = _note(saved, "prune", pruned.tokens_saved, pruned.messages)
+            if plan.compress_ratio is not None:
+                squeezed = compress_messages(
+                    messages, plan.compress_ratio, self._counter, model, latest_turn_only=plan.latest_turn_only
+                )
+                messages = _note(saved, "compress", squeezed.tokens_before - squeezed.tokens_after, squeezed.messages)
+            body = {**body, "messages": messages}
+        if body is request.body:
+            return request
+        return replace(request, body=body, saved_tokens=tuple(saved))
+
+
+def _note(saved: list[tuple[str, int]], lever: str, tokens: int, messages: list[JsonObject]) -> list[JsonObject]:
+    if tokens > 0:
+        saved.append((lever, tokens))
+    return messages
+
+
+def _capped(body: JsonObject, plan: OptimizePlan) -> JsonObject:
+    """A default ``max_tokens`` where the client set none, and a ceiling on the one it set."""
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    cap = asked or plan.default_max_tokens
+    if cap is not None and plan.max_tokens_limit is not None:
+        cap = min(int(cap), plan.max_tokens_limit)
+    if cap is None or cap == asked:
+        return body
+    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    return {**body, field: cap}

@@ -1,0 +1,45 @@
+"""The optimize stage in the gateway: what is sent is shorter, the ledger credits each lever, caps apply."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import openai
+from sqlalchemy import select
+
+from fakes.upstream import FakeUpstream
+from gateway_harness import config_text, ledger_rows
+from thrifty.ledger import tables
+from thrifty.server.run import ServerThread
+from thrifty.settings import load_settings
+
+
+def problems() -> list[str]:
+    path = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "routellm" / "gsm8k" / "test.jsonl"
+    lines = path.read_text().splitlines()[:40] if path.exists() else []
+    found = [json.loads(line)["question"] for line in lines]
+    return found or [f"Shop {n} sells {n * 3} apples on day {n} and {n + 7} pears on the next day." for n in range(40)]
+
+
+def test_pruned_prompt_and_savings_by_lever(tmp_path: Path) -> None:
+    optimize = "\n[optimize]\nprune_budget_tokens = 600\ndefault_max_tokens = 300\n"
+    context = "\n\n".join(problems())
+    question = problems()[7].split(".")[0] + ". What is the answer?"
+    with FakeUpstream() as up:  # usage counts the words actually received
+        (tmp_path / "thrifty.toml").write_text(config_text(up, extra=optimize))
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                client.chat.completions.create(
+                    model="fast", messages=[{"role": "user", "content": f"<context>{context}</context>\n\n{question}"}]
+                )
+            (row,) = ledger_rows(gw)
+            with gw.runtime.ledger.engine.connect() as conn:
+                savings = {s.lever: s.savings_nusd for s in conn.execute(select(tables.savings))}
+    sent = up.requests[-1].json
+    assert sent["max_tokens"] == 300
+    sent_text = sent["messages"][0]["content"]
+    assert len(sent_text) < len(context) / 2
+    assert problems()[7][:40] in sent_text  # the problem the question is about survives
+    assert savings["prune"] > 0
+    assert row["baseline_cost_nusd"] - row["cost_nusd"] == sum(savings.values())

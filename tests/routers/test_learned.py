@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from routing_data import STRONG, WEAK, synthetic_records
+
+from thrifty.routers.learned import (
+    LearnedRouter,
+    OperatingPoint,
+    hash_counts,
+    load,
+    save,
+    train,
+    train_command,
+)
+from thrifty.routers.outcomes import ModelOutcome, OutcomeRecord, write_outcomes
+
+
+@pytest.fixture(scope="module")
+def router() -> LearnedRouter:
+    return train(synthetic_records(), dim=1024)
+
+
+def test_it_learns_which_prompts_need_the_strong_model(router: LearnedRouter) -> None:
+    test = synthetic_records(n=100, seed=99)
+    predicted = router.predict([r.prompt for r in test])
+    gain = predicted[:, router.models.index(STRONG)] - predicted[:, router.models.index(WEAK)]
+    is_math = np.array([i % 2 == 0 for i in range(len(test))])
+    assert gain[is_math].mean() > gain[~is_math].mean() + 0.3
+    # Ranking by gain puts the math prompts first far more often than chance.
+    top = np.argsort(-gain)[:50]
+    assert is_math[top].mean() > 0.9
+
+
+def test_save_and_load_give_identical_scores(router: LearnedRouter, tmp_path: Path) -> None:
+    router = router.with_point(OperatingPoint(0.25))
+    save(router, tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["router.json", "weights.npz"]
+    back = load(tmp_path / "r")
+    prompts = [r.prompt for r in synthetic_records(n=20, seed=3)]
+    assert np.array_equal(back.predict(prompts), router.predict(prompts))
+    assert back.models == router.models and back.mean_cost_usd == router.mean_cost_usd
+    assert back.point == OperatingPoint(0.25)
+    with np.load(tmp_path / "r" / "weights.npz", allow_pickle=False) as npz:
+        assert all(npz[k].dtype != object for k in npz.files)
+
+
+def test_load_refuses_other_formats_and_mismatched_weights(router: LearnedRouter, tmp_path: Path) -> None:
+    save(router, tmp_path)
+    meta = json.loads((tmp_path / "router.json").read_text())
+    (tmp_path / "router.json").write_text(json.dumps({**meta, "dim": 2048}))
+    with pytest.raises(ValueError, match="does not match"):
+        load(tmp_path)
+    (tmp_path / "router.json").write_text(json.dumps({**meta, "format": "other"}))
+    with pytest.raises(ValueError, match="not a learned router"):
+        load(tmp_path)
+
+
+def test_the_operating_point_trades_cost_for_quality(router: LearnedRouter) -> None:
+    math_prompt = "solve integral compute 123 + 456"
+    assert router.choose(math_prompt, OperatingPoint(0.0)) == STRONG
+    assert router.choose(math_prompt, OperatingPoint(100.0)) == WEAK
+    assert router.choose("poem email story", OperatingPoint(-100.0)) == STRONG
+    assert router.rank(math_prompt, OperatingPoint(100.0, model=STRONG)) == [STRONG, WEAK]
+    score = router.score(math_prompt)
+    assert set(score) == {STRONG, WEAK} and score[STRONG] > score[WEAK]
+
+
+def test_relative_costs_come_from_the_training_data(router: LearnedRouter) -> None:
+    costs = dict(zip(router.models, router.relative_cost, strict=True))
+    assert costs[STRONG] == 1.0
+    assert costs[WEAK] == pytest.approx(1 / 30)
+    assert all(isinstance(c, Decimal) for c in router.mean_cost_usd)
+
+
+def test_models_missing_on_some_prompts_and_many_models() -> None:
+    records = []
+    for i, r in enumerate(synthetic_records(n=120)):
+        outcomes = dict(r.outcomes)
+        if i % 3 == 0:
+            del outcomes[STRONG]
+        outcomes["mid-model"] = ModelOutcome(0.5, Decimal("0.001"))
+        records.append(OutcomeRecord(r.prompt, outcomes))
+    router = train(records, dim=512)
+    assert set(router.models) == {WEAK, STRONG, "mid-model"}
+    assert router.predict(["poem"]).shape == (1, 3)
+    assert router.score("anything")["mid-model"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_dual_and_primal_solutions_agree() -> None:
+    records = synthetic_records(n=80)
+    small = train(records, dim=64)  # more prompts than features: primal
+    large = train(records, dim=4096)  # fewer prompts than features: dual
+    assert small.weights.shape == (64 + 7, 2) and large.weights.shape == (4096 + 7, 2)
+    for router in (small, large):
+        prediction = router.predict([r.prompt for r in records])
+        quality = np.array([[r.outcomes[m].quality for m in router.models] for r in records])
+        assert np.abs(prediction - quality).mean() < np.abs(quality - quality.mean(axis=0)).mean()
+
+
+def test_hashing_is_stable_across_processes() -> None:
+    # crc32, not Python's salted hash(): a router saved by one process must score the same in another.
+    counts = hash_counts("Hello world", 1 << 20)
+    assert np.array_equal(counts, hash_counts("hello   WORLD", 1 << 20))
+    # Two words, one bigram, and per word five 3-grams, four 4-grams and three 5-grams of " hello ".
+    assert np.abs(counts).sum() == 2 + 1 + 2 * (5 + 4 + 3)
+    first = np.nonzero(counts)[0][:4]
+    assert first.tolist() == [2852, 42630, 60298, 67558]
+    assert counts[first].tolist() == [-1.0, 1.0, 1.0, 1.0]
+
+
+def test_train_command_writes_a_router_and_a_summary(tmp_path: Path) -> None:
+    data = tmp_path / "o.jsonl"
+    write_outcomes(data, synthetic_records(n=60))
+    text = train_command(data, tmp_path / "r")
+    assert "trained on 60 prompts" in text and STRONG in text
+    assert load(tmp_path / "r").trained_on == 60
