@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import openai
+from routing_data import STRONG, WEAK, synthetic_records
 
 from fakes.upstream import FakeUpstream, FakeUsage
 from gateway_harness import config_text, ledger_rows
-from routing_data import STRONG, WEAK, synthetic_records
 from thrifty.routers.outcomes import write_outcomes
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
