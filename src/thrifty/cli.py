@@ -233,6 +233,13 @@ def cmd_eval_router(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_cache(args: argparse.Namespace) -> int:
+    from thrifty.caches.evaluate_cli import eval_cache_command
+
+    print(eval_cache_command(_settings(args), Path(args.pairs), Path(args.decisions) if args.decisions else None))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from thrifty.export import export_workload
 
@@ -328,6 +335,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--router", required=True)
     e.add_argument("--decisions", help="write one {prompt, model} line per prompt at the calibrated point")
     e.set_defaults(run=cmd_eval_router)
+    e = esub.add_parser("cache", parents=[config], help="the configured semantic cache decision on labelled pairs")
+    e.add_argument("--pairs", required=True, help='JSON lines: {"query", "cached", "label"} (+ contexts)')
+    e.add_argument("--decisions", help="write each pair back with its hit and score")
+    e.set_defaults(run=cmd_eval_cache)
 
     p = sub.add_parser("report", parents=[config], help="requests, tokens and spend from the ledger")
     p.add_argument(

@@ -1,0 +1,154 @@
+"""Semantic cache lookup latency at 10k, 100k and 1M entries, embedding time per query, and memory.
+
+    .venv/bin/python benchmarks/cache_lookup.py [--sizes 10000,100000,1000000] [--queries 300]
+
+Entries are random unit vectors of 384 dimensions in one partition (the worst case: a partition is one tenant's
+one context). Half the queries are near-duplicates of a stored entry (cosine about 0.9: what a hit looks like),
+half are fresh random vectors (misses). Exact search (one float32 matrix-vector product) is measured at every
+size; the HNSW candidate graph (usearch) where it is enabled, with its recall of the exact nearest neighbour.
+Embedding time is MiniLM on one question at a time (the gateway embeds one request at a time), with torch's
+default threads and with one thread, and a repeat served from the embedding LRU. The machine is shared: run it
+when it is quiet, and read the exact and ANN figures of one run side by side. Prints a table, writes
+``benchmarks/results/cache_lookup.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thrifty.caches.embedders import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
+from thrifty.caches.vector_index import NumpyVectorIndex
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "cache_lookup.json"
+QUESTIONS = ROOT.parent / "shared" / "datasets" / "gptcache" / "mock_data.json"
+DIMENSIONS = 384
+ANN_MAX_ROWS = 200_000
+"""Graph builds above this take longer than this benchmark should on two cores; exact search only there."""
+
+
+def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    rows = rng.standard_normal((n, DIMENSIONS), dtype=np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
+
+
+def percentiles_ms(samples: list[float]) -> dict[str, float]:
+    ms = np.array(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def measure_size(n: int, queries: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    rows = unit_rows(rng, n)
+    targets = rng.integers(0, n, queries // 2)
+    near = rows[targets] + unit_rows(rng, len(targets)) * 0.45
+    probes = np.vstack([near / np.linalg.norm(near, axis=1, keepdims=True), unit_rows(rng, queries - len(targets))])
+    results = []
+    for mode in ("exact", "hnsw") if n <= ANN_MAX_ROWS else ("exact",):
+        index = NumpyVectorIndex(DIMENSIONS, ann_rows=None if mode == "exact" else n - 1)
+        build_s, _ = timed(lambda index=index: [index.add("p", str(i), rows[i]) for i in range(n)])
+        graph_s, _ = timed(index.wait_for_graphs)
+        if mode == "hnsw" and not index.has_graph("p"):
+            continue
+        samples, found = [], []
+        for probe in probes:
+            elapsed, result = timed(lambda probe=probe, index=index: index.search("p", probe, 1))
+            samples.append(elapsed)
+            found.append(result[0][0])
+        matrix_bytes, graph_bytes = index.memory_bytes("p")
+        results.append(
+            {
+                "entries": n,
+                "mode": mode,
+                **percentiles_ms(samples),
+                "near_duplicate_found": round(
+                    float(np.mean([f == str(t) for f, t in zip(found, targets, strict=False)])), 4
+                ),
+                "matrix_mb": round(matrix_bytes / 1e6, 1),
+                "graph_mb": round(graph_bytes / 1e6, 1),
+                "store_s": round(build_s + graph_s, 1),
+            }
+        )
+        del index
+    return results
+
+
+def embedding_times(count: int) -> list[dict[str, Any]]:
+    pairs = json.loads(QUESTIONS.read_text(encoding="utf-8"))
+    questions = [p["similar"] for p in pairs[:count]]
+    rows = []
+    hashing = HashingEmbedder()
+    rows.append(
+        {"embedder": hashing.name, **percentiles_ms([timed(lambda q=q: hashing.embed([q]))[0] for q in questions])}
+    )
+    minilm = MiniLMEmbedder(threads=None)
+    minilm.embed(questions[:3])  # the first calls pay for lazy initialisation inside torch
+    rows.append({"embedder": "MiniLM, torch default threads", **_per_query(minilm.embed, questions)})
+    minilm_1 = MiniLMEmbedder(threads=1)
+    rows.append({"embedder": "MiniLM, 1 thread (default)", **_per_query(minilm_1.embed, questions)})
+    cached = CachedEmbedder(minilm_1)
+    cached.embed(questions)
+    rows.append({"embedder": "MiniLM, repeat from the LRU", **_per_query(cached.embed, questions)})
+    return rows
+
+
+def _per_query(embed: Callable[[list[str]], Any], questions: list[str]) -> dict[str, float]:
+    return percentiles_ms([timed(lambda q=q: embed([q]))[0] for q in questions])
+
+
+def print_report(lookups: list[dict[str, Any]], embeddings: list[dict[str, Any]], max_rss_mb: float) -> None:
+    header = ("entries", "mode", "p50 ms", "p99 ms", "found", "matrix MB", "graph MB", "store s")
+    print("{:>9} {:<6} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}".format(*header))
+    for r in lookups:
+        print(
+            f"{r['entries']:>9} {r['mode']:<6} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
+            f"{r['near_duplicate_found']:>6.3f} {r['matrix_mb']:>10.1f} {r['graph_mb']:>9.1f} {r['store_s']:>8.1f}"
+        )
+    print(f"{'embedder (one question per call)':<34} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in embeddings:
+        print(f"{r['embedder']:<34} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}")
+    load = os.getloadavg()[0]
+    print(f"peak RSS of this process: {max_rss_mb:.0f} MB; load average (1 min) {load:.1f} on {os.cpu_count()} cores")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--embedding-queries", type=int, default=200)
+    args = parser.parse_args()
+    rng = np.random.default_rng(7)
+    lookups = [row for n in map(int, args.sizes.split(",")) for row in measure_size(n, args.queries, rng)]
+    embeddings = embedding_times(args.embedding_queries)
+    max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print_report(lookups, embeddings, max_rss_mb)
+    result = {
+        "lookups": lookups,
+        "embedding": embeddings,
+        "peak_rss_mb": round(max_rss_mb),
+        "dimensions": DIMENSIONS,
+        "machine": platform.processor() or platform.machine(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

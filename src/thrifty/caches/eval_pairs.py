@@ -1,0 +1,119 @@
+"""``thrifty eval cache``: run the semantic hit decision over anyone's labelled pairs.
+
+Input, one JSON object a line::
+
+    {"query": "...", "cached": "...", "label": 0 or 1,
+     "context_query": [messages before the query's last user turn], "context_cached": [...]}
+
+The contexts are optional (absent means none). Pairs whose contexts differ never hit: the gateway keeps them in
+different partitions, so the decision is never even asked. Each output line repeats the pair with ``hit``,
+``score`` and the decision's ``reason``; ``summarize`` gives precision, recall and ROC AUC over the labelled ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thrifty.caches.embedders import Embedder
+from thrifty.caches.similarity import Decision
+
+DecideFn = Callable[[str, str, float], Decision]
+BATCH = 64
+"""Pairs embedded per call: large enough to batch the model, small enough to stream a large file."""
+
+
+def read_pairs(path: Path) -> Iterator[dict[str, Any]]:
+    """The pairs of a JSONL file, checked, with the line number in every complaint."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                pair = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+            problem = _problem(pair)
+            if problem:
+                raise ValueError(f"{path}:{number}: {problem}")
+            yield pair
+
+
+def _problem(pair: object) -> str:
+    if not isinstance(pair, dict):
+        return "each line must be a JSON object"
+    for field in ("query", "cached"):
+        if not isinstance(pair.get(field), str):
+            return f'"{field}" must be a string'
+    if "label" in pair and pair["label"] not in (0, 1):
+        return '"label" must be 0 or 1'
+    for field in ("context_query", "context_cached"):
+        if not isinstance(pair.get(field, []), list):
+            return f'"{field}" must be a list of messages'
+    return ""
+
+
+def evaluate_pairs(
+    pairs: Iterable[dict[str, Any]], decide_fn: DecideFn, embedder: Embedder
+) -> Iterator[dict[str, Any]]:
+    """Each pair with the decision the gateway would make for it, in input order."""
+    iterator = iter(pairs)
+    while batch := list(islice(iterator, BATCH)):
+        cosines = _cosines(embedder, batch)
+        for pair, cosine in zip(batch, cosines, strict=True):
+            if not same_context(pair):
+                decision = Decision(False, 0.0, "contexts differ: a different partition, never compared")
+            else:
+                decision = decide_fn(pair["query"], pair["cached"], cosine)
+            yield {**pair, "hit": decision.hit, "score": round(decision.score, 6), "reason": decision.reason}
+
+
+def same_context(pair: dict[str, Any]) -> bool:
+    """The conversations before the two last user turns are the same, key order aside."""
+    return _canonical(pair.get("context_query") or []) == _canonical(pair.get("context_cached") or [])
+
+
+def _canonical(messages: Sequence[Any]) -> str:
+    return json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _cosines(embedder: Embedder, batch: Sequence[dict[str, Any]]) -> list[float]:
+    vectors = embedder.embed([p["query"] for p in batch] + [p["cached"] for p in batch])
+    queries, cached = vectors[: len(batch)], vectors[len(batch) :]
+    return [float(c) for c in np.einsum("ij,ij->i", queries, cached)]
+
+
+def summarize(decisions: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Precision and recall of the hits, and ROC AUC of the scores, over the pairs that carry a label."""
+    labelled = [(bool(d["hit"]), float(d["score"]), int(d["label"])) for d in decisions if "label" in d]
+    hits = sum(hit for hit, _, _ in labelled)
+    positives = sum(label for _, _, label in labelled)
+    true_hits = sum(hit and label == 1 for hit, _, label in labelled)
+    return {
+        "pairs": len(labelled),
+        "positives": positives,
+        "hits": hits,
+        "false_hits": hits - true_hits,
+        "precision": round(true_hits / hits, 4) if hits else None,
+        "recall": round(true_hits / positives, 4) if positives else None,
+        "auc": roc_auc([s for _, s, _ in labelled], [lab for _, _, lab in labelled]),
+    }
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+    """Probability that a random positive outscores a random negative (ties count half); None with one class."""
+    values, truth = np.asarray(scores, dtype=np.float64), np.asarray(labels) == 1
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    _, starts, counts = np.unique(values[order], return_index=True, return_counts=True)
+    for start, count in zip(starts, counts, strict=True):
+        ranks[order[start : start + count]] = start + (count + 1) / 2
+    return round(float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)), 4)

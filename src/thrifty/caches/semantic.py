@@ -1,0 +1,169 @@
+"""``SemanticCache``: a paraphrase of a question already answered, in the same context, gets that answer.
+
+Partitioned by default (``keys.semantic_query``): a hit can only come from the same tenant, alias and targets,
+system prompt, tools, ``response_format``, temperature bucket and conversation before the last user turn. Within
+a partition the nearest stored questions are judged by ``similarity`` (cosine plus guards against the known
+false-hit patterns: other numbers, dates, names, negation, documents to act on).
+
+Vectors live in this process (``MemoryVectors``) or in PostgreSQL with pgvector, shared by replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from thrifty.caches.entries import CacheEntry, PurgeScope
+from thrifty.caches.keys import SemanticQuery, semantic_query
+from thrifty.caches.layered import hit
+from thrifty.types import ChatRequest, ChatResponse, Principal, Target
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from thrifty.caches.embedders import Embedder
+    from thrifty.caches.similarity import SimilarityJudge
+
+    Vector = NDArray[np.float32]
+
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger("thrifty.cache")
+
+NEIGHBOURS = 1
+"""Only the nearest stored question is judged: falling through to the next ones adds more false hits than
+correct ones (GPTCache's data: 606/31 against 604/23 at the default threshold)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    key: str
+    cosine: float
+    text: str
+    entry: CacheEntry
+
+
+class VectorStore(Protocol):
+    async def add(self, partition: str, key: str, vector: Vector, text: str, entry: CacheEntry) -> None: ...
+    async def search(self, partition: str, vector: Vector, k: int) -> list[tuple[str, float, str, CacheEntry]]: ...
+    async def purge(self, scope: PurgeScope) -> int: ...
+
+
+class MemoryVectors:
+    """Vectors and entries in this process, bounded by entry count (oldest first out)."""
+
+    def __init__(self, dimensions: int, max_entries: int = 100_000) -> None:
+        from thrifty.caches.vector_index import NumpyVectorIndex
+
+        self._index = NumpyVectorIndex(dimensions)
+        self._items: dict[str, tuple[str, CacheEntry]] = {}
+        self._max = max_entries
+
+    async def add(self, partition: str, key: str, vector: Vector, text: str, entry: CacheEntry) -> None:
+        self._index.add(partition, key, vector)
+        self._items[key] = (text, entry)
+        while len(self._items) > self._max:
+            self._drop(next(iter(self._items)))
+
+    async def search(self, partition: str, vector: Vector, k: int) -> list[tuple[str, float, str, CacheEntry]]:
+        now, found = time.time(), []
+        for key, cosine in self._index.search(partition, vector, k):
+            text, entry = self._items[key]
+            if entry.expires_at <= now:
+                self._drop(key)
+                continue
+            found.append((key, cosine, text, entry))
+        return found
+
+    async def purge(self, scope: PurgeScope) -> int:
+        now = time.time()
+        doomed = [key for key, (_, entry) in self._items.items() if scope.matches(entry, now)]
+        for key in doomed:
+            self._drop(key)
+        return len(doomed)
+
+    def _drop(self, key: str) -> None:
+        self._items.pop(key, None)
+        self._index.remove(key)
+
+
+class SemanticCache:
+    def __init__(
+        self,
+        embedder: Embedder,
+        judges: Mapping[float, SimilarityJudge] | None,
+        vectors: VectorStore,
+        aliases: Mapping[str, tuple[Target, ...]],
+    ) -> None:
+        self._embedder, self._vectors, self._aliases = embedder, vectors, aliases
+        self._judges: dict[float, SimilarityJudge] = dict(judges or {})
+
+    def judge(self, threshold: float) -> SimilarityJudge:
+        judge = self._judges.get(threshold)
+        if judge is None:
+            from thrifty.caches.similarity import GuardedJudge
+
+            judge = self._judges[threshold] = GuardedJudge(threshold)
+        return judge
+
+    async def _embed(self, text: str) -> Vector:
+        # Embedding is CPU work of several milliseconds; the model releases the GIL, the event loop goes on.
+        vectors = await asyncio.to_thread(self._embedder.embed, [text])
+        vector: Vector = vectors[0]
+        return vector
+
+    def _query(self, request: ChatRequest, principal: Principal) -> SemanticQuery | None:
+        query = semantic_query(request, principal, self._aliases[request.model])
+        if query is None or not query.text.strip():
+            return None
+        # Vectors of different embedders are not comparable, even with the same number of dimensions.
+        return SemanticQuery(f"{self._embedder.name}:{query.partition}", query.text)
+
+    async def lookup(self, request: ChatRequest, principal: Principal, threshold: float) -> ChatResponse | None:
+        query = self._query(request, principal)
+        if query is None:
+            return None
+        vector = await self._embed(query.text)
+        judge = self.judge(threshold)
+        try:
+            candidates = await self._vectors.search(query.partition, vector, NEIGHBOURS)
+        except (OSError, SQLAlchemyError) as exc:
+            log.warning("semantic cache unavailable (%s): treated as a miss", exc.__class__.__name__)
+            return None
+        for _key, cosine, text, entry in candidates:
+            if judge.decide(query.text, text, cosine).hit:
+                return hit(entry, request, "semantic")
+        return None
+
+    async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float) -> None:
+        query = self._query(request, principal)
+        if query is None or response.usage is None:
+            return
+        now = time.time()
+        entry = CacheEntry(
+            response.body,
+            response.target,
+            response.usage,
+            principal.tenant,
+            principal.feature,
+            request.model,
+            now,
+            now + ttl_s,
+        )
+        vector = await self._embed(query.text)
+        try:
+            nearest = await self._vectors.search(query.partition, vector, 1)
+            if nearest and nearest[0][2] == query.text:
+                return  # the same question is already answered in this partition
+            await self._vectors.add(query.partition, "s_" + secrets.token_hex(12), vector, query.text, entry)
+        except (OSError, SQLAlchemyError) as exc:
+            log.warning("semantic cache unavailable (%s): answer not stored", exc.__class__.__name__)
+
+    async def purge(self, scope: PurgeScope) -> int:
+        return await self._vectors.purge(scope)

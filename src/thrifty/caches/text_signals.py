@@ -1,0 +1,303 @@
+"""What two short requests differ in, read off their words: the evidence behind a semantic hit decision.
+
+Two kinds of difference. A *substitution* (2 where the other says 3, Paris where the other says London, enable
+where the other says disable, another pasted document) changes the question whatever the embedding says: those
+are guard vetoes. An *addition* ("... in 2016", "... today", a name only one side mentions) often does not:
+those are features of the scorer, which learned from labelled pairs how much each one costs.
+
+Pure Python and cheap (tens of microseconds for a question), because it runs for every candidate of every lookup.
+English-centred: in other languages the lexical signals go quiet and the decision leans on the embedding.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+_NUMBER = re.compile(r"\d+(?:[.,:/-]\d+)*")
+_CASED = re.compile(r"[A-Za-z0-9][\w'-]*")
+_SENTENCE_END = re.compile(r"^[.!?:;]")
+_CONTRACTIONS = (
+    ("can't", "can not"),
+    ("cannot", "can not"),
+    ("won't", "will not"),
+    ("n't", " not"),
+    ("non-", "non"),
+    # Not negations: "whether or not" and "not only" assert nothing is false.
+    ("or not", "or"),
+    ("not only", "only"),
+)
+_ACTION = re.compile(
+    r"^\W*(?:please\s+)?(?:summari[sz]e|translate|rewrite|rephrase|paraphrase|proofread|correct|fix|edit|shorten|"
+    r"expand|improve|classify|extract|review|analy[sz]e|convert|format|explain|refactor|debug|answer|reply|"
+    r"simplify|critique|grade|tag|label|complete|continue)\b",
+    re.IGNORECASE,
+)
+DOCUMENT_CHARS = 400
+"""Longer than almost any question in the evaluation sets: text this long is something pasted to be worked on."""
+ACTION_PAYLOAD_CHARS = 20
+NEGATION_VETO_OVERLAP = 0.6
+"""Negation flips a question when little else differs; in looser rephrasings it is left to the scorer."""
+
+STOPWORDS = _words(
+    "a an the and or but if then so of to in on at by for from with about as into over under up down out off "
+    "is are was were be been being am do does did doing have has had having i me my mine we us our you your he "
+    "him his she her it its they them their this that these those there here what which who whom whose when where "
+    "why how can could will would shall should may might must some any all each every other such own same than too "
+    "very just also only really get got one ones thing things way ways much many more most someone something "
+    "anyone anything good best better use using used make made know need want like s t"
+)
+QUESTION_WORDS = ("how", "why", "what", "when", "where", "who", "which", "whose", "whom")
+NEGATIONS = _words("not no never none nobody nothing neither nor without unable")
+_NUMBER_NAMES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
+NUMBER_WORDS = {word: str(value) for value, word in enumerate(_NUMBER_NAMES.split())} | {
+    "first": "1",
+    "second": "2",
+    "third": "3",
+    "dozen": "12",
+    "twenty": "20",
+    "hundred": "100",
+    "thousand": "1000",
+    "million": "1000000",
+}
+_MONTH_NAMES = "january february march april june july august september october november december"
+MONTHS = {name: name[:3] for name in _MONTH_NAMES.split()} | {name[:3]: name[:3] for name in _MONTH_NAMES.split()}
+""""may" and "march" are verbs too: "may" only counts next to a number (see ``_dates``); "mar" is not a month."""
+DAYS = _words("monday tuesday wednesday thursday friday saturday sunday today tomorrow yesterday tonight weekend")
+ANTONYMS = (
+    "enable disable|allow deny|allow block|allow forbid|increase decrease|increase reduce|add remove|add delete|"
+    "start stop|open close|buy sell|lock unlock|upload download|import export|before after|maximum minimum|max min|"
+    "higher lower|more less|best worst|pro con|advantage disadvantage|true false|login logout|win lose|"
+    "accept reject|connect disconnect|show hide|send receive|push pull|male female|men women|boy girl|"
+    "positive negative|gain lose|input output|rise fall|cheap expensive|fast slow|early late|big small|old new|"
+    "young old|hot cold|love hate|agree disagree|legal illegal|possible impossible|safe unsafe|hire fire|"
+    "include exclude|inside outside|north south|east west|above below|first last|pass fail|success failure|"
+    "online offline|free paid|encrypt decrypt|encode decode|compress decompress|on off"
+)
+_ANTONYM_PAIRS = frozenset(tuple(pair.split()) for pair in ANTONYMS.split("|"))
+_NEGATING_PREFIXES = ("un", "dis", "non", "anti", "de", "in", "im", "ir", "il")
+
+
+def _stem(word: str) -> str:
+    """A deliberately crude stemmer: enough to see "installing" and "installed" as the same word."""
+    for suffix in ("ations", "ation", "ings", "ing", "edly", "ies", "ied", "es", "ed", "ly", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            stem = word[: -len(suffix)]
+            return stem + "y" if suffix in ("ies", "ied") else stem
+    return word
+
+
+def normalise(text: str) -> str:
+    lowered = text.lower().replace("’", "'")
+    for short, long in _CONTRACTIONS:
+        lowered = lowered.replace(short, long)
+    return " ".join(_TOKEN.findall(lowered))
+
+
+def _numbers(text: str, words: list[str]) -> frozenset[str]:
+    found = {m.group().replace(",", "") for m in _NUMBER.finditer(text)}
+    return frozenset(found | {NUMBER_WORDS[w] for w in words if w in NUMBER_WORDS})
+
+
+def _dates(words: list[str]) -> frozenset[str]:
+    found = {MONTHS[w] for w in words if w in MONTHS and w != "mar"} | {w for w in words if w in DAYS}
+    for i, word in enumerate(words):
+        if word == "may" and any(w.isdigit() for w in words[max(0, i - 1) : i + 2]):
+            found.add("may")
+    return frozenset(found)
+
+
+def _names(text: str) -> list[str]:
+    """Runs of name-like words: capitalised inside a sentence, acronyms, letters mixed with digits or inner capitals.
+
+    A capitalised first word is a name only when its shape says so ("PyTorch", "AWS", "2FA"): every sentence
+    starts with a capital. "Cornell University" is one name, so "Cornell" on the other side matches it.
+    """
+    names: list[list[str]] = []
+    sentence_start, previous_end = True, -2
+    for match in _CASED.finditer(text):
+        word = match.group().strip("'-")
+        shaped = any(c.isdigit() for c in word) and any(c.isalpha() for c in word)
+        shaped = shaped or any(c.isupper() for c in word[1:])
+        ordinary = len(word) < 2 or word.isdigit() or word.lower() in STOPWORDS
+        if not ordinary and (shaped or (word[0].isupper() and not sentence_start)):
+            if names and match.start() == previous_end + 1 and text[previous_end] == " ":
+                names[-1].append(word)
+            else:
+                names.append([word])
+            previous_end = match.end()
+        sentence_start = bool(_SENTENCE_END.match(text[match.end() :].lstrip(" )\"'")))
+    return [" ".join(name) for name in names]
+
+
+def _unmatched_names(text: str, other: str, other_words: set[str]) -> frozenset[str]:
+    """Names in ``text`` none of whose words (stemmed or not) occur in the other text, nor abbreviate a name there."""
+    unmatched = set()
+    other_names = [n.lower() for n in _names(other)]
+    for name in _names(text):
+        words = [w for w in normalise(name).split() if w not in STOPWORDS] or normalise(name).split()
+        if not any(w in other_words or _stem(w) in other_words for w in words):
+            lowered = name.lower()
+            if not any(_abbreviates(lowered, n) or _abbreviates(n, lowered) for n in other_names):
+                unmatched.add(lowered)
+    return frozenset(unmatched)
+
+
+def _abbreviates(short: str, long: str) -> bool:
+    """ "ml" for "machine learning", "us" for "united states", "js" for "javascript": same first letter, then
+    the short form's letters in order."""
+    letters = short.replace(" ", "")
+    if not 2 <= len(letters) <= 5 or len(long) <= len(letters) or letters[0] != long[0]:
+        return False
+    rest = iter(long[1:])
+    return all(c in rest for c in letters[1:])
+
+
+def _is_antonym(a: str, b: str) -> bool:
+    if (a, b) in _ANTONYM_PAIRS or (b, a) in _ANTONYM_PAIRS:
+        return True
+    return len(min(a, b, key=len)) >= 4 and any(b == p + a or a == p + b for p in _NEGATING_PREFIXES)
+
+
+def document_payload(text: str) -> str | None:
+    """The document a request carries to be acted on ("summarize this: ..."), normalised; None for a question.
+
+    The instruction before the colon may be paraphrased; the document after it may not.
+    """
+    acts = _ACTION.match(text) is not None
+    payload = _payload_after_instruction(text) if acts else text
+    if len(text) >= DOCUMENT_CHARS or "```" in text or (acts and len(payload.strip()) >= ACTION_PAYLOAD_CHARS):
+        return normalise(payload or text)
+    return None
+
+
+def _payload_after_instruction(text: str) -> str:
+    match = re.search(r"[:\n]", text)
+    return "" if match is None else text[match.end() :]
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    """The evidence for one (query, candidate) pair: pairs of sets are (query's, candidate's)."""
+
+    cosine: float
+    identical: bool
+    numbers: tuple[frozenset[str], frozenset[str]]
+    dates: tuple[frozenset[str], frozenset[str]]
+    negated: tuple[bool, bool]
+    antonym: tuple[str, str] | None
+    names: tuple[frozenset[str], frozenset[str]]
+    """Names one side mentions and the other does not."""
+    documents: tuple[str | None, str | None]
+    word_jaccard: float
+    content_jaccard: float
+    unmatched: int
+    substituted: int
+    question_word_differs: bool
+    length_ratio: float
+
+    @staticmethod
+    def feature_names() -> tuple[str, ...]:
+        return (
+            "cosine",
+            "cosine_squared",
+            "word_jaccard",
+            "content_jaccard",
+            "unmatched_words",
+            "substituted_words",
+            "unmatched_names",
+            "number_added",
+            "date_added",
+            "negation_differs",
+            "question_word_differs",
+            "length_ratio",
+        )
+
+    def features(self) -> tuple[float, ...]:
+        return (
+            self.cosine,
+            self.cosine * self.cosine,
+            self.word_jaccard,
+            self.content_jaccard,
+            float(min(self.unmatched, 6)),
+            float(min(self.substituted, 3)),
+            float(min(len(self.names[0]) + len(self.names[1]), 3)),
+            float(self.numbers[0] != self.numbers[1]),
+            float(self.dates[0] != self.dates[1]),
+            float(self.negated[0] != self.negated[1]),
+            float(self.question_word_differs),
+            self.length_ratio,
+        )
+
+
+def signals(query: str, candidate: str, cosine: float) -> Signals:
+    q_norm, c_norm = normalise(query), normalise(candidate)
+    q_words, c_words = q_norm.split(), c_norm.split()
+    q_stems, c_stems = {_stem(w) for w in q_words}, {_stem(w) for w in c_words}
+    q_content, c_content = q_stems - STOPWORDS - NEGATIONS, c_stems - STOPWORDS - NEGATIONS
+    q_only, c_only = q_content - c_content, c_content - q_content
+    return Signals(
+        cosine=cosine,
+        identical=q_norm == c_norm,
+        numbers=(_numbers(query, q_words), _numbers(candidate, c_words)),
+        dates=(_dates(q_words), _dates(c_words)),
+        negated=(bool(NEGATIONS.intersection(q_words)), bool(NEGATIONS.intersection(c_words))),
+        antonym=_antonym(q_stems - c_stems, c_stems - q_stems),
+        names=(
+            _unmatched_names(query, candidate, c_stems | set(c_words)),
+            _unmatched_names(candidate, query, q_stems | set(q_words)),
+        ),
+        documents=(document_payload(query), document_payload(candidate)),
+        word_jaccard=_jaccard(q_stems, c_stems),
+        content_jaccard=_jaccard(q_content, c_content),
+        unmatched=len(q_only) + len(c_only),
+        substituted=min(len(q_only), len(c_only)),
+        question_word_differs=_question_word(q_words) != _question_word(c_words),
+        length_ratio=min(len(q_words), len(c_words)) / max(len(q_words), len(c_words), 1),
+    )
+
+
+def _antonym(q_only: set[str], c_only: set[str]) -> tuple[str, str] | None:
+    # Over all words, stopwords included: "turn on" against "turn off" is the classic case.
+    return next(((a, b) for a in sorted(q_only) for b in sorted(c_only) if _is_antonym(a, b)), None)
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def _question_word(words: list[str]) -> str:
+    return next((w for w in words if w in QUESTION_WORDS), "")
+
+
+def _swapped(sides: tuple[frozenset[str], frozenset[str]]) -> bool:
+    """Each side has something the other lacks: a substitution, not an addition."""
+    return bool(sides[0] - sides[1]) and bool(sides[1] - sides[0])
+
+
+def guard_veto(found: Signals) -> str:
+    """Why the pair must not hit whatever its score, or "" when no guard objects."""
+    q_doc, c_doc = found.documents
+    if (q_doc is not None or c_doc is not None) and q_doc != c_doc:
+        return "guard: the request carries a document to act on, and the documents differ"
+    if _swapped(found.numbers):
+        return f"guard: numbers differ ({_show(found.numbers[0])} vs {_show(found.numbers[1])})"
+    if _swapped(found.dates):
+        return f"guard: dates differ ({_show(found.dates[0])} vs {_show(found.dates[1])})"
+    if found.antonym is not None:
+        return f"guard: opposite words ({found.antonym[0]} vs {found.antonym[1]})"
+    if _swapped(found.names):
+        return f"guard: names differ ({_show(found.names[0])} vs {_show(found.names[1])})"
+    if found.negated[0] != found.negated[1] and found.content_jaccard >= NEGATION_VETO_OVERLAP:
+        return "guard: one is negated and the other is not"
+    return ""
+
+
+def _show(items: frozenset[str]) -> str:
+    return ", ".join(sorted(items)) or "none"

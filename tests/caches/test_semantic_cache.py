@@ -1,0 +1,121 @@
+"""The semantic cache through the running gateway: paraphrases hit; other tenants, system prompts,
+conversations and the known false-hit patterns miss; streams are served from it; pgvector shares it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from fakes.upstream import FakeUpstream, FakeUsage
+from gateway_harness import config_text, ledger_rows
+from thrifty.keys import create_key
+from thrifty.server.run import ServerThread
+from thrifty.settings import load_settings
+
+SEMANTIC = '\n[cache]\nsemantic = true\nembedder = "{embedder}"\n'
+SYSTEM = {"role": "system", "content": "You answer questions about our cloud product."}
+
+
+@pytest.fixture
+def up() -> Iterator[FakeUpstream]:
+    with FakeUpstream(usage=FakeUsage(input_tokens=100, output_tokens=20)) as upstream:
+        yield upstream
+
+
+def gateway(tmp_path: Path, up: FakeUpstream, extra: str, name: str = "gw") -> ServerThread:
+    (tmp_path / name).mkdir(exist_ok=True)
+    (tmp_path / name / "thrifty.toml").write_text(config_text(up, extra=extra))
+    return ServerThread(load_settings(tmp_path / name / "thrifty.toml"))
+
+
+def ask(client: openai.OpenAI, *messages: dict[str, str], **kwargs: Any) -> tuple[str, str]:
+    raw = client.chat.completions.with_raw_response.create(
+        model="fast",
+        messages=[*messages],
+        temperature=0,
+        **kwargs,  # type: ignore[list-item]
+    )
+    return raw.headers["x-thrifty-cache"], raw.parse().choices[0].message.content or ""
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+@pytest.mark.parametrize("embedder", ["minilm"])
+def test_paraphrase_hits_and_lookalikes_miss(tmp_path: Path, up: FakeUpstream, embedder: str) -> None:
+    with gateway(tmp_path, up, SEMANTIC.format(embedder=embedder)) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            assert ask(c, SYSTEM, user("How do I reset my account password?"))[0] == "miss"
+            kind, answer = ask(c, SYSTEM, user("How can I reset my account password?"))
+            assert kind == "semantic" and answer == "echo: How do I reset my account password?"
+            assert ask(c, SYSTEM, user("How can I reset my account password"))[0] == "semantic"
+            # The known false-hit patterns stay misses.
+            assert ask(c, SYSTEM, user("How do I enable two-factor authentication?"))[0] == "miss"
+            assert ask(c, SYSTEM, user("How do I disable two-factor authentication?"))[0] == "miss"
+            assert ask(c, SYSTEM, user("What was our uptime on 2024-05-01?"))[0] == "miss"
+            assert ask(c, SYSTEM, user("What was our uptime on 2024-05-02?"))[0] == "miss"
+            assert ask(c, SYSTEM, user("Summarize this: the quarterly revenue grew by 12% in Europe."))[0] == "miss"
+            assert ask(c, SYSTEM, user("Summarize this: the quarterly revenue fell by 3% in Asia."))[0] == "miss"
+            # Another system prompt is another context.
+            other = {"role": "system", "content": "You are a pirate."}
+            assert ask(c, other, user("How can I reset my account password?"))[0] == "miss"
+        rows = ledger_rows(gw)
+    hits = [r for r in rows if r["cache"] == "semantic"]
+    assert len(hits) == 2 and all(r["cost_nusd"] == 0 and r["baseline_cost_nusd"] > 0 for r in hits)
+
+
+def test_follow_ups_only_match_inside_their_own_conversation(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, SEMANTIC.format(embedder="minilm")) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            london = [user("What is the weather like in London?"), {"role": "assistant", "content": "Rainy."}]
+            tokyo = [user("Which museums are open in Tokyo?"), {"role": "assistant", "content": "Many."}]
+            assert ask(c, *london, user("and in Paris?"))[0] == "miss"
+            assert ask(c, *tokyo, user("and in Paris?"))[0] == "miss"
+            assert ask(c, *london, user("And in Paris?"))[0] == "semantic"
+
+
+def test_other_tenants_never_share_answers(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, SEMANTIC.format(embedder="minilm")) as gw:
+        engine = gw.runtime.ledger.engine
+        acme, globex = create_key(engine, "acme")[1], create_key(engine, "globex")[1]
+        gw.runtime.keys.refresh()
+        with (
+            openai.OpenAI(base_url=gw.base_url + "/v1", api_key=acme, max_retries=0) as a,
+            openai.OpenAI(base_url=gw.base_url + "/v1", api_key=globex, max_retries=0) as g,
+        ):
+            assert ask(a, SYSTEM, user("How do I rotate my API keys?"))[0] == "miss"
+            assert ask(g, SYSTEM, user("How can I rotate my API keys?"))[0] == "miss"
+            assert ask(a, SYSTEM, user("How can I rotate my API keys?"))[0] == "semantic"
+
+
+def test_a_stream_is_served_from_the_semantic_cache(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, SEMANTIC.format(embedder="minilm")) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            ask(c, SYSTEM, user("How do I export my billing history?"))
+            raw = c.chat.completions.with_raw_response.create(
+                model="fast",
+                messages=[SYSTEM, user("How can I export my billing history?")],
+                temperature=0,
+                stream=True,
+            )
+            text = "".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices)
+    assert raw.headers["x-thrifty-cache"] == "semantic"
+    assert text == "echo: How do I export my billing history?"
+    assert len(up.requests) == 1
+
+
+def test_replicas_share_a_pgvector_semantic_cache(tmp_path: Path, up: FakeUpstream, pgvector_url: str) -> None:
+    extra = SEMANTIC.format(embedder="minilm") + f'semantic_store = "pgvector"\nsemantic_url = "{pgvector_url}"\n'
+    with gateway(tmp_path, up, extra, "a") as a, gateway(tmp_path, up, extra, "b") as b:
+        with (
+            openai.OpenAI(base_url=a.base_url + "/v1", api_key="x", max_retries=0) as ca,
+            openai.OpenAI(base_url=b.base_url + "/v1", api_key="x", max_retries=0) as cb,
+        ):
+            assert ask(ca, SYSTEM, user("Where can I download my invoices?"))[0] == "miss"
+            assert ask(cb, SYSTEM, user("Where can I download my invoices"))[0] == "semantic"
+    assert len(up.requests) == 1

@@ -1,0 +1,175 @@
+"""The semantic hit decision: guards veto the known false-hit patterns whatever the cosine; paraphrases hit."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from thrifty.caches.similarity import DEFAULT_THRESHOLD, CosineJudge, GuardedJudge, ScorerWeights
+from thrifty.caches.text_signals import Signals, document_payload, signals
+
+# A cosine as high as MiniLM gives these near-identical pairs: the guard must decide, not the embedding.
+HIGH_COSINE = 0.97
+DOC_A = "The quarterly report shows revenue grew in Europe while costs in Asia fell after the new contracts."
+DOC_B = "Our hiking club met on Sunday to plan the autumn trip, the budget and who brings the tents and stoves."
+
+MUST_MISS = [
+    ("How do I enable 2FA?", "How do I disable 2FA?", "opposite words"),
+    ("weather in Paris on 2024-05-01", "weather in Paris on 2024-05-02", "numbers differ"),
+    (f"summarize this: {DOC_A}", f"summarize this: {DOC_B}", "document"),
+    ("Can I delete my account?", "Why can't I delete my account?", "negated"),
+    ("What is the weather in Paris today?", "What is the weather in London today?", "names differ"),
+    ("How long does it take to boil 2 eggs?", "How long does it take to boil 3 eggs?", "numbers differ"),
+    ("How do I turn on dark mode?", "How do I turn off dark mode?", "opposite words"),
+    ("Book a table for Monday", "Book a table for Friday", "dates differ"),
+    ("How do I install numpy?", "How do I uninstall numpy?", "opposite words"),
+    ("Is Python faster than Java?", "Is Python faster than Rust?", "names differ"),
+]
+
+
+@pytest.fixture(scope="module")
+def judge() -> GuardedJudge:
+    return GuardedJudge()
+
+
+@pytest.mark.parametrize(("query", "cached", "why"), MUST_MISS)
+def test_guards_veto_whatever_the_cosine(judge: GuardedJudge, query: str, cached: str, why: str) -> None:
+    decision = judge.decide(query, cached, HIGH_COSINE)
+    assert not decision.hit
+    assert decision.score == 0.0
+    assert why in decision.reason
+
+
+@pytest.mark.parametrize(("query", "cached", "why"), MUST_MISS)
+def test_guards_are_symmetric(judge: GuardedJudge, query: str, cached: str, why: str) -> None:
+    assert not judge.decide(cached, query, HIGH_COSINE).hit
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("How do I reset my password?", "How can I reset my password?"),
+        ("What is the capital of France?", "What's the capital city of France?"),
+        ("Is it possible to learn Python in 2 weeks?", "Can I learn Python in 2 weeks?"),
+        ("Check whether or not the file exists", "Check whether the file exists"),
+        ("What is ML used for?", "What is Machine Learning used for?"),
+    ],
+)
+def test_paraphrases_pass_the_guards_and_hit_at_a_high_cosine(judge: GuardedJudge, query: str, cached: str) -> None:
+    decision = judge.decide(query, cached, 0.99)
+    assert decision.hit, decision.reason
+    assert decision.score >= DEFAULT_THRESHOLD
+    assert "hit: score" in decision.reason
+
+
+def test_identical_text_hits_with_full_score(judge: GuardedJudge) -> None:
+    decision = judge.decide("How do I reset my password?", "  how do I reset my PASSWORD ", 0.2)
+    assert decision == dataclasses.replace(decision, hit=True, score=1.0)
+
+
+def test_a_low_cosine_misses_without_any_guard(judge: GuardedJudge) -> None:
+    decision = judge.decide("How do I reset my password?", "How can I reset my password?", 0.55)
+    assert not decision.hit
+    assert decision.reason.startswith("miss: score")
+
+
+def test_score_rises_with_the_cosine(judge: GuardedJudge) -> None:
+    scores = [judge.decide("How do I bake bread?", "How can I bake bread at home?", c).score for c in (0.6, 0.8, 0.95)]
+    assert scores == sorted(scores)
+    assert scores[0] < scores[-1]
+
+
+def test_the_threshold_decides(judge: GuardedJudge) -> None:
+    score = judge.decide("How do I bake bread?", "How can I bake bread at home?", 0.9).score
+    assert (
+        GuardedJudge(threshold=max(score - 0.01, 0.01))
+        .decide("How do I bake bread?", "How can I bake bread at home?", 0.9)
+        .hit
+    )
+    assert (
+        not GuardedJudge(threshold=min(score + 0.01, 1.0))
+        .decide("How do I bake bread?", "How can I bake bread at home?", 0.9)
+        .hit
+    )
+
+
+@pytest.mark.parametrize("threshold", [0.0, -0.5, 1.5])
+def test_threshold_out_of_range_is_refused(threshold: float) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        GuardedJudge(threshold=threshold)
+
+
+def test_same_document_with_reworded_instruction_is_not_vetoed(judge: GuardedJudge) -> None:
+    decision = judge.decide(f"Summarize this: {DOC_A}", f"Please summarise the following:\n{DOC_A}", HIGH_COSINE)
+    assert "document" not in decision.reason
+
+
+def test_long_pasted_text_is_a_document() -> None:
+    assert document_payload("word " * 100) is not None
+    assert document_payload("How do I reset my password?") is None
+    assert document_payload("Translate: hi") is None  # too short to be a document
+
+
+def test_bundled_weights_match_the_features() -> None:
+    weights = ScorerWeights.bundled()
+    assert weights.names == Signals.feature_names()
+    assert len(weights.weights) == len(Signals.feature_names())
+    features = signals("How do I bake bread?", "How can I bake bread?", 0.9).features()
+    assert 0.0 < weights.probability(features) < 1.0
+
+
+def test_probability_survives_extreme_inputs() -> None:
+    weights = ScorerWeights(bias=1e6, weights=(0.0,), names=("x",))
+    assert weights.probability([0.0]) == pytest.approx(1.0)
+    assert ScorerWeights(bias=-1e6, weights=(0.0,), names=("x",)).probability([0.0]) == pytest.approx(0.0)
+
+
+def test_cosine_judge_is_cosine_against_the_threshold() -> None:
+    assert CosineJudge(0.9).decide("a", "b", 0.91).hit
+    assert not CosineJudge(0.9).decide("a", "b", 0.89).hit
+    assert CosineJudge(0.9).decide("a", "b", 0.95).score == 0.95
+
+
+_REQUIRE = os.environ.get("THRIFTY_REQUIRE_SERVICES") == "1"
+
+
+@pytest.fixture(scope="module")
+def minilm_cosine() -> object:
+    if not _REQUIRE:
+        pytest.importorskip("sentence_transformers", reason="the semantic extra is not installed")
+    from thrifty.caches.embedders import MiniLMEmbedder
+
+    model = MiniLMEmbedder()
+
+    def cosine(a: str, b: str) -> float:
+        vectors = model.embed([a, b])
+        return float(np.dot(vectors[0], vectors[1]))
+
+    return cosine
+
+
+@pytest.mark.parametrize(("query", "cached", "why"), MUST_MISS)
+def test_with_real_embeddings_the_false_hit_patterns_miss(
+    judge: GuardedJudge, minilm_cosine: object, query: str, cached: str, why: str
+) -> None:
+    cosine = minilm_cosine(query, cached)  # type: ignore[operator]
+    assert not judge.decide(query, cached, cosine).hit
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("How do I reset my password?", "How can I reset my password?"),
+        ("How do I delete my account?", "How can I delete my account?"),
+        ("How do I cancel my subscription?", "How can I cancel my subscription?"),
+    ],
+)
+def test_with_real_embeddings_paraphrases_hit(
+    judge: GuardedJudge, minilm_cosine: object, query: str, cached: str
+) -> None:
+    cosine = minilm_cosine(query, cached)  # type: ignore[operator]
+    decision = judge.decide(query, cached, cosine)
+    assert decision.hit, decision.reason
