@@ -73,9 +73,13 @@ class ChatStream:
         """The JSON payloads to send as SSE ``data:`` events (an error object last if the upstream failed)."""
         status: Status = "cancelled"
         wants_usage = self._request.client_wants_usage
+        allowance = getattr(self._admission, "output_allowance", None)
         chunk: StreamChunk | None = self._opened.first
         try:
             while chunk is not None:
+                if allowance is not None and self._past(allowance):
+                    yield self._stop_chunk()  # the budget paid for no more: end cleanly, as the model would
+                    break
                 if chunk.usage is not None:
                     self._usage = chunk.usage
                 if not chunk.usage_only:
@@ -94,6 +98,18 @@ class ChatStream:
             await self._opened.rest.aclose()
             if self.cost is None:
                 await self._finish(status, "")
+
+    def _past(self, allowance: int) -> bool:
+        """Whether the text streamed so far passes the output the budget reserved for (checked every 16 chunks,
+        from a count of four characters a token; the usage recorded is counted exactly afterwards)."""
+        if len(self._payloads) % 16 or not self._payloads:
+            return False
+        return len(streamed_text(self._payloads)) > allowance * 4
+
+    def _stop_chunk(self) -> bytes:
+        first = orjson.loads(self._payloads[0]) if self._payloads else {}
+        choice = {"index": 0, "delta": {}, "finish_reason": "length"}
+        return orjson.dumps({**{k: first.get(k) for k in ("id", "object", "created", "model")}, "choices": [choice]})
 
     async def _store(self) -> None:
         """A fresh, complete answer goes to the cache like a non-streamed one."""

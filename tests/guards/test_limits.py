@@ -117,3 +117,20 @@ def test_cost_quote_endpoint(tmp_path: Path, up: FakeUpstream) -> None:
     assert abs(float(mini["worst_case_usd"]) - expected) < 1e-12
     assert float(mini["expected_usd"]) < float(mini["worst_case_usd"])
     assert up.requests == []
+
+
+def test_a_stream_stops_cleanly_where_its_budget_reservation_ends(tmp_path: Path) -> None:
+    budget = (
+        "\n[guards]\ndefault_max_output_tokens = 20\n"
+        '[[budgets]]\nscope = "tenant"\nid = "default"\nusd = 10\nperiod = "day"\n'
+    )
+    long_answer = " ".join(f"word{n}" for n in range(400))
+    with FakeUpstream(reply=lambda body: long_answer) as up, start(tmp_path, "a", config_text(up, extra=budget)) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            chunks = list(client.chat.completions.create(model="fast", messages=HI, stream=True))
+        rows = ledger_rows(gw)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert 0 < len(text) < len(long_answer) / 2
+    assert chunks[-1].choices[0].finish_reason == "length"
+    (row,) = rows
+    assert row["status"] == "ok" and row["tokens_estimated"] and row["output_tokens"] < 200

@@ -80,6 +80,7 @@ class BudgetAdmission:
         self, store: GuardStore, holds: Sequence[Hold], request: ChatRequest, on_spent: OnSpent | None = None
     ) -> None:
         self._store, self._holds, self.request, self._on_spent = store, list(holds), request, on_spent
+        self.holds = any(hold.budget.hard for hold in holds)
 
     async def settle(self, cost_usd: Decimal | None) -> None:
         actual = to_nusd(cost_usd) or 0

@@ -28,6 +28,8 @@ class ChainAdmission:
         self.request = request
         self._budget, self._limiter, self._subjects, self._estimator = budget, limiter, subjects, estimator
         self._settled = False
+        # What a hard budget reserved for: a stream that runs past it is stopped, since nothing pays beyond it.
+        self.output_allowance = estimator.max_output_tokens(request) if budget is not None and budget.holds else None
 
     async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None:
         if self._settled:
