@@ -65,21 +65,31 @@ def _thrifty_key(config: Path) -> str:
     return next(line.split()[-1] for line in out.splitlines() if line.startswith("secret:"))
 
 
-def thrifty_spec(workdir: Path, upstream_port: int, port: int) -> GatewaySpec | str:
+# Guards that apply to every request and never refuse: a hard budget, a rate limit, agent caps.
+GUARDS = (
+    '\n[[budgets]]\nscope = "tenant"\nid = "bench"\nusd = 1000000\nperiod = "month"\n'
+    '\n[[rate_limits]]\nscope = "key"\nrpm = 100000000\ntpm = 100000000000\n'
+    "\n[agent_caps]\nmax_calls = 100000000\nloop_repeats = 5\n"
+)
+
+
+def thrifty_spec(workdir: Path, upstream_port: int, port: int, *, guards: bool = False) -> GatewaySpec | str:
     """Thrifty with its SQLite ledger on and one virtual key; a string says why it cannot run."""
     if not THRIFTY_BIN.exists():
         return f"{THRIFTY_BIN} not found (pip install -e . first)"
-    ledger = workdir / "thrifty-ledger.sqlite"
-    config = workdir / "thrifty.toml"
+    name = "thrifty-guards" if guards else "thrifty"
+    ledger = workdir / f"{name}-ledger.sqlite"
+    config = workdir / f"{name}.toml"
     config.write_text(
         f'[providers.up]\nkind = "openai"\nbase_url = "http://127.0.0.1:{upstream_port}/v1"\n'
         f'api_key_env = "UP_API_KEY"\n\n[models.{MODEL_ALIAS}]\ntargets = ["up::gpt-4o-mini"]\n\n'
-        f'[ledger]\nurl = "sqlite:///{ledger}"\n'
+        f'[ledger]\nurl = "sqlite:///{ledger}"\njournal_dir = "{workdir / (name + "-journal")}"\n'
+        + (GUARDS if guards else "")
     )
     python = THRIFTY_BIN.parent / "python"
     serve = ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     return GatewaySpec(
-        name="thrifty",
+        name=name,
         version=_package_version(python, "thrifty"),
         command=[str(THRIFTY_BIN), *serve],
         health_path="/healthz",
@@ -89,6 +99,11 @@ def thrifty_spec(workdir: Path, upstream_port: int, port: int) -> GatewaySpec | 
         imports={"import_s": "import thrifty", "server_import_s": "import thrifty.server.run"},
         ledger_path=ledger,
     )
+
+
+def thrifty_guards_spec(workdir: Path, upstream_port: int, port: int) -> GatewaySpec | str:
+    """Thrifty with budgets, rate limits and agent caps applying to every request (in-process counters)."""
+    return thrifty_spec(workdir, upstream_port, port, guards=True)
 
 
 def litellm_spec(workdir: Path, upstream_port: int, port: int) -> GatewaySpec | str:

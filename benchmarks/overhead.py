@@ -41,6 +41,7 @@ SEQ_BLOCK_WARMUP = 3
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 BUILDERS: dict[str, Callable[[Path, int, int], GatewaySpec | str]] = {
     "thrifty": procs.thrifty_spec,
+    "thrifty-guards": procs.thrifty_guards_spec,
     "litellm": procs.litellm_spec,
     "litellm-quiet": procs.litellm_quiet_spec,
 }

@@ -19,7 +19,7 @@ def problems() -> list[str]:
     path = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "routellm" / "gsm8k" / "test.jsonl"
     lines = path.read_text().splitlines()[:40] if path.exists() else []
     found = [json.loads(line)["question"] for line in lines]
-    return found or [f"Shop {n} sells {n * 3} apples on day {n} and {n + 7} pears on the next day." for n in range(40)]
+    return found or [f"Shop {n} sells {n * 3} apples on day {n} and {n + 7} pears on the next day." for n in range(200)]
 
 
 def test_pruned_prompt_and_savings_by_lever(tmp_path: Path) -> None:
