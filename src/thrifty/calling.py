@@ -19,7 +19,7 @@ from thrifty.providers.http import first_item
 from thrifty.routers.cascade import answer_text
 from thrifty.routers.cooldown import Cooldowns
 from thrifty.streaming import OpenedStream
-from thrifty.types import ChatRequest, ChatResponse, Route
+from thrifty.types import ChatRequest, ChatResponse, Route, Target
 
 log = logging.getLogger("thrifty")
 
@@ -38,12 +38,7 @@ class ProviderCaller:
             try:
                 response = await self.providers[target.provider].chat(request, target.model)
             except ThriftyError as exc:
-                if not exc.retryable:
-                    trace.target = target
-                    raise
-                self.cooldowns.failed(target)
-                log.warning("%s failed (%s); trying the next target", target, exc.message)
-                last = exc
+                last = self._fall_through(target, exc, trace)
                 continue
             finally:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000
@@ -55,6 +50,15 @@ class ProviderCaller:
                     continue
             return response
         raise last or UpstreamError("the route has no targets")
+
+    def _fall_through(self, target: Target, exc: ThriftyError, trace: Trace) -> ThriftyError:
+        """A failure the next target may not repeat is the answer; a retryable one moves on (and counts)."""
+        if not exc.retryable:
+            trace.target = target
+            raise exc
+        self.cooldowns.failed(target)
+        log.warning("%s failed (%s); trying the next target", target, exc.message)
+        return exc
 
     async def open(self, request: ChatRequest, route: Route, trace: Trace) -> OpenedStream:
         if route.cascade is not None:
@@ -71,12 +75,7 @@ class ProviderCaller:
                 first = await first_item(chunks)
             except ThriftyError as exc:
                 await chunks.aclose()
-                if not exc.retryable:
-                    trace.target = target
-                    raise
-                self.cooldowns.failed(target)
-                log.warning("%s failed before its first token (%s); trying the next target", target, exc.message)
-                last = exc
+                last = self._fall_through(target, exc, trace)
                 continue
             finally:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import orjson
 
-from thrifty.types import JsonObject, Target, Usage
+from thrifty.types import ChatRequest, ChatResponse, JsonObject, Principal, Target, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,22 @@ class CacheEntry:
                 "created_at": self.created_at,
                 "expires_at": self.expires_at,
             }
+        )
+
+    @classmethod
+    def of(cls, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float) -> CacheEntry:
+        """The entry for an answer just paid for (its usage must be known)."""
+        assert response.usage is not None
+        now = time.time()
+        return cls(
+            response.body,
+            response.target,
+            response.usage,
+            principal.tenant,
+            principal.feature,
+            request.model,
+            now,
+            now + ttl_s,
         )
 
     @classmethod

@@ -6,7 +6,6 @@ requested model would have charged for the same tokens), so the cache's savings 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -93,17 +92,7 @@ class LayeredCache:
         if response.usage is None or not cacheable_response(response.body, self.policy.settings.cache_tool_calls):
             return
         if rule.exact:
-            now = time.time()
-            entry = CacheEntry(
-                response.body,
-                response.target,
-                response.usage,
-                principal.tenant,
-                principal.feature,
-                request.model,
-                now,
-                now + rule.ttl_s,
-            )
+            entry = CacheEntry.of(request, principal, response, rule.ttl_s)
             await self.entries.put(exact_key(request, principal, self._aliases[request.model]), entry)
         if rule.semantic and self.semantic is not None:
             await self.semantic.store(request, principal, response, rule.ttl_s)

@@ -145,17 +145,7 @@ class SemanticCache:
         query = self._query(request, principal)
         if query is None or response.usage is None:
             return
-        now = time.time()
-        entry = CacheEntry(
-            response.body,
-            response.target,
-            response.usage,
-            principal.tenant,
-            principal.feature,
-            request.model,
-            now,
-            now + ttl_s,
-        )
+        entry = CacheEntry.of(request, principal, response, ttl_s)
         vector = await self._embed(query.text)
         try:
             nearest = await self._vectors.search(query.partition, vector, 1)

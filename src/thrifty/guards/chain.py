@@ -24,10 +24,12 @@ class ChainAdmission:
         limiter: RateLimiter | None,
         subjects: list[str],
         estimator: CostEstimator,
+        overlap: bool = False,
     ) -> None:
         self.request = request
         self._budget, self._limiter, self._subjects, self._estimator = budget, limiter, subjects, estimator
         self._settled = False
+        self._overlap = overlap
         # What a hard budget reserved for: a stream that runs past it is stopped, since nothing pays beyond it.
         self.output_allowance = estimator.max_output_tokens(request) if budget is not None and budget.holds else None
 
@@ -43,10 +45,11 @@ class ChainAdmission:
                 pending.append(self._limiter.count(self._subjects, usage, cost.usd))
             if model:
                 self._estimator.observe_output(model, usage.output_tokens)
-        if len(pending) == 1:
-            await pending[0]
-        elif pending:
+        if len(pending) > 1 and self._overlap:
             await asyncio.gather(*pending)  # overlapping round trips to a shared store
+        else:
+            for step in pending:
+                await step
 
 
 class GuardChain:
@@ -76,7 +79,8 @@ class GuardChain:
         if self._budgets is not None:
             budget = await self._budgets.admit(request, principal)
             request = budget.request
-        return ChainAdmission(request, budget, self._limiter, subjects, self.estimator)
+        remote = getattr(self._store, "remote", False)
+        return ChainAdmission(request, budget, self._limiter, subjects, self.estimator, remote)
 
 
 ZERO = Cost(Decimal(0))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from thrifty.protocols import Pricer
-from thrifty.tokens import TiktokenCounter
+from thrifty.tokens import TiktokenCounter, encoding_name_for
 from thrifty.types import ChatRequest, Target, Usage
 
 
@@ -66,10 +66,20 @@ class CostEstimator:
         return quotes
 
     def worst_case(self, request: ChatRequest) -> tuple[Decimal | None, int]:
-        """The most any of the alias's targets could charge (a fallback may land on any), and the input tokens."""
-        quotes = self.quotes(request)
-        priced = [q.worst_usd for q in quotes if q.worst_usd is not None]
-        return (max(priced) if priced else None), max(q.input_tokens for q in quotes)
+        """The most any of the alias's targets could charge (a fallback may land on any), and the input tokens.
+
+        Targets that count with the same encoding share one count: on the request path, counting is the cost."""
+        cap = self.max_output_tokens(request)
+        counts: dict[str, int] = {}
+        worst: Decimal | None = None
+        for target in self._aliases[request.model]:
+            encoding = encoding_name_for(target.model)[0]
+            if encoding not in counts:
+                counts[encoding] = self._counter.count_messages(target.model, request.messages)
+            usd = self._pricer.cost(target, Usage(counts[encoding], cap)).usd
+            if usd is not None and (worst is None or usd > worst):
+                worst = usd
+        return worst, max(counts.values())
 
     def observe_output(self, model: str, output_tokens: int) -> None:
         seen, total = self._outputs.get(model, (0, 0))

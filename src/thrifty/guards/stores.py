@@ -148,6 +148,8 @@ PREFIX = "thrifty:guard:"
 class RedisGuardStore:
     """Shared by replicas: the limits hold across all of them, not per replica."""
 
+    remote = True
+
     def __init__(self, url: str, key_ttl_s: int = 40 * 86400) -> None:
         import redis.asyncio as redis_asyncio
 
