@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from typing import Any
 from urllib.parse import urlparse
 
 from thrifty.caches.layered import SemanticLayer
@@ -17,7 +17,6 @@ from thrifty.guards.estimate import CostEstimator
 from thrifty.guards.stores import GuardStore
 from thrifty.keys import KeyAuthenticator
 from thrifty.ledger.migrations import migrate
-from thrifty.ledger.tables import from_nusd
 from thrifty.ledger.writer import SqlLedger
 from thrifty.observe.alerts import AlertSink
 from thrifty.observe.anomaly import AnomalyDetector, AnomalySettings
@@ -111,11 +110,14 @@ def on_spent(sink: AlertSink, metrics: GatewayMetrics) -> OnSpent:
     from thrifty.guards.budgets import BudgetAlerts
 
     alerts = BudgetAlerts(sink)
+    gauges: dict[str, Any] = {}
 
     def spent(budget: Budget, period_key: str, spent_nusd: int) -> None:
         alerts(budget, period_key, spent_nusd)
-        remaining = budget.limit_usd - (from_nusd(spent_nusd) or Decimal(0))
-        metrics.budget_remaining.labels(budget.budget_id).set(float(remaining))
+        gauge = gauges.get(budget.budget_id)
+        if gauge is None:
+            gauge = gauges[budget.budget_id] = metrics.budget_remaining.labels(budget.budget_id)
+        gauge.set(float(budget.limit_usd) - spent_nusd / 1e9)
 
     return spent
 

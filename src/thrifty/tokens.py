@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import gzip
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -93,6 +93,12 @@ def load_encoding(name: str) -> tiktoken.Encoding:
     return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special_tokens)
 
 
+@lru_cache(maxsize=8192)
+def _count(encoding_name: str, text: str) -> int:
+    """Cached: roles, system prompts and few-shot turns come back on every request of a feature."""
+    return len(load_encoding(encoding_name).encode(text, disallowed_special=()))
+
+
 class TiktokenCounter:
     """Counts prompt and completion tokens offline; exact for OpenAI encodings, approximate otherwise."""
 
@@ -102,8 +108,7 @@ class TiktokenCounter:
     def count_text(self, model: str, text: str) -> int:
         if not text:
             return 0
-        encoding = load_encoding(encoding_name_for(model)[0])
-        return len(encoding.encode(text, disallowed_special=()))
+        return _count(encoding_name_for(model)[0], text)
 
     def count_messages(self, model: str, messages: Sequence[dict[str, object]]) -> int:
         total = TOKENS_REPLY_PRIMING

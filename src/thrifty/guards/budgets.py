@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import functools
+import itertools
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -61,6 +64,12 @@ def window(period: str, now: datetime) -> tuple[datetime, datetime | None]:
     return datetime(1970, 1, 1, tzinfo=UTC), None
 
 
+@functools.lru_cache(maxsize=32)
+def _current_window(period: str, hour: int) -> tuple[datetime, datetime | None]:
+    """Periods start on whole UTC hours at the earliest, so the window is the same all hour long."""
+    return window(period, datetime.fromtimestamp(hour * 3600, UTC))
+
+
 SpendSince = Callable[[Budget, float], Decimal]
 
 
@@ -103,6 +112,8 @@ class BudgetGuard:
         self._budgets, self._store, self._estimator, self._spend_since = budgets, store, estimator, spend_since
         self._on_spent = on_spent
         self._seeded: set[str] = set()
+        # Reservation ids: unique per process by the counter, across replicas by the random prefix.
+        self._token_prefix, self._tokens = secrets.token_hex(4) + ".", itertools.count()
 
     async def admit(self, request: ChatRequest, principal: Principal) -> BudgetAdmission:
         applicable = [b for b in self._budgets() if b.applies(principal)]
@@ -122,14 +133,13 @@ class BudgetGuard:
     async def _reserve(
         self, budget: Budget, request: ChatRequest, worst: Decimal | None, input_tokens: int
     ) -> tuple[Hold, ChatRequest, Decimal | None]:
-        now = datetime.now(UTC)
-        start, resets = window(budget.period, now)
+        start, resets = _current_window(budget.period, int(time.time() // 3600))
         key = f"budget:{budget.budget_id}:{start:%Y%m%d}"
         seed = 0
         if key not in self._seeded:
             seed = to_nusd(await asyncio.to_thread(self._spend_since, budget, start.timestamp())) or 0
             self._seeded.add(key)
-        token = secrets.token_hex(8)
+        token = f"{self._token_prefix}{next(self._tokens)}"
         amount = to_nusd(worst) or 0  # an unpriced model cannot be held to a budget in USD
         limit = to_nusd(budget.limit_usd) or 0 if budget.hard else UNLIMITED
         verdict = await self._store.reserve(key, token, amount, limit, RESERVATION_TTL_S, seed)
