@@ -102,6 +102,10 @@ def build_runtime(settings: Settings) -> Runtime:
         observers=[detector, *_span_observer(settings)],
         baselines=baselines(settings, aliases),
     )
+    if settings.cache.verify_sample:
+        from thrifty.caches.verify import SemanticVerifier
+
+        gateway.verifier = SemanticVerifier(gateway, settings.cache.verify_sample)
     return Runtime(settings, gateway, ledger, keys, estimator, budgets, store, sink, detector)
 
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 from thrifty.accounting import Counterfactual, Trace, split_savings, without_cache
+from thrifty.caches.verify import SemanticVerifier
 from thrifty.calling import ProviderCaller
 from thrifty.errors import ThriftyError, UpstreamError
 from thrifty.observe.metrics import GatewayMetrics
@@ -81,6 +82,7 @@ class Gateway:
         self.counter = counter or TiktokenCounter()
         self.capture_payloads = capture_payloads
         self.observers = list(observers)
+        self.verifier: SemanticVerifier | None = None
 
     async def handle(self, request: ChatRequest, caller: Caller) -> tuple[ChatResponse, Cost]:
         """One chat completion, non-streaming; returns the answer and what it cost."""
@@ -98,6 +100,8 @@ class Gateway:
                 route = trace.route = self.router.route(optimized, trace.principal)  # 5. route
                 response = await self.caller.call(optimized, route, trace)  # 6. call provider
                 await self.cache.store(request, trace.principal, response)
+            elif response.cache == "semantic" and self.verifier is not None:
+                self.verifier.sample(request, trace.principal, response)
             cost = self.account(trace, request, response)
             await admission.settle(cost, trace.usage, response.target.model)
         except ThriftyError as exc:

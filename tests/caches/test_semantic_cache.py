@@ -119,3 +119,48 @@ def test_replicas_share_a_pgvector_semantic_cache(tmp_path: Path, up: FakeUpstre
             assert ask(ca, SYSTEM, user("Where can I download my invoices?"))[0] == "miss"
             assert ask(cb, SYSTEM, user("Where can I download my invoices"))[0] == "semantic"
     assert len(up.requests) == 1
+
+
+def test_a_sample_of_semantic_hits_is_verified_against_the_model(tmp_path: Path) -> None:
+    import time
+
+    from sqlalchemy import select
+
+    from thrifty.ledger import tables
+
+    answers = {"reset": "Open Settings, choose Security, then Reset password and follow the email link."}
+
+    def reply(body: dict[str, Any]) -> str:
+        text = str(body["messages"][-1]["content"])
+        if "billing" in text and "can" in text:
+            return "Invoices are under Billing, History; export them as PDF or CSV."
+        if "billing" in text:
+            return "Contact support to receive a copy of past statements by post."
+        return answers["reset"]
+
+    extra = SEMANTIC.format(embedder="minilm") + "verify_sample = 1.0\n"
+    with FakeUpstream(usage=FakeUsage(input_tokens=100, output_tokens=20), reply=reply) as up:
+        with gateway(tmp_path, up, extra) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+                headers = {"x-thrifty-feature": "help"}
+                ask(c, SYSTEM, user("How do I reset my account password?"), extra_headers=headers)
+                assert (
+                    ask(c, SYSTEM, user("How can I reset my account password?"), extra_headers=headers)[0] == "semantic"
+                )
+                ask(c, SYSTEM, user("How do I export my billing history?"), extra_headers=headers)
+                assert (
+                    ask(c, SYSTEM, user("How can I export my billing history?"), extra_headers=headers)[0] == "semantic"
+                )
+            deadline = time.monotonic() + 10
+            while len(up.requests) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            rows = ledger_rows(gw)
+            metrics = gw.runtime.gateway.metrics.render().decode()
+            with gw.runtime.ledger.engine.connect() as conn:
+                savings = [(s.request_id, s.lever, s.savings_nusd) for s in conn.execute(select(tables.savings))]
+    verified = sorted(r["cache"] for r in rows if r["endpoint"] == "verify")
+    assert verified == ["verify-agree", "verify-disagree"]
+    assert 'thrifty_semantic_verifications_total{feature="help",outcome="disagree"} 1.0' in metrics
+    assert 'thrifty_semantic_verifications_total{feature="help",outcome="agree"} 1.0' in metrics
+    verify_ids = {r["request_id"] for r in rows if r["endpoint"] == "verify"}
+    assert all(amount < 0 for rid, lever, amount in savings if rid in verify_ids and lever == "cache")

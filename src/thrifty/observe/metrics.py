@@ -65,6 +65,12 @@ class GatewayMetrics:
         self.cache_hits = Counter(
             "thrifty_cache_hits", "Answers served from the cache", ["kind", "tenant", "feature"], registry=r
         )
+        self.verifications = Counter(
+            "thrifty_semantic_verifications",
+            "Semantic hits also asked of the model, by whether the answers agreed",
+            ["feature", "outcome"],
+            registry=r,
+        )
         self.refusals = Counter("thrifty_refusals", "Requests a guard refused", ["code", "tenant"], registry=r)
         self.budget_remaining = Gauge(
             "thrifty_budget_remaining_usd", "Left in the current period", ["budget"], registry=r
@@ -97,7 +103,7 @@ class GatewayMetrics:
             series.baseline.inc(float(entry.baseline_cost_usd))
         for lever, amount in entry.savings_usd.items():
             self.savings.labels(lever, tenant, feature).inc(float(amount))
-        if entry.cache:
+        if entry.cache in ("exact", "semantic"):
             self.cache_hits.labels(entry.cache, tenant, feature).inc()
             self.overhead.observe(entry.total_ms / 1000)
             return
@@ -115,6 +121,9 @@ class GatewayMetrics:
         self.overhead.observe(max(entry.total_ms - entry.upstream_ms, 0.0) / 1000)
         if entry.ttft_ms is not None:
             series.ttft.observe(entry.ttft_ms / 1000)
+
+    def verified(self, feature: str, agreed: bool) -> None:
+        self.verifications.labels(self._features(feature), "agree" if agreed else "disagree").inc()
 
     def _new_series(self, labels: tuple[str, ...]) -> _Series:
         """Label lookups cost more than the increments; each label combination is looked up once."""

@@ -1,0 +1,67 @@
+"""Measuring the semantic cache's false hits: a sample of semantic hits is also asked of the model.
+
+The client already has the cached answer; in the background the same request goes to the model, and the two
+answers are compared. Agreement is a word-overlap test (Jaccard of the answers' word sets at least 0.5): cheap,
+and a paraphrase served another question's answer fails it by far. The verification call is a ledger row of its
+own (endpoint ``verify``, ``cache`` = ``verify-agree`` or ``verify-disagree``, its cost charged to the cache
+lever), so the false-hit rate per feature is a query on the ledger, and a metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from typing import TYPE_CHECKING
+
+from thrifty.accounting import Trace
+from thrifty.errors import ThriftyError
+from thrifty.types import ChatRequest, ChatResponse, Cost, Principal
+
+if TYPE_CHECKING:
+    from thrifty.pipeline import Gateway
+
+log = logging.getLogger("thrifty.cache")
+
+AGREEMENT = 0.5
+_WORDS = re.compile(r"\w+")
+
+
+def answers_agree(cached: str, fresh: str) -> bool:
+    a, b = set(_WORDS.findall(cached.lower())), set(_WORDS.findall(fresh.lower()))
+    if not a and not b:
+        return True
+    return len(a & b) / len(a | b) >= AGREEMENT
+
+
+class SemanticVerifier:
+    def __init__(self, gateway: Gateway, share: float, rng: random.Random | None = None) -> None:
+        self._gateway, self._share, self._rng = gateway, share, rng or random.Random()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def sample(self, request: ChatRequest, principal: Principal, cached: ChatResponse) -> None:
+        if self._share <= 0 or self._rng.random() >= self._share:
+            return
+        task = asyncio.get_running_loop().create_task(self._verify(request, principal, cached))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _verify(self, request: ChatRequest, principal: Principal, cached: ChatResponse) -> None:
+        from thrifty.pipeline import ZERO, output_text
+
+        gateway = self._gateway
+        trace = Trace(f"{request.request_id}.verify", "verify", request.model)
+        trace.principal = principal
+        try:
+            route = gateway.router.route(request, principal)
+            fresh = await gateway.caller.call(request, route, trace)
+        except ThriftyError as exc:
+            log.warning("verifying a semantic hit failed: %s", exc.message)
+            return
+        cost: Cost = gateway.account(trace, request, fresh)
+        agree = answers_agree(output_text(cached), output_text(fresh))
+        trace.cache = "verify-agree" if agree else "verify-disagree"
+        savings = {"cache": -cost.usd} if cost.usd else {}
+        gateway.record(trace.entry("ok", cost, ZERO, savings=savings))
+        gateway.metrics.verified(principal.feature, agree)
