@@ -59,6 +59,13 @@ class Runtime:
         if self.budgets is not None:
             self.budgets.start()
 
+    def bind_embedder(self, loop: Any) -> None:
+        """A remote embedder calls through this gateway, on its event loop."""
+        semantic = getattr(self.gateway.cache, "semantic", None)
+        embedder = getattr(getattr(semantic, "embedder", None), "inner", None)
+        if embedder is not None and hasattr(embedder, "bind"):
+            embedder.bind(self.gateway, loop)
+
     async def aclose(self) -> None:
         for provider in self.gateway.providers.values():
             await provider.aclose()
@@ -269,11 +276,17 @@ def build_cache(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> R
 
 
 def build_semantic(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> SemanticLayer:
-    from thrifty.caches.embedders import CachedEmbedder, Embedder, HashingEmbedder, MiniLMEmbedder
+    from thrifty.caches.embedders import CachedEmbedder, Embedder, HashingEmbedder, MiniLMEmbedder, RemoteEmbedder
     from thrifty.caches.semantic import MemoryVectors, SemanticCache, VectorStore
 
     config = settings.cache
-    inner: Embedder = MiniLMEmbedder(threads=1) if config.embedder == "minilm" else HashingEmbedder()
+    inner: Embedder
+    if config.embedder == "remote":
+        if config.embedding_model not in settings.models:
+            raise ConfigError("cache.embedding_model must name a configured model alias for embedder = 'remote'")
+        inner = RemoteEmbedder(config.embedding_model, config.embedding_dimensions)
+    else:
+        inner = MiniLMEmbedder(threads=1) if config.embedder == "minilm" else HashingEmbedder()
     embedder = CachedEmbedder(inner)
     vectors: VectorStore
     if config.semantic_store == "pgvector":

@@ -44,6 +44,7 @@ from thrifty.types import (
     EmbeddingResponse,
     LedgerEntry,
     Payload,
+    Principal,
     Target,
     Usage,
 )
@@ -140,10 +141,13 @@ class Gateway:
             if admission is not None:
                 await admission.settle(ZERO)
 
-    async def embed(self, request: EmbeddingRequest, caller: Caller) -> tuple[EmbeddingResponse, Cost]:
+    async def embed(
+        self, request: EmbeddingRequest, caller: Caller, principal: Principal | None = None
+    ) -> tuple[EmbeddingResponse, Cost]:
+        """Embeddings; ``principal`` instead of authenticating is for the gateway's own calls (its cache's)."""
         trace = Trace(request.request_id, "embeddings", request.model)
         try:
-            trace.principal = self.authenticator.authenticate(caller)
+            trace.principal = principal or self.authenticator.authenticate(caller)
             self.check_model(request.model)
             last: ThriftyError | None = None
             for target in self.aliases[request.model]:

@@ -162,9 +162,12 @@ class CacheSettings(_Strict):
     max_temperature: Annotated[float, Field(ge=0)] = 1.0
     """Requests sampled hotter than this are never cached (an unset temperature counts as OpenAI's 1.0)."""
     cache_tool_calls: bool = False
-    embedder: Literal["minilm", "hashing"] = "minilm"
-    """Semantic cache embeddings: all-MiniLM-L6-v2 on the CPU (the ``semantic`` extra), or a light hashing
-    embedder (numpy only; fewer paraphrases found)."""
+    embedder: Literal["minilm", "hashing", "remote"] = "minilm"
+    """Semantic cache embeddings: all-MiniLM-L6-v2 on the CPU (the ``semantic`` extra), a light hashing embedder
+    (numpy only; fewer paraphrases found), or ``remote``: the ``embedding_model`` alias through the gateway's own
+    providers, its cost in the ledger."""
+    embedding_model: str = ""
+    embedding_dimensions: Annotated[int, Field(gt=0)] = 1536
     semantic_store: Literal["memory", "pgvector"] = "memory"
     """Where semantic vectors live: this process, or PostgreSQL with pgvector shared by replicas."""
     semantic_url: str = ""

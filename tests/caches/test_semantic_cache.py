@@ -164,3 +164,20 @@ def test_a_sample_of_semantic_hits_is_verified_against_the_model(tmp_path: Path)
     assert 'thrifty_semantic_verifications_total{feature="help",outcome="agree"} 1.0' in metrics
     verify_ids = {r["request_id"] for r in rows if r["endpoint"] == "verify"}
     assert all(amount < 0 for rid, lever, amount in savings if rid in verify_ids and lever == "cache")
+
+
+def test_remote_embeddings_through_the_gateway_are_paid_and_recorded(tmp_path: Path, up: FakeUpstream) -> None:
+    extra = (
+        '\n[cache]\nsemantic = true\nembedder = "remote"\nembedding_model = "embed"\nembedding_dimensions = 32\n'
+        "semantic_threshold = 0.5\n"
+    )
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            assert ask(c, SYSTEM, user("where can I download my invoices"))[0] == "miss"
+            assert ask(c, SYSTEM, user("where can I download my invoices please"))[0] == "semantic"
+        rows = ledger_rows(gw)
+    embeds = [r for r in rows if r["endpoint"] == "embeddings"]
+    assert embeds and all(r["tenant"] == "thrifty" and r["feature"] == "semantic-cache" for r in embeds)
+    assert {r["model"] for r in embeds} == {"text-embedding-3-small"}
+    assert all(r["cost_nusd"] > 0 for r in embeds)
+    assert [r.path for r in up.requests].count("/v1/embeddings") == len(embeds)

@@ -207,3 +207,40 @@ class CachedEmbedder:
                 self._vectors.move_to_end(text)
             while len(self._vectors) > self.max_entries:
                 self._vectors.popitem(last=False)
+
+
+class RemoteEmbedder:
+    """Embeddings from a ``/v1/embeddings`` model through the gateway's own providers, so their cost is in the
+    ledger (tenant ``thrifty``, feature ``semantic-cache``). ``embed`` is called from a worker thread (see
+    ``SemanticCache``) and waits for the call on the gateway's event loop."""
+
+    def __init__(self, alias: str, dimensions: int) -> None:
+        self.name = f"remote:{alias}"
+        self._alias, self._dimensions = alias, dimensions
+        self._gateway: Any = None
+        self._loop: Any = None
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    def bind(self, gateway: Any, loop: Any) -> None:
+        self._gateway, self._loop = gateway, loop
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        import asyncio
+
+        from thrifty.accounting import new_request_id
+        from thrifty.types import Caller, EmbeddingRequest, Principal
+
+        if self._gateway is None:
+            raise ConfigError("the remote embedder is not bound to a running gateway")
+        body = {"model": self._alias, "input": list(texts), "encoding_format": "float"}
+        principal = Principal("thrifty", feature="semantic-cache")
+        call = self._gateway.embed(EmbeddingRequest(body, new_request_id()), Caller(), principal)
+        response, _ = asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=60)
+        rows = sorted(response.body["data"], key=lambda item: item.get("index", 0))
+        matrix = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+        if matrix.shape != (len(texts), self._dimensions):
+            raise ConfigError(f"{self._alias} returned {matrix.shape[1]} dimensions, not {self._dimensions}")
+        return normalise_rows(matrix)

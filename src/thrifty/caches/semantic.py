@@ -104,6 +104,10 @@ class SemanticCache:
         self._embedder, self._vectors, self._aliases = embedder, vectors, aliases
         self._judges: dict[float, SimilarityJudge] = dict(judges or {})
 
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
     def judge(self, threshold: float) -> SimilarityJudge:
         judge = self._judges.get(threshold)
         if judge is None:

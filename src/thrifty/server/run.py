@@ -17,6 +17,7 @@ from thrifty.settings import Settings
 def make_app(runtime: Runtime) -> ThriftyApp:
     async def startup() -> None:
         await asyncio.to_thread(runtime.start)
+        runtime.bind_embedder(asyncio.get_running_loop())
         # Everything alive now lives as long as the process: keep the collector from rescanning it, which
         # would otherwise show up as millisecond pauses in the latency tail.
         gc.freeze()
