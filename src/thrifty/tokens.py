@@ -31,6 +31,7 @@ TOKENS_PER_NAME = 1
 TOKENS_REPLY_PRIMING = 3
 
 
+@lru_cache(maxsize=1024)
 def encoding_name_for(model: str) -> tuple[str, bool]:
     """The encoding to count ``model`` with, and whether that count is exact."""
     name = model.rsplit("/", 1)[-1].lower()

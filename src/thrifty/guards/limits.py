@@ -103,7 +103,7 @@ class AgentGuard:
         if not principal.session:
             return []
         messages = request.messages
-        if caps.loop_repeats is not None:
+        if caps.loop_repeats is not None and any(m.get("tool_calls") for m in messages):
             repeats = Counter(_tool_calls(messages)).most_common(1)
             if repeats and repeats[0][1] >= caps.loop_repeats:
                 name = repeats[0][0][0]
