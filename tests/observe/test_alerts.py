@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -113,8 +114,14 @@ def test_runaway_feature_alerts_once_and_reaches_webhooks(tmp_path: Path, receiv
                     )
             wait_for(lambda: any(b["scope"] == "feature" for b in plain.bodies) and slack.bodies)
             anomalies = [a for a in sink.sent if a.kind == "anomaly" and a.scope == "feature"]
-            with gw.runtime.ledger.engine.connect() as conn:
-                stored = conn.execute(select(tables.alerts)).all()
+
+            def stored_alerts() -> list[Any]:
+                with gw.runtime.ledger.engine.connect() as conn:
+                    return list(conn.execute(select(tables.alerts)).all())
+
+            # The delivery is marked in the table just after the receiver has the body.
+            wait_for(lambda: all(row.delivered for row in stored_alerts() if row.scope == "feature"))
+            stored = stored_alerts()
     assert len(anomalies) == 1, [a.message for a in sink.sent]
     assert "search" in anomalies[0].message and "fast window" in anomalies[0].message
     assert [b["kind"] for b in plain.bodies if b["scope"] == "feature"] == ["anomaly"]
