@@ -16,7 +16,6 @@ from thrifty.completions import chunks_of
 from thrifty.errors import ThriftyError, UpstreamError
 from thrifty.protocols import Provider
 from thrifty.providers.http import first_item
-from thrifty.routers.cascade import answer_text
 from thrifty.routers.cooldown import Cooldowns
 from thrifty.streaming import OpenedStream
 from thrifty.types import ChatRequest, ChatResponse, Route, Target
@@ -44,7 +43,7 @@ class ProviderCaller:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000
             self.cooldowns.succeeded(target)
             if route.cascade is not None and index < len(targets) - 1:
-                failed = route.cascade.first_failure(request, answer_text(response))
+                failed = route.cascade.first_failure(request, response)
                 if failed is not None:
                     self._on_escalation(trace, request, response, failed)
                     continue

@@ -100,7 +100,7 @@ class RuleSettings(_Strict):
 class CascadeSettings(_Strict):
     """Checks a cheap answer must pass before it is served; a failure escalates to the next tier."""
 
-    checks: list[Literal["refusal", "nonempty", "json", "final_number"]] = ["refusal", "nonempty"]
+    checks: list[Literal["refusal", "nonempty", "json", "final_number", "arithmetic"]] = ["refusal", "nonempty"]
     min_length: Annotated[int, Field(gt=0)] | None = None
     regex: str | None = None
 

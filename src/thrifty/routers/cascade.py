@@ -1,26 +1,31 @@
 """Cascades: the cheapest tier answers first; an answer that fails a check escalates to the next tier.
 
-Only checks the gateway can run in production, on the answer alone: a refusal, an empty or too-short answer,
-JSON that does not parse when JSON was asked for, no final number where one is expected, a regex that must
-match. The check that failed is recorded with the escalated call's ledger row.
+Only checks the gateway can run in production, on the answer alone (``routers.checks``): a refusal or hedge, an
+empty, cut-off or too-short answer, JSON that does not parse (or fit the requested schema) when JSON was asked
+for, no final number, wrong worked arithmetic, a regex that must match. The check that failed is recorded with
+the escalated call's ledger row.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import orjson
-
+from thrifty.routers.checks import (
+    AnswerCheck,
+    ArithmeticCheck,
+    FinalNumberCheck,
+    JsonCheck,
+    LengthCheck,
+    RefusalCheck,
+    RegexCheck,
+    answer_from_openai,
+    run_checks,
+)
 from thrifty.types import ChatRequest, ChatResponse, Principal, Route, Target
 
-REFUSALS = re.compile(
-    r"\b(i('m| am)? (sorry|unable|not able)|i can(no|')t (help|assist|answer|provide|do)|as an ai\b"
-    r"|i do not have (access|the ability))",
-    re.IGNORECASE,
-)
-FINAL_NUMBER = re.compile(r"(-?\d[\d,]*(\.\d+)?)\D*$")
+CHECK_NAMES = ("refusal", "nonempty", "json", "final_number", "arithmetic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,46 +34,38 @@ class Checks:
     min_length: int | None = None
     regex: str | None = None
 
-    def first_failure(self, request: ChatRequest, answer: str) -> str | None:
+    def first_failure(self, request: ChatRequest, response: ChatResponse) -> str | None:
         """The name of the first check the answer fails, or None when it passes them all."""
+        verdict = run_checks(answer_from_openai(response.body), self._checks(request))
+        return None if verdict.passed else verdict.check
+
+    def _checks(self, request: ChatRequest) -> list[AnswerCheck]:
+        checks: list[AnswerCheck] = []
         for name in self.names:
-            if not _CHECKS[name](request, answer):
-                return name
-        if self.min_length is not None and len(answer.strip()) < self.min_length:
-            return "min_length"
-        if self.regex is not None and not re.search(self.regex, answer):
-            return "regex"
-        return None
+            if name == "refusal":
+                checks.append(RefusalCheck())
+            elif name == "nonempty":
+                checks.append(LengthCheck(min_chars=1))
+            elif name == "final_number":
+                checks.append(FinalNumberCheck())
+            elif name == "arithmetic":
+                checks.append(ArithmeticCheck())
+            elif name == "json" and _asks_json(request.body):
+                checks.append(JsonCheck(_schema(request.body)))
+        if self.min_length is not None:
+            checks.append(LengthCheck(min_chars=self.min_length, name="min_length"))
+        if self.regex is not None:
+            checks.append(RegexCheck(self.regex))
+        return checks
 
 
-def _nonempty(request: ChatRequest, answer: str) -> bool:
-    return bool(answer.strip())
+def _asks_json(body: dict[str, Any]) -> bool:
+    return (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
 
 
-def _no_refusal(request: ChatRequest, answer: str) -> bool:
-    return not REFUSALS.search(answer[:400])
-
-
-def _json(request: ChatRequest, answer: str) -> bool:
-    if (request.body.get("response_format") or {}).get("type") not in ("json_object", "json_schema"):
-        return True
-    try:
-        orjson.loads(answer.strip().removeprefix("```json").removesuffix("```"))
-    except orjson.JSONDecodeError:
-        return False
-    return True
-
-
-def _final_number(request: ChatRequest, answer: str) -> bool:
-    return bool(FINAL_NUMBER.search(answer.strip()))
-
-
-_CHECKS = {"nonempty": _nonempty, "refusal": _no_refusal, "json": _json, "final_number": _final_number}
-
-
-def answer_text(response: ChatResponse) -> str:
-    choices = response.body.get("choices") or [{}]
-    return str((choices[0].get("message") or {}).get("content") or "")
+def _schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    return schema if isinstance(schema, dict) else None
 
 
 class CascadeRouter:
@@ -76,6 +73,5 @@ class CascadeRouter:
         self._targets, self.checks = tuple(targets), checks
 
     def route(self, request: ChatRequest, principal: Principal) -> Route:
-        return Route(
-            self._targets, "cascade", "cheapest tier first, escalate on " + "/".join(self.checks.names), self.checks
-        )
+        reason = "cheapest tier first, escalate on " + "/".join(self.checks.names)
+        return Route(self._targets, "cascade", reason, self.checks)

@@ -40,7 +40,8 @@ class Verdict:
 
 
 class AnswerCheck(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def check(self, answer: Answer) -> Verdict: ...
 
