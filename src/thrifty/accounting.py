@@ -36,6 +36,12 @@ class Trace:
     route: Route | None = None
     saved_tokens: tuple[tuple[str, int], ...] = ()
 
+    def route_header(self) -> str:
+        """Which router decided and why (``x-thrifty-route``); a cache hit was decided by the cache."""
+        if self.cache:
+            return f"cache; {self.cache} hit"
+        return self.route.header() if self.route is not None else ""
+
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from thrifty.accounting import Trace
 from thrifty.completions import chunks_of
@@ -18,7 +18,7 @@ from thrifty.protocols import Provider
 from thrifty.providers.http import first_item
 from thrifty.routers.cooldown import Cooldowns
 from thrifty.streaming import OpenedStream
-from thrifty.types import ChatRequest, ChatResponse, Route, Target
+from thrifty.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Route, Target
 
 log = logging.getLogger("thrifty")
 
@@ -47,6 +47,21 @@ class ProviderCaller:
                 if failed is not None:
                     self._on_escalation(trace, request, response, failed)
                     continue
+            return response
+        raise last or UpstreamError("the route has no targets")
+
+    async def embed(self, request: EmbeddingRequest, targets: Sequence[Target], trace: Trace) -> EmbeddingResponse:
+        last: ThriftyError | None = None
+        for target in self.cooldowns.order(targets):
+            started = time.perf_counter()
+            try:
+                response = await self.providers[target.provider].embed(request, target.model)
+            except ThriftyError as exc:
+                last = self._fall_through(target, exc, trace)
+                continue
+            finally:
+                trace.upstream_ms += (time.perf_counter() - started) * 1000
+            self.cooldowns.succeeded(target)
             return response
         raise last or UpstreamError("the route has no targets")
 

@@ -10,7 +10,6 @@ stream ends, however it ends.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
@@ -18,7 +17,7 @@ from decimal import Decimal
 from thrifty.accounting import Counterfactual, Trace, split_savings, without_cache
 from thrifty.caches.verify import SemanticVerifier
 from thrifty.calling import ProviderCaller
-from thrifty.errors import ThriftyError, UpstreamError
+from thrifty.errors import ThriftyError
 from thrifty.observe.metrics import GatewayMetrics
 from thrifty.protocols import (
     Admission,
@@ -112,7 +111,7 @@ class Gateway:
             if admission is not None:
                 await admission.settle(ZERO)  # a no-op once settled; releases the reservation otherwise
         self.record(self.finished(trace, cost, request, output_text(response)))  # 7. record
-        return replace(response, route=route_header(trace)), cost
+        return replace(response, route=trace.route_header()), cost
 
     async def open_stream(self, request: ChatRequest, caller: Caller) -> ChatStream:
         """Stages 1-6 of a streamed completion, up to its first chunk; the stream records itself when it ends."""
@@ -149,20 +148,7 @@ class Gateway:
         try:
             trace.principal = principal or self.authenticator.authenticate(caller)
             self.check_model(request.model)
-            last: ThriftyError | None = None
-            for target in self.aliases[request.model]:
-                started = time.perf_counter()
-                try:
-                    response = await self.providers[target.provider].embed(request, target.model)
-                    break
-                except ThriftyError as exc:
-                    last = exc
-                    if not exc.retryable:
-                        raise
-                finally:
-                    trace.upstream_ms += (time.perf_counter() - started) * 1000
-            else:
-                raise last or UpstreamError("no target answered")
+            response = await self.caller.embed(request, self.aliases[request.model], trace)
             trace.target, trace.usage = response.target, response.usage
             cost = self.pricer.cost(response.target, response.usage)
         except ThriftyError as exc:
@@ -238,12 +224,6 @@ class Gateway:
     def _record_failure(self, trace: Trace, exc: ThriftyError) -> None:
         cost = self.pricer.cost(trace.target, trace.usage) if trace.target else Cost(Decimal(0))
         self.record(trace.entry("error", cost, cost, error_type=exc.error_type))
-
-
-def route_header(trace: Trace) -> str:
-    if trace.cache:
-        return f"cache; {trace.cache} hit"
-    return trace.route.header() if trace.route is not None else ""
 
 
 def output_text(response: ChatResponse) -> str:

@@ -65,9 +65,7 @@ class ChatStream:
 
     @property
     def route(self) -> str:
-        from thrifty.pipeline import route_header
-
-        return route_header(self._trace)
+        return self._trace.route_header()
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The JSON payloads to send as SSE ``data:`` events (an error object last if the upstream failed)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -125,13 +124,3 @@ def savings_by_lever(engine: Engine, since: float | None = None) -> dict[str, De
         query = query.join(tables.requests, r.request_id == s.request_id).where(r.started_at >= since)
     with engine.connect() as conn:
         return {row[0]: _usd(row[1]) for row in conn.execute(query)}
-
-
-def iter_requests(engine: Engine, since: float | None = None) -> Iterator[dict[str, Any]]:
-    r = tables.requests.c
-    query = select(tables.requests).order_by(r.started_at)
-    if since is not None:
-        query = query.where(r.started_at >= since)
-    with engine.connect() as conn:
-        for row in conn.execute(query).mappings():
-            yield dict(row)

@@ -8,7 +8,12 @@ import orjson
 
 from thrifty.caches.prompt_cache import add_cache_breakpoints
 from thrifty.errors import UpstreamError
-from thrifty.providers.anthropic_format import AnthropicStreamTranslator, from_anthropic, to_anthropic
+from thrifty.providers.anthropic_format import (
+    AnthropicStreamTranslator,
+    anthropic_error,
+    from_anthropic,
+    to_anthropic,
+)
 from thrifty.providers.http import HttpClient, Timeouts, parse_json
 from thrifty.providers.openai import reject_embeddings
 from thrifty.tokens import TiktokenCounter
@@ -35,7 +40,7 @@ class AnthropicProvider:
         headers = {"anthropic-version": API_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
-        self._http = HttpClient(base_url, headers, timeouts)
+        self._http = HttpClient(base_url, headers, timeouts, anthropic_error)
 
     def _body(self, request: ChatRequest, model: str) -> JsonObject:
         body = to_anthropic(request.body, model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,8 +36,15 @@ class Timeouts:
 class HttpClient:
     """A lazily created session, so providers can be built outside an event loop."""
 
-    def __init__(self, base_url: str, headers: Mapping[str, str], timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        headers: Mapping[str, str],
+        timeouts: Timeouts,
+        translate_error: Callable[[int, bytes], UpstreamError] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._error = translate_error or error_from_body
         self._headers = {"content-type": "application/json", **headers}
         self._timeouts = timeouts
         self._session: aiohttp.ClientSession | None = None
@@ -62,7 +69,7 @@ class HttpClient:
             async with self._get_session().post(self.base_url + path, data=orjson.dumps(body)) as response:
                 raw = await response.read()
                 if response.status != 200:
-                    raise error_from_body(response.status, raw)
+                    raise self._error(response.status, raw)
         except aiohttp.ClientError as exc:
             raise translate_client_error(exc) from exc
         except TimeoutError as exc:
@@ -74,7 +81,7 @@ class HttpClient:
         try:
             async with self._get_session().post(self.base_url + path, data=orjson.dumps(body)) as response:
                 if response.status != 200:
-                    raise error_from_body(response.status, await response.read())
+                    raise self._error(response.status, await response.read())
                 async for line in response.content:
                     yield line.rstrip(b"\r\n")
         except aiohttp.ClientError as exc:

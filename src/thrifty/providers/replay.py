@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from thrifty.accounting import new_request_id
+from thrifty.completions import usage_body
 from thrifty.errors import UpstreamRejected
 from thrifty.providers.openai import reject_embeddings
 from thrifty.tokens import TiktokenCounter
@@ -72,11 +73,7 @@ class ReplayProvider:
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {
-                "prompt_tokens": usage.input_tokens,
-                "completion_tokens": usage.output_tokens,
-                "total_tokens": usage.input_tokens + usage.output_tokens,
-            },
+            "usage": usage_body(usage),
         }
         return ChatResponse(body, usage, Target(self.name, model), (time.perf_counter() - started) * 1000)
 
@@ -92,8 +89,7 @@ class ReplayProvider:
                 delta["role"] = "assistant"
             yield StreamChunk(orjson.dumps({**base, "choices": [{"index": 0, "delta": delta}]}))
         yield StreamChunk(orjson.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
-        usage_body = {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens}
-        yield StreamChunk(orjson.dumps({**base, "choices": [], "usage": usage_body}), usage, usage_only=True)
+        yield StreamChunk(orjson.dumps({**base, "choices": [], "usage": usage_body(usage)}), usage, usage_only=True)
 
     async def embed(self, request: EmbeddingRequest, model: str) -> EmbeddingResponse:
         raise reject_embeddings(self.name)
