@@ -41,11 +41,11 @@ BODY = {
 def chain(store: GuardStore) -> GuardChain:
     aliases = {"fast": (Target("openai", "gpt-4o-mini"),)}
     estimator = CostEstimator(CatalogPricer(catalog_providers={"openai": ["openai"]}), TiktokenCounter(), aliases)
-    budget = Budget("bench", "tenant", "acme", "month", Decimal("1000000"), hard=True)
+    budgets = [Budget("bench", "tenant", "acme", "month", Decimal("1000000"), hard=True)]
     return GuardChain(
         estimator,
         store,
-        budgets=BudgetGuard(lambda: [budget], store, estimator, lambda b, since: Decimal(0)),
+        budgets=BudgetGuard(lambda: budgets, store, estimator, lambda b, since: Decimal(0)),
         limiter=RateLimiter([RateLimit("tenant", "*", rpm=10**9, tpm=10**12)], store),
         agents=AgentGuard(AgentCaps(max_calls=10**9, loop_repeats=5)),
     )

@@ -122,6 +122,24 @@ class TiktokenCounter:
         return total
 
 
+def messages_token_bound(messages: Sequence[dict[str, object]]) -> int:
+    """At least what ``count_messages`` says for any model, without encoding anything.
+
+    Every token of a byte-level BPE covers at least one byte of UTF-8, so a text has at most as many tokens as
+    bytes. Budgets reserve with this while they have plenty of room, so that a request's text is encoded (and
+    the encoding loaded) only when a budget is close enough to its limit for the difference to matter.
+    """
+    total = TOKENS_REPLY_PRIMING
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if key == "name":
+                total += TOKENS_PER_NAME
+            text = value if isinstance(value, str) else text_of(value)
+            total += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return total
+
+
 def text_of(value: object) -> str:
     """The countable text in a message field: strings, text parts, tool call arguments."""
     if isinstance(value, str):

@@ -2,7 +2,9 @@
 
 A hard budget refuses a request whose worst-case cost (input tokens counted, ``max_tokens`` of output at the
 dearest target's price) does not fit beside what is spent and what requests in flight have reserved. So however
-many requests race, spend can pass the limit only by what one request costs beyond its reservation. With
+many requests race, spend can pass the limit only by what one request costs beyond its reservation. While a
+budget has plenty of room, the reservation is a bound found without encoding the prompt (its bytes); only near
+the limit, where holding too much would refuse requests that fit, is the input counted. With
 ``clamp``, a request that does not fit gets a smaller ``max_tokens`` instead, when at least a useful answer fits.
 Soft budgets never refuse; they feed the 50/80/100% alerts.
 """
@@ -13,6 +15,7 @@ import asyncio
 import calendar
 import functools
 import itertools
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
 from thrifty.errors import BudgetExceeded
-from thrifty.guards.estimate import CostEstimator
+from thrifty.guards.estimate import CostEstimator, ceil_nusd
 from thrifty.guards.stores import GuardStore
 from thrifty.ledger.tables import from_nusd, to_nusd
 from thrifty.observe.alerts import Alert, AlertSink
@@ -32,6 +35,9 @@ PERIODS = ("day", "week", "month", "total")
 MIN_CLAMPED_OUTPUT = 16
 RESERVATION_TTL_S = 900.0
 UNLIMITED = 2**62
+BOUND_HEADROOM = 1000
+"""A budget reserves a request's cheap bound while its room holds this many of them, else the counted cost."""
+MAX_PERIODS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +50,13 @@ class Budget:
     hard: bool = True
     clamp: bool = False
 
+    @property
+    def attribute(self) -> str:
+        """The ``Principal`` attribute this budget's scope is."""
+        return "key_id" if self.scope == "key" else self.scope
+
     def applies(self, principal: Principal) -> bool:
-        attribute = "key_id" if self.scope == "key" else self.scope
-        return bool(self.scope_id) and getattr(principal, attribute) == self.scope_id
+        return bool(self.scope_id) and getattr(principal, self.attribute) == self.scope_id
 
 
 def window(period: str, now: datetime) -> tuple[datetime, datetime | None]:
@@ -88,16 +98,58 @@ class BudgetAdmission:
     def __init__(
         self, store: GuardStore, holds: Sequence[Hold], request: ChatRequest, on_spent: OnSpent | None = None
     ) -> None:
-        self._store, self._holds, self.request, self._on_spent = store, list(holds), request, on_spent
-        self.holds = any(hold.budget.hard for hold in holds)
+        self._store, self._holds, self.request, self._on_spent = store, holds, request, on_spent
+        self._settled = False
 
-    async def settle(self, cost_usd: Decimal | None) -> None:
-        actual = to_nusd(cost_usd) or 0
-        holds, self._holds = self._holds, []
-        for hold in holds:
+    @property
+    def holds(self) -> bool:
+        """Whether a hard budget holds this request."""
+        return any(hold.budget.hard for hold in self._holds)
+
+    async def settle(self, actual: int) -> None:
+        """Turns each hold into ``actual`` nano-dollars of spend (0 releases it); once."""
+        if self._settled:
+            return
+        self._settled = True
+        for hold in self._holds:
             spent = await self._store.settle(hold.key, hold.token, actual)
             if self._on_spent is not None and actual:
                 self._on_spent(hold.budget, hold.key, spent)
+
+
+@dataclass(frozen=True, slots=True)
+class _Period:
+    """A budget's current period, worked out once an hour rather than once a request."""
+
+    budget: Budget
+    hour: int
+    key: str
+    start_ts: float
+    resets: datetime | None
+    limit_nusd: int
+
+
+class _Worst:
+    """One request's worst case: the bound first (no encoding), the counted one only when a budget needs it."""
+
+    __slots__ = ("_counted", "_estimator", "bound", "request")
+
+    def __init__(self, estimator: CostEstimator, request: ChatRequest) -> None:
+        self._estimator, self.request = estimator, request
+        self.bound = estimator.worst_case_bound(request)
+        self._counted: tuple[Decimal | None, int] | None = None
+
+    def counted(self) -> tuple[Decimal | None, int]:
+        if self._counted is None:
+            self._counted = self._estimator.worst_case(self.request)
+        return self._counted
+
+    def counted_nusd(self) -> int:
+        usd = self.counted()[0] if self.bound is not None else None
+        return 0 if usd is None else ceil_nusd(usd)
+
+
+Index = dict[str, dict[str, list[tuple[int, Budget]]]]
 
 
 class BudgetGuard:
@@ -109,50 +161,89 @@ class BudgetGuard:
         spend_since: SpendSince,
         on_spent: OnSpent | None = None,
     ) -> None:
+        """``budgets`` should return the same sequence until the budgets change: it is indexed once per sequence."""
         self._budgets, self._store, self._estimator, self._spend_since = budgets, store, estimator, spend_since
         self._on_spent = on_spent
         self._seeded: set[str] = set()
         # Reservation ids: unique per process by the counter, across replicas by the random prefix.
         self._token_prefix, self._tokens = secrets.token_hex(4) + ".", itertools.count()
+        self._indexed: Sequence[Budget] | None = None
+        self._index: Index = {}
+        self._periods: dict[int, _Period] = {}
+        self._room: dict[str, int] = {}
+        """Per period key, the limit minus spend and reservations at the last answer from the store."""
 
     async def admit(self, request: ChatRequest, principal: Principal) -> BudgetAdmission:
-        applicable = [b for b in self._budgets() if b.applies(principal)]
+        applicable = self._applicable(principal)
         if not applicable:
             return BudgetAdmission(self._store, [], request)
-        worst, input_tokens = self._estimator.worst_case(request)
+        worst = _Worst(self._estimator, request)
         holds: list[Hold] = []
         try:
             for budget in applicable:
-                hold, request, worst = await self._reserve(budget, request, worst, input_tokens)
+                hold, worst = await self._reserve(budget, worst)
                 holds.append(hold)
         except BudgetExceeded:
-            await BudgetAdmission(self._store, holds, request).settle(Decimal(0))
+            await BudgetAdmission(self._store, holds, request).settle(0)
             raise
-        return BudgetAdmission(self._store, holds, request, self._on_spent)
+        return BudgetAdmission(self._store, holds, worst.request, self._on_spent)
 
-    async def _reserve(
-        self, budget: Budget, request: ChatRequest, worst: Decimal | None, input_tokens: int
-    ) -> tuple[Hold, ChatRequest, Decimal | None]:
-        start, resets = _current_window(budget.period, int(time.time() // 3600))
-        key = f"budget:{budget.budget_id}:{start:%Y%m%d}"
+    def _applicable(self, principal: Principal) -> list[Budget]:
+        """The budgets over this principal, in configured order: a few dict lookups however many budgets exist."""
+        budgets = self._budgets()
+        if budgets is not self._indexed:
+            self._index, self._indexed = _index(budgets), budgets
+        found: list[tuple[int, Budget]] = []
+        for attribute, by_id in self._index.items():
+            matches = by_id.get(getattr(principal, attribute))
+            if matches:
+                found += matches
+        if len(found) > 1:
+            found.sort(key=lambda item: item[0])
+        return [budget for _, budget in found]
+
+    async def _reserve(self, budget: Budget, worst: _Worst) -> tuple[Hold, _Worst]:
+        """Reserve the bound while the budget has room for ``BOUND_HEADROOM`` of it, else the counted worst case.
+
+        Either never undercounts; the bound only holds more than needed, which matters only near the limit."""
+        period = self._period(budget)
+        key, limit = period.key, period.limit_nusd
         seed = 0
         if key not in self._seeded:
-            seed = to_nusd(await asyncio.to_thread(self._spend_since, budget, start.timestamp())) or 0
+            seed = to_nusd(await asyncio.to_thread(self._spend_since, budget, period.start_ts)) or 0
             self._seeded.add(key)
+            self._room.setdefault(key, limit - seed)
         token = f"{self._token_prefix}{next(self._tokens)}"
-        amount = to_nusd(worst) or 0  # an unpriced model cannot be held to a budget in USD
-        limit = to_nusd(budget.limit_usd) or 0 if budget.hard else UNLIMITED
+        bound = worst.bound or 0  # an unpriced model cannot be held to a budget in USD
+        counted = self._room.get(key, 0) < BOUND_HEADROOM * bound
+        amount = worst.counted_nusd() if counted else bound
         verdict = await self._store.reserve(key, token, amount, limit, RESERVATION_TTL_S, seed)
+        if not verdict.ok and not counted and worst.counted_nusd() < amount:
+            # Less room than last seen here (another replica spent it): the counted worst case may still fit.
+            amount = worst.counted_nusd()
+            verdict = await self._store.reserve(key, token, amount, limit, RESERVATION_TTL_S, seed)
+        room = self._room[key] = limit - verdict.spent - verdict.reserved
         if verdict.ok:
-            return Hold(key, token, budget), request, worst
-        if budget.clamp and worst:
-            clamped = self._clamp(request, limit - verdict.spent - verdict.reserved, input_tokens, worst)
+            return Hold(key, token, budget), worst
+        usd, input_tokens = worst.counted() if worst.bound is not None else (None, 0)
+        if budget.clamp and usd:
+            clamped = self._clamp(worst.request, room, input_tokens, usd)
             if clamped is not None:
-                return await self._reserve(replace(budget, clamp=False), clamped, *self._rewound(clamped))
-        raise _refusal(budget, verdict.spent, verdict.reserved, resets)
+                return await self._reserve(replace(budget, clamp=False), _Worst(self._estimator, clamped))
+        raise _refusal(budget, verdict.spent, verdict.reserved, period.resets)
 
-    def _rewound(self, request: ChatRequest) -> tuple[Decimal | None, int]:
-        return self._estimator.worst_case(request)
+    def _period(self, budget: Budget) -> _Period:
+        hour = int(time.time() // 3600)
+        period = self._periods.get(id(budget))
+        if period is None or period.budget is not budget or period.hour != hour:
+            start, resets = _current_window(budget.period, hour)
+            limit = (to_nusd(budget.limit_usd) or 0) if budget.hard else UNLIMITED
+            key = f"budget:{budget.budget_id}:{start:%Y%m%d}"
+            period = _Period(budget, hour, key, start.timestamp(), resets, limit)
+            if len(self._periods) >= MAX_PERIODS:
+                self._periods.clear()
+            self._periods[id(budget)] = period
+        return period
 
     def _clamp(self, request: ChatRequest, room_nusd: int, input_tokens: int, worst: Decimal) -> ChatRequest | None:
         """The largest ``max_tokens`` whose worst case fits the room left, if a useful answer still fits."""
@@ -169,6 +260,15 @@ class BudgetGuard:
         body.pop("max_completion_tokens", None)
         body["max_tokens"] = min(tokens, cap)
         return ChatRequest(body, request.request_id, request.cache_mode)
+
+
+def _index(budgets: Sequence[Budget]) -> Index:
+    """Budgets by the principal attribute they apply to and its value, each with its position."""
+    index: Index = {}
+    for position, budget in enumerate(budgets):
+        if budget.scope_id:
+            index.setdefault(budget.attribute, {}).setdefault(budget.scope_id, []).append((position, budget))
+    return index
 
 
 def _refusal(budget: Budget, spent_nusd: int, reserved_nusd: int, resets: datetime | None) -> BudgetExceeded:
@@ -192,9 +292,15 @@ class BudgetAlerts:
     def __init__(self, sink: AlertSink) -> None:
         self._sink = sink
         self._fired: set[str] = set()
+        self._next: dict[str, float] = {}
+        """Per period, the spend at which the next threshold fires: every other settlement returns at once."""
 
     def __call__(self, budget: Budget, period_key: str, spent_nusd: int) -> None:
+        if spent_nusd < self._next.get(period_key, 0):
+            return
         limit = to_nusd(budget.limit_usd) or 1
+        unfired = [limit * t for t in THRESHOLDS if spent_nusd < limit * t]
+        self._next[period_key] = min(unfired, default=math.inf)
         for threshold in THRESHOLDS:
             percent = int(threshold * 100)
             if spent_nusd >= limit * threshold and f"{period_key}:{percent}" not in self._fired:

@@ -11,8 +11,9 @@ from decimal import Decimal
 
 from thrifty.guards.budgets import BudgetAdmission, BudgetGuard
 from thrifty.guards.estimate import CostEstimator
-from thrifty.guards.limits import AgentGuard, RateLimiter
+from thrifty.guards.limits import AgentGuard, RateLimiter, Settled
 from thrifty.guards.stores import GuardStore
+from thrifty.ledger.tables import to_nusd
 from thrifty.types import ChatRequest, Cost, Principal, Usage
 
 
@@ -22,7 +23,7 @@ class ChainAdmission:
         request: ChatRequest,
         budget: BudgetAdmission | None,
         limiter: RateLimiter | None,
-        subjects: list[str],
+        subjects: list[Settled],
         estimator: CostEstimator,
         overlap: bool = False,
     ) -> None:
@@ -30,26 +31,33 @@ class ChainAdmission:
         self._budget, self._limiter, self._subjects, self._estimator = budget, limiter, subjects, estimator
         self._settled = False
         self._overlap = overlap
-        # What a hard budget reserved for: a stream that runs past it is stopped, since nothing pays beyond it.
-        self.output_allowance = estimator.max_output_tokens(request) if budget is not None and budget.holds else None
+
+    @property
+    def output_allowance(self) -> int | None:
+        """What a hard budget reserved for: a stream that runs past it is stopped, since nothing pays beyond it."""
+        if self._budget is None or not self._budget.holds:
+            return None
+        return self._estimator.max_output_tokens(self.request)
 
     async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None:
         if self._settled:
             return
         self._settled = True
-        pending = []
-        if self._budget is not None:
-            pending.append(self._budget.settle(cost.usd))
+        actual_nusd = to_nusd(cost.usd) or 0
+        limiter, tokens = None, 0
         if usage is not None:
-            if self._limiter is not None and self._subjects:
-                pending.append(self._limiter.count(self._subjects, usage, cost.usd))
+            limiter = self._limiter if self._subjects else None
+            tokens = usage.input_tokens + usage.output_tokens
             if model:
                 self._estimator.observe_output(model, usage.output_tokens)
-        if len(pending) > 1 and self._overlap:
-            await asyncio.gather(*pending)  # overlapping round trips to a shared store
-        else:
-            for step in pending:
-                await step
+        if self._budget is not None and limiter is not None and self._overlap:
+            # overlapping round trips to a shared store
+            await asyncio.gather(self._budget.settle(actual_nusd), limiter.count(self._subjects, tokens, actual_nusd))
+            return
+        if self._budget is not None:
+            await self._budget.settle(actual_nusd)
+        if limiter is not None:
+            await limiter.count(self._subjects, tokens, actual_nusd)
 
 
 class GuardChain:
@@ -63,11 +71,12 @@ class GuardChain:
     ) -> None:
         self.estimator, self._store = estimator, store
         self._budgets, self._limiter, self._agents = budgets, limiter, agents
+        self._remote = bool(getattr(store, "remote", False))
 
     async def admit(self, request: ChatRequest, principal: Principal) -> ChainAdmission:
         agent_windows = self._agents.windows(request, principal) if self._agents is not None else []
         rate_windows, subjects = self._limiter.windows(principal) if self._limiter is not None else ([], [])
-        windows = agent_windows + rate_windows
+        windows = agent_windows + rate_windows if agent_windows else rate_windows
         if windows:
             overflow = await self._store.hit_window(windows)  # agent caps and rate limits in one round trip
             if overflow is not None:
@@ -79,8 +88,7 @@ class GuardChain:
         if self._budgets is not None:
             budget = await self._budgets.admit(request, principal)
             request = budget.request
-        remote = getattr(self._store, "remote", False)
-        return ChainAdmission(request, budget, self._limiter, subjects, self.estimator, remote)
+        return ChainAdmission(request, budget, self._limiter, subjects, self.estimator, self._remote)
 
 
 ZERO = Cost(Decimal(0))

@@ -3,17 +3,25 @@
 Budgets reserve the worst case, rate limits count tokens, and ``POST /v1/cost/quote`` / ``thrifty estimate`` show
 both the worst and the expected cost on each model. "Expected" output is the mean output of the calls this
 gateway has seen for that model (capped by ``max_tokens``), or a quarter of the cap when it has seen none.
+
+On the request path budgets first ask for ``worst_case_bound``: an amount the exact worst case never exceeds,
+found without encoding the prompt (see ``messages_token_bound``), and priced once per size class.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
+from thrifty.ledger.tables import NANO
 from thrifty.protocols import Pricer
-from thrifty.tokens import TiktokenCounter, encoding_name_for
+from thrifty.tokens import TiktokenCounter, encoding_name_for, messages_token_bound
 from thrifty.types import ChatRequest, Target, Usage
+
+BOUND_PRICES = 4096
+"""Priced size classes kept; they are also dropped every minute, since a price can depend on the time of day."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +45,8 @@ class CostEstimator:
         self._pricer, self._counter, self._aliases = pricer, counter, aliases
         self._default_max = default_max_output_tokens
         self._outputs: dict[str, tuple[int, int]] = {}
+        self._bounds: dict[tuple[str, int, int], int | None] = {}
+        self._bounds_minute = 0
 
     def max_output_tokens(self, request: ChatRequest) -> int:
         body = request.body
@@ -81,6 +91,38 @@ class CostEstimator:
                 worst = usd
         return worst, max(counts.values())
 
+    def worst_case_bound(self, request: ChatRequest) -> int | None:
+        """Nano-dollars that ``worst_case`` never exceeds (None: unpriced), without encoding the prompt.
+
+        The input is bounded by its bytes and rounded up to four significant bits, so that requests of about the
+        same size and the same ``max_tokens`` share one price computation: a price only grows with tokens."""
+        cap = self.max_output_tokens(request)
+        key = (request.model, size_class(messages_token_bound(request.messages)), cap)
+        minute = int(time.time() // 60)
+        if minute != self._bounds_minute or len(self._bounds) >= BOUND_PRICES:
+            self._bounds.clear()
+            self._bounds_minute = minute
+        if key in self._bounds:
+            return self._bounds[key]
+        worst: Decimal | None = None
+        for target in self._aliases[request.model]:
+            usd = self._pricer.cost(target, Usage(key[1], cap)).usd
+            if usd is not None and (worst is None or usd > worst):
+                worst = usd
+        bound = self._bounds[key] = None if worst is None else ceil_nusd(worst)
+        return bound
+
     def observe_output(self, model: str, output_tokens: int) -> None:
         seen, total = self._outputs.get(model, (0, 0))
         self._outputs[model] = (seen + 1, total + output_tokens)
+
+
+def size_class(tokens: int) -> int:
+    """``tokens`` rounded up to four significant bits: at most an eighth more."""
+    shift = max(tokens.bit_length() - 4, 0)
+    return -(-tokens >> shift) << shift
+
+
+def ceil_nusd(usd: Decimal) -> int:
+    """Nano-dollars rounded up: a reservation may hold a fraction too much, never too little."""
+    return int((usd * NANO).to_integral_value(rounding=ROUND_CEILING))

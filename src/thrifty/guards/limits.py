@@ -21,10 +21,11 @@ import orjson
 from thrifty.errors import AgentCapReached, RateLimited
 from thrifty.guards.stores import GuardStore, Window
 from thrifty.ledger.tables import to_nusd
-from thrifty.types import ChatRequest, Principal, Usage
+from thrifty.types import ChatRequest, Principal
 
 MINUTE_S = 60
 NO_LIMIT = 2**62
+MAX_SUBJECTS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,26 +45,50 @@ class RateLimit:
         return f"{self.scope}:{actual}"
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A subject's windows that count a call's real tokens and USD when it is settled (None: not limited)."""
+
+    tokens_key: str | None
+    usd_key: str | None
+
+
 class RateLimiter:
     def __init__(self, limits: Sequence[RateLimit], store: GuardStore) -> None:
         self._limits, self._store = list(limits), store
+        self._by_principal: dict[tuple[str, str], tuple[list[Window], list[Settled]]] = {}
 
-    def windows(self, principal: Principal) -> tuple[list[Window], list[str]]:
-        """The windows to check and count now, and the subjects whose token and USD windows settle later."""
+    def windows(self, principal: Principal) -> tuple[list[Window], list[Settled]]:
+        """The windows to check and count now, and those to count when the call is settled.
+
+        The same for every request of a key and tenant, so built once for each (callers must not change them).
+        """
+        cache_key = (principal.key_id, principal.tenant)
+        found = self._by_principal.get(cache_key)
+        if found is None:
+            if len(self._by_principal) >= MAX_SUBJECTS:
+                self._by_principal.clear()
+            found = self._by_principal[cache_key] = self._build(principal)
+        return found
+
+    def _build(self, principal: Principal) -> tuple[list[Window], list[Settled]]:
         windows: list[Window] = []
-        subjects = []
+        settled = []
         for index, limit in enumerate(self._limits):
             subject = limit.subject(principal)
             if subject is None:
                 continue
-            subjects.append(f"{index}:{subject}")
+            prefix = f"{index}:{subject}"
             if limit.rpm is not None:
-                windows.append(Window(f"{index}:{subject}:req", 1, limit.rpm, MINUTE_S))
+                windows.append(Window(f"{prefix}:req", 1, limit.rpm, MINUTE_S))
             if limit.tpm is not None:
-                windows.append(Window(f"{index}:{subject}:tok", 0, limit.tpm - 1, MINUTE_S))
+                windows.append(Window(f"{prefix}:tok", 0, limit.tpm - 1, MINUTE_S))
             if limit.usd_per_minute is not None:
-                windows.append(Window(f"{index}:{subject}:usd", 0, (to_nusd(limit.usd_per_minute) or 0) - 1, MINUTE_S))
-        return windows, subjects
+                windows.append(Window(f"{prefix}:usd", 0, (to_nusd(limit.usd_per_minute) or 0) - 1, MINUTE_S))
+            if limit.tpm is not None or limit.usd_per_minute is not None:
+                tokens_key = f"{prefix}:tok" if limit.tpm is not None else None
+                settled.append(Settled(tokens_key, f"{prefix}:usd" if limit.usd_per_minute is not None else None))
+        return windows, settled
 
     @staticmethod
     def refusal(window: Window, retry_after_s: float) -> RateLimited:
@@ -72,17 +97,16 @@ class RateLimiter:
             f"rate limit reached for {subject}; retry in {retry_after_s:.1f} s", retry_after_s=retry_after_s
         )
 
-    async def count(self, subjects: Sequence[str], usage: Usage, cost_usd: Decimal | None) -> None:
-        if not subjects:
-            return
-        tokens, nusd = usage.input_tokens + usage.output_tokens, to_nusd(cost_usd) or 0
+    async def count(self, settled: Sequence[Settled], tokens: int, nusd: int) -> None:
+        """Adds the call's tokens and nano-dollars to the windows that limit them (the others are never read)."""
         windows = []
-        for subject in subjects:
-            windows += [
-                Window(f"{subject}:tok", tokens, NO_LIMIT, MINUTE_S),
-                Window(f"{subject}:usd", nusd, NO_LIMIT, MINUTE_S),
-            ]
-        await self._store.hit_window(windows)
+        for subject in settled:
+            if subject.tokens_key is not None and tokens:
+                windows.append(Window(subject.tokens_key, tokens, NO_LIMIT, MINUTE_S))
+            if subject.usd_key is not None and nusd:
+                windows.append(Window(subject.usd_key, nusd, NO_LIMIT, MINUTE_S))
+        if windows:
+            await self._store.hit_window(windows)
 
 
 @dataclass(frozen=True, slots=True)

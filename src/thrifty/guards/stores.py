@@ -11,6 +11,7 @@ Two primitives, each atomic where it runs (one event loop here; one Lua script i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,12 +50,18 @@ class GuardStore(Protocol):
 @dataclass
 class _Account:
     spent: int
+    reserved: int = 0
+    """The sum of ``reservations``' amounts, kept as they come and go."""
+    next_expiry: float = math.inf
+    """No reservation expires before this: until then, nothing needs scanning."""
     reservations: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def live_reserved(self, now: float) -> int:
-        for token in [t for t, (_, expires) in self.reservations.items() if expires <= now]:
-            del self.reservations[token]
-        return sum(amount for amount, _ in self.reservations.values())
+        if now >= self.next_expiry:
+            for token in [t for t, (_, expires) in self.reservations.items() if expires <= now]:
+                self.reserved -= self.reservations.pop(token)[0]
+            self.next_expiry = min((expires for _, expires in self.reservations.values()), default=math.inf)
+        return self.reserved
 
 
 class MemoryGuardStore:
@@ -66,32 +73,49 @@ class MemoryGuardStore:
 
     async def reserve(self, key: str, token: str, amount: int, limit: int, ttl_s: float, seed: int) -> Verdict:
         now = time.time()
-        account = self._accounts.setdefault(key, _Account(seed))
+        account = self._accounts.get(key)
+        if account is None:
+            account = self._accounts[key] = _Account(seed)
         reserved = account.live_reserved(now)
         if account.spent + reserved + amount > limit:
             return Verdict(False, account.spent, reserved)
-        account.reservations[token] = (amount, now + ttl_s)
-        return Verdict(True, account.spent, reserved + amount)
+        expires = now + ttl_s
+        previous = account.reservations.get(token)
+        if previous is not None:  # the same token again replaces its reservation
+            account.reserved -= previous[0]
+        account.reservations[token] = (amount, expires)
+        account.reserved += amount
+        account.next_expiry = min(account.next_expiry, expires)
+        return Verdict(True, account.spent, account.reserved)
 
     async def settle(self, key: str, token: str, actual: int) -> int:
         """Returns the spend after settling."""
-        account = self._accounts.setdefault(key, _Account(0))
-        account.reservations.pop(token, None)
+        account = self._accounts.get(key)
+        if account is None:
+            account = self._accounts[key] = _Account(0)
+        held = account.reservations.pop(token, None)
+        if held is not None:
+            account.reserved -= held[0]
         account.spent += actual
         return account.spent
 
     async def hit_window(self, windows: Sequence[Window]) -> Overflow | None:
         now = time.time()
-        current = []
+        counters = self._windows
+        previous: list[tuple[str, tuple[int, int] | None]] = []
         for index, w in enumerate(windows):
             number = int(now // w.window_s)
-            held = self._windows.get(w.key)
+            held = counters.get(w.key)
             value = held[1] if held is not None and held[0] == number else 0
             if value + w.amount > w.limit:
+                for key, counter in reversed(previous):  # all or none: undo the windows already counted
+                    if counter is None:
+                        del counters[key]
+                    else:
+                        counters[key] = counter
                 return Overflow(index, (number + 1) * w.window_s - now)
-            current.append((number, value))
-        for w, (number, value) in zip(windows, current, strict=True):
-            self._windows[w.key] = (number, value + w.amount)
+            previous.append((w.key, held))
+            counters[w.key] = (number, value + w.amount)
         return None
 
     async def reserved_total(self) -> int:

@@ -1,0 +1,189 @@
+"""What a budget reserves: a bound that never undercounts while there is room, the counted worst case near the
+limit (so a bound that holds too much never refuses what fits), and the in-process store's bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from decimal import Decimal
+
+import pytest
+
+from thrifty.errors import BudgetExceeded
+from thrifty.guards.budgets import BOUND_HEADROOM, Budget, BudgetAlerts, BudgetGuard
+from thrifty.guards.estimate import CostEstimator, ceil_nusd, size_class
+from thrifty.guards.stores import MemoryGuardStore, Window
+from thrifty.ledger.tables import to_nusd
+from thrifty.observe.alerts import Alert
+from thrifty.pricing import CatalogPricer, ModelPrice
+from thrifty.tokens import TiktokenCounter, messages_token_bound
+from thrifty.types import ChatRequest, Principal, Target
+
+MINI = Target("up", "gpt-4o-mini")
+CLAUDE = Target("anth", "claude-3-5-haiku-latest")
+PRICES = {
+    "gpt-4o-mini": ModelPrice(Decimal("0.15"), Decimal("0.60")),
+    "claude-3-5-haiku-latest": ModelPrice(Decimal("0.80"), Decimal("4")),
+}
+ACME = Principal("acme", "key_1", "u1", "search", "s1")
+TEXTS = [
+    "hello world",
+    "Où est ma commande ? Elle devait arriver hier. Ça m'inquiète un peu.",
+    "注文番号12345はどこですか？昨日届く予定でした。",
+    "🙂🙃 emoji, ZWJ 👩‍👩‍👧 and combining é",
+    "    indented\n\tcode = {'a': [1, 2, 3]}  # tokens\r\n",
+    "a" * 3000,
+]
+
+
+class CountingCounter(TiktokenCounter):
+    """Counts how often the prompt is actually encoded."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def count_messages(self, model: str, messages: Sequence[dict[str, object]]) -> int:
+        self.calls += 1
+        return super().count_messages(model, messages)
+
+
+def request(text: str = "Where is my order 12345? It was due yesterday.", max_tokens: int = 256) -> ChatRequest:
+    messages = [{"role": "system", "content": "You help an online store."}, {"role": "user", "content": text}]
+    return ChatRequest({"model": "fast", "messages": messages, "max_tokens": max_tokens}, "req")
+
+
+def estimator(counter: TiktokenCounter | None = None, targets: tuple[Target, ...] = (MINI,)) -> CostEstimator:
+    return CostEstimator(CatalogPricer(PRICES), counter or TiktokenCounter(), {"fast": targets})
+
+
+def guard(budgets: Sequence[Budget], counter: TiktokenCounter | None = None) -> tuple[BudgetGuard, MemoryGuardStore]:
+    store = MemoryGuardStore()
+    return BudgetGuard(lambda: budgets, store, estimator(counter), lambda b, since: Decimal(0)), store
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4", "claude-3-5-haiku"])
+def test_the_byte_bound_never_undercounts(model: str) -> None:
+    counter = TiktokenCounter()
+    for text in TEXTS:
+        messages: list[dict[str, object]] = [
+            {"role": "user", "content": text, "name": "bob"},
+            {"role": "assistant", "content": [{"type": "text", "text": text}]},
+            {"role": "assistant", "tool_calls": [{"function": {"name": "lookup", "arguments": text}}]},
+        ]
+        assert messages_token_bound(messages) >= counter.count_messages(model, messages)
+
+
+def test_size_classes_round_up_by_at_most_an_eighth() -> None:
+    for tokens in [*range(200), 1000, 12_345, 999_999]:
+        assert tokens <= size_class(tokens) <= tokens + tokens // 8 + 1
+
+
+def test_the_bound_covers_the_dearest_target_and_unpriced_stays_unpriced() -> None:
+    both = estimator(targets=(MINI, CLAUDE))
+    for text in TEXTS:
+        worst, _ = both.worst_case(request(text))
+        assert worst is not None
+        bound = both.worst_case_bound(request(text))
+        assert bound is not None and bound >= ceil_nusd(worst)
+    mystery = CostEstimator(CatalogPricer(PRICES), TiktokenCounter(), {"fast": (Target("up", "my-finetune"),)})
+    assert mystery.worst_case_bound(request()) is None
+
+
+async def test_far_from_the_limit_nothing_is_encoded() -> None:
+    counter = CountingCounter()
+    budget = Budget("b", "tenant", "acme", "month", Decimal(1000))
+    budgets, store = guard([budget], counter)
+    for _ in range(50):
+        admission = await budgets.admit(request(), ACME)
+        await admission.settle(to_nusd(Decimal("0.0001")) or 0)
+    assert counter.calls == 0
+    assert await store.reserved_total() == 0
+
+
+async def test_near_the_limit_it_admits_what_the_counted_worst_case_admits() -> None:
+    counter = CountingCounter()
+    counted = ceil_nusd(estimator().worst_case(request())[0] or Decimal(0))
+    bound = estimator().worst_case_bound(request()) or 0
+    assert bound > counted  # else this test shows nothing
+    limit = Decimal(counted * 7 + counted // 2) / Decimal(10**9)  # room for 7 counted, fewer bounds
+    budgets, store = guard([Budget("b", "tenant", "acme", "day", limit)], counter)
+    held = [await budgets.admit(request(), ACME) for _ in range(7)]  # all in flight at once: none settles
+    with pytest.raises(BudgetExceeded):
+        await budgets.admit(request(), ACME)
+    assert counter.calls > 0
+    for admission in held:
+        await admission.settle(0)
+    assert await store.reserved_total() == 0
+
+
+async def test_a_bound_refused_on_stale_room_is_retried_with_the_counted_cost() -> None:
+    counted = ceil_nusd(estimator().worst_case(request())[0] or Decimal(0))
+    limit_nusd = counted * BOUND_HEADROOM * 100
+    budget = Budget("b", "tenant", "acme", "day", Decimal(limit_nusd) / Decimal(10**9))
+    budgets, store = guard([budget])
+    first = await budgets.admit(request(), ACME)  # with this much room it holds the bound
+    await first.settle(0)
+    key = next(iter(store._accounts))
+    await store.settle(key, "elsewhere", limit_nusd - counted - 1)  # another replica spends all but one request
+    admitted = await budgets.admit(request(), ACME)  # the bound no longer fits; the counted cost does
+    with pytest.raises(BudgetExceeded):
+        await budgets.admit(request(), ACME)
+    await admitted.settle(0)
+    assert await store.reserved_total() == 0
+
+
+def test_budgets_apply_by_scope_in_configured_order() -> None:
+    current = [
+        Budget("feature", "feature", "search", "total", Decimal(1)),
+        Budget("other-tenant", "tenant", "globex", "total", Decimal(1)),
+        Budget("key", "key", "key_1", "total", Decimal(1)),
+        Budget("unscoped", "user", "", "total", Decimal(1)),
+        Budget("tenant", "tenant", "acme", "total", Decimal(1)),
+    ]
+    budgets = BudgetGuard(lambda: current, MemoryGuardStore(), estimator(), lambda b, since: Decimal(0))
+    assert [b.budget_id for b in budgets._applicable(ACME)] == ["feature", "key", "tenant"]
+    assert budgets._applicable(Principal("nobody")) == []
+    current = [Budget("session", "session", "s1", "total", Decimal(1)), *current]  # a refresh: a new sequence
+    assert [b.budget_id for b in budgets._applicable(ACME)] == ["session", "feature", "key", "tenant"]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.fired: list[Alert] = []
+
+    def fire(self, alert: Alert) -> None:
+        self.fired.append(alert)
+
+
+def test_budget_alerts_fire_each_threshold_once() -> None:
+    sink = Sink()
+    alerts = BudgetAlerts(sink)  # type: ignore[arg-type]
+    budget = Budget("b", "tenant", "acme", "day", Decimal(1))
+    for spent_usd in ["0.1", "0.49", "0.5", "0.6", "0.79", "0.95", "0.97", "1.2", "5"]:
+        alerts(budget, "budget:b:20260101", to_nusd(Decimal(spent_usd)) or 0)
+    assert [a.dedupe_key.rsplit(":", 1)[1] for a in sink.fired] == ["50", "80", "100"]
+    alerts(budget, "budget:b:20260102", to_nusd(Decimal(3)) or 0)  # a new period jumps past all three at once
+    assert len(sink.fired) == 6
+
+
+async def test_the_memory_store_keeps_its_running_total_through_expiry_and_settlement() -> None:
+    store = MemoryGuardStore()
+    assert (await store.reserve("k", "a", 100, 1000, 0.05, 0)).ok
+    assert (await store.reserve("k", "b", 200, 1000, 900, 0)).ok
+    assert (await store.reserve("k", "b", 300, 1000, 900, 0)).reserved == 400  # the same token replaces its hold
+    assert not (await store.reserve("k", "c", 601, 1000, 900, 0)).ok
+    await asyncio.sleep(0.06)
+    assert await store.reserved_total() == 300  # "a" expired
+    assert await store.settle("k", "a", 100) == 100  # spent, though its hold had already gone
+    assert await store.settle("k", "b", 250) == 350
+    assert await store.reserved_total() == 0
+    assert (await store.reserve("k", "d", 650, 1000, 900, 0)).ok
+
+
+async def test_windows_count_all_or_none() -> None:
+    store = MemoryGuardStore()
+    assert await store.hit_window([Window("a", 1, 5, 60), Window("b", 1, 1, 60)]) is None
+    overflow = await store.hit_window([Window("a", 1, 5, 60), Window("b", 1, 1, 60)])
+    assert overflow is not None and overflow.index == 1
+    assert await store.hit_window([Window("a", 4, 5, 60)]) is None  # "a" was not counted by the refused call
+    assert await store.hit_window([Window("a", 1, 5, 60)]) is not None
