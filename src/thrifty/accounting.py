@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from thrifty.types import Cost, LedgerEntry, Payload, Principal, Route, Status, Target, Usage
+from thrifty.types import Cost, JsonObject, LedgerEntry, Payload, Principal, Route, Status, Target, Usage
 
 
 def new_request_id() -> str:
@@ -35,6 +35,12 @@ class Trace:
     cache: str = ""
     route: Route | None = None
     saved_tokens: tuple[tuple[str, int], ...] = ()
+    finish_reason: str | None = None
+    max_output_tokens: int | None = None
+
+    def answered(self, request: JsonObject, answer: JsonObject) -> None:
+        """Note how a complete answer ended and the output cap its request carried."""
+        self.finish_reason, self.max_output_tokens = finish_reason_of(answer), max_output_tokens_of(request)
 
     def route_header(self) -> str:
         """Which router decided and why (``x-thrifty-route``); a cache hit was decided by the cache."""
@@ -75,7 +81,22 @@ class Trace:
             savings_usd=savings or {},
             payload=payload,
             cache=self.cache,
+            finish_reason=self.finish_reason,
+            max_output_tokens=self.max_output_tokens,
         )
+
+
+def finish_reason_of(answer: JsonObject) -> str | None:
+    """A ``chat.completion``'s finish reason: ``length`` if any choice was cut off, else the first choice's."""
+    reasons = [choice.get("finish_reason") for choice in answer.get("choices") or [] if isinstance(choice, dict)]
+    if "length" in reasons:
+        return "length"
+    return next((str(reason) for reason in reasons if reason), None)
+
+
+def max_output_tokens_of(request: JsonObject) -> int | None:
+    cap = request.get("max_completion_tokens") or request.get("max_tokens")
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) else None
 
 
 def without_cache(usage: Usage) -> Usage:

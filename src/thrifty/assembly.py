@@ -28,9 +28,9 @@ from thrifty.protocols import Guard, Optimizer, Provider, ResponseCache, Router
 from thrifty.providers.http import Timeouts
 from thrifty.routers.pool import ALL_CAPABILITIES, ModelInfo
 from thrifty.routers.static import StaticRouter
-from thrifty.settings import CascadeSettings, OptimizeSettings, ProviderSettings, Settings
+from thrifty.settings import CapsSettings, CascadeSettings, OptimizeSettings, ProviderSettings, Settings
 from thrifty.tokens import TiktokenCounter
-from thrifty.types import LedgerEntry, Target
+from thrifty.types import Caller, ChatRequest, ChatResponse, LedgerEntry, Principal, Target
 
 
 @dataclass
@@ -69,7 +69,8 @@ class Runtime:
     async def aclose(self) -> None:
         for provider in self.gateway.providers.values():
             await provider.aclose()
-        for resource in (self.gateway.cache, self.guard_store):
+        summarizer = getattr(self.gateway.optimizer, "summarizer", None)
+        for resource in (self.gateway.cache, self.guard_store, summarizer):
             close = getattr(resource, "aclose", None)
             if close is not None:
                 await close()
@@ -80,7 +81,12 @@ class Runtime:
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    ledger = SqlLedger(settings.ledger_url(), settings.journal_dir(), settings.ledger.flush_interval_ms)
+    ledger = SqlLedger(
+        settings.ledger_url(),
+        settings.journal_dir(),
+        settings.ledger.flush_interval_ms,
+        capture_payloads=settings.ledger.capture_payloads,
+    )
     keys = KeyAuthenticator(ledger.engine)
     counter = TiktokenCounter()
     aliases = {alias: settings.alias_targets(alias) for alias in settings.models}
@@ -93,6 +99,7 @@ def build_runtime(settings: Settings) -> Runtime:
     detector = AnomalyDetector(
         sink, AnomalySettings(a.fast_window_s, a.factor, a.min_usd_per_hour, a.min_tokens_per_hour)
     )
+    watch = _structured_watch(settings, counter, pricer, metrics)
     gateway = Gateway(
         aliases=aliases,
         authenticator=keys,
@@ -105,10 +112,12 @@ def build_runtime(settings: Settings) -> Runtime:
         ledger=ledger,
         metrics=metrics,
         counter=counter,
-        capture_payloads=settings.ledger.capture_payloads,
-        observers=[detector, *_span_observer(settings)],
+        # The structured-output watch reads each answer from its entry; the ledger stores it only if asked to.
+        capture_payloads=settings.ledger.capture_payloads or bool(watch),
+        observers=[detector, *_span_observer(settings), *watch],
         baselines=baselines(settings, aliases),
     )
+    bind_summarizer(gateway)
     if settings.cache.verify_sample:
         from thrifty.caches.verify import SemanticVerifier
 
@@ -190,21 +199,60 @@ def _pick(settings: Settings, name: str) -> Target:
 
 def build_optimizer(settings: Settings, aliases: dict[str, tuple[Target, ...]], counter: TiktokenCounter) -> Optimizer:
     from thrifty.optimizers.chain import OptimizePlan, OptimizerChain
+    from thrifty.optimizers.summarize import (
+        HistorySummarizer,
+        MemorySummaryStore,
+        RedisSummaryStore,
+        SummarizePlan,
+        SummaryStore,
+    )
 
     def plan(o: OptimizeSettings) -> OptimizePlan:
+        s, caps = o.summarize, o.caps or CapsSettings()
         return OptimizePlan(
-            o.hygiene,
-            o.prune_budget_tokens,
-            o.compress_ratio,
-            o.latest_turn_only,
-            o.default_max_tokens,
-            o.max_tokens_limit,
+            hygiene=o.hygiene,
+            prune_budget_tokens=o.prune.budget_tokens if o.prune else None,
+            compress_ratio=o.compress.ratio if o.compress else None,
+            latest_turn_only=bool(
+                (o.prune and o.prune.latest_turn_only) or (o.compress and o.compress.latest_turn_only)
+            ),
+            default_max_tokens=caps.default_max_tokens,
+            max_tokens_limit=caps.max_tokens,
+            summarize=SummarizePlan(s.after_tokens, s.model, s.keep_last_messages, s.max_summary_tokens) if s else None,
+            stop=tuple(caps.stop),
         )
 
     config = settings.optimize
     if config == OptimizeSettings():
         return NoOptimizer()
-    return OptimizerChain(plan(config), {name: plan(f) for name, f in config.features.items()}, aliases, counter)
+    plans = [config.summarize, *(f.summarize for f in [*config.features.values(), *config.models.values()])]
+    chosen = next((p for p in plans if p is not None), None)
+    store: SummaryStore | None = None
+    if chosen is not None and chosen.store == "redis":
+        store = RedisSummaryStore(chosen.url or "redis://127.0.0.1:6379/0", chosen.ttl_s)
+    elif chosen is not None:
+        store = MemorySummaryStore(ttl_s=chosen.ttl_s)
+    return OptimizerChain(
+        plan(config),
+        {name: plan(f) for name, f in config.features.items()},
+        aliases,
+        counter,
+        HistorySummarizer(counter, store),
+        {alias: plan(m) for alias, m in config.models.items()},
+    )
+
+
+def bind_summarizer(gateway: Gateway) -> None:
+    """History summaries are written by a model called through this same gateway, as the request's principal."""
+    summarizer = getattr(gateway.optimizer, "summarizer", None)
+    if summarizer is None:
+        return
+
+    async def complete(request: ChatRequest, principal: Principal) -> ChatResponse:
+        response, _ = await gateway.handle(request, Caller(), principal)
+        return response
+
+    summarizer.bind(complete)
 
 
 def build_router(settings: Settings, aliases: dict[str, tuple[Target, ...]], counter: TiktokenCounter) -> Router:
@@ -242,6 +290,24 @@ def build_router(settings: Settings, aliases: dict[str, tuple[Target, ...]], cou
         else:
             routers[alias] = StaticRouter({alias: targets}, info, counter)
     return AliasRouter(routers)
+
+
+def _structured_watch(
+    settings: Settings, counter: TiktokenCounter, pricer: CatalogPricer, metrics: GatewayMetrics
+) -> list[Callable[[LedgerEntry], None]]:
+    from thrifty.optimizers.structured import StructuredRule, StructuredWatch
+    from thrifty.settings import StructuredSettings
+
+    def rule(s: StructuredSettings | None) -> StructuredRule | None:
+        if s is None:
+            return None
+        return StructuredRule(None if s.read_fields is None else tuple(s.read_fields), s.max_name_tokens)
+
+    o = settings.optimize
+    features = {name: rule(f.structured) for name, f in o.features.items()}
+    if o.structured is None and not any(features.values()):
+        return []
+    return [StructuredWatch(rule(o.structured), features, counter, pricer, metrics)]
 
 
 def _span_observer(settings: Settings) -> list[Callable[[LedgerEntry], None]]:

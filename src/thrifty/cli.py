@@ -101,6 +101,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from thrifty.ledger import queries
     from thrifty.render import report_table, usd
 
+    if args.cutoffs:
+        return _report_cutoffs(args)
     engine = _engine(args)
     since = queries.since_timestamp(args.since)
     try:
@@ -133,6 +135,24 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"\n{unpriced} requests are unpriced: their cost is not in the totals above.")
     for lever, amount in sorted(savings.items()):
         print(f"saved by {lever}: {usd(amount)}")
+    return 0
+
+
+def _report_cutoffs(args: argparse.Namespace) -> int:
+    from thrifty.ledger.cutoffs import CapRule, cutoff_report
+    from thrifty.ledger.queries import since_timestamp
+    from thrifty.render import cutoffs_output
+    from thrifty.settings import OptimizeSettings
+
+    optimize = _settings(args).optimize
+
+    def rule(o: OptimizeSettings) -> CapRule:
+        return CapRule(o.caps.default_max_tokens, o.caps.max_tokens) if o.caps else CapRule()
+
+    features = {name: rule(f) for name, f in optimize.features.items()}
+    default = rule(optimize)
+    rows = cutoff_report(_engine(args), since_timestamp(args.since), default, features)
+    print(cutoffs_output(rows, "json" if args.json else "csv" if args.csv else "table"), end="")
     return 0
 
 
@@ -206,8 +226,18 @@ def cmd_lint(args: argparse.Namespace) -> int:
     from thrifty.types import Target
 
     path = config_path(args.config)
-    pricer = build_pricer(_settings(args)) if args.config or path.exists() else CatalogPricer()
+    settings = _settings(args) if args.config or path.exists() else None
+    pricer = build_pricer(settings) if settings is not None else CatalogPricer()
     target = Target.parse(args.model) if "::" in args.model else Target("openai", args.model)
+    if args.schema:
+        from thrifty.lint import lint_schema, structured_rule
+
+        rule = structured_rule(settings, args.feature, args.read_fields, args.max_name_tokens)
+        answers = Path(args.answers) if args.answers else None
+        print(lint_schema(Path(args.schema), target, pricer, rule, answers))
+        return 0
+    if not args.prompt_file:
+        raise BadRequest("give a PROMPT_FILE, or --schema SCHEMA.json")
     print(lint_file(Path(args.prompt_file), target, pricer))
     return 0
 
@@ -312,8 +342,13 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_estimate)
 
     p = sub.add_parser("lint", parents=[config], help="what a prompt costs per call and what breaks prompt caching")
-    p.add_argument("prompt_file")
+    p.add_argument("prompt_file", nargs="?")
     p.add_argument("--model", default="gpt-4o-mini", help="model (or provider::model) whose price and tokenizer apply")
+    p.add_argument("--schema", help="a response JSON schema: output tokens spent on unread fields and long names")
+    p.add_argument("--read-fields", help="the fields the client reads, comma-separated dotted paths (items.price)")
+    p.add_argument("--max-name-tokens", type=int, help="property names longer than this are long (default 3)")
+    p.add_argument("--answers", help="sample answers (JSON or JSON lines) to measure instead of estimating")
+    p.add_argument("--feature", help="use this feature's [optimize.features.NAME.structured] from the config")
     p.set_defaults(run=cmd_lint)
 
     p = sub.add_parser("router", help="train and calibrate a learned router on outcome data")
@@ -349,6 +384,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="YYYY-MM-DD (UTC)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--csv", action="store_true")
+    p.add_argument(
+        "--cutoffs", action="store_true", help="answers cut off by max_tokens, per feature and model, and caps to try"
+    )
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("demo", help="replay the bundled workload through a real gateway")

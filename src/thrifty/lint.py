@@ -2,6 +2,10 @@
 
 The file is a system prompt as plain text, or JSON: a list of messages or a whole request body (with tools).
 Nothing is changed; each finding says what fixing it would save per 1,000 calls at the model's input price.
+
+``thrifty lint --schema SCHEMA.json``: the output tokens a JSON schema spends on fields the client never reads
+and on long property names, per 1,000 calls at the model's output price; measured on sample answers when given
+(``--answers``), else estimated from the schema.
 """
 
 from __future__ import annotations
@@ -12,9 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from thrifty.caches.prompt_cache import lint_prefix
+from thrifty.errors import BadRequest
 from thrifty.optimizers.hygiene import lint_prompt
+from thrifty.optimizers.structured import (
+    FieldCost,
+    StructuredRule,
+    estimate,
+    find,
+    measure,
+    parse_answer,
+    response_schema,
+)
 from thrifty.pricing import CatalogPricer
 from thrifty.render import table
+from thrifty.settings import Settings, StructuredSettings
 from thrifty.tokens import TiktokenCounter, text_of
 from thrifty.types import Target, Usage
 
@@ -50,3 +65,104 @@ def lint_file(path: Path, target: Target, pricer: CatalogPricer) -> str:
     if not findings and not prefix:
         lines.append("no findings")
     return "\n".join(lines)
+
+
+def structured_rule(
+    settings: Settings | None, feature: str | None, read_fields: str | None, max_name_tokens: int | None
+) -> StructuredRule:
+    """``--read-fields`` and ``--max-name-tokens``, else the config's ``[optimize.structured]`` (of ``--feature``)."""
+    optimize = settings.optimize if settings is not None else None
+    chosen = optimize.features.get(feature, optimize) if optimize is not None and feature else optimize
+    configured = chosen.structured if chosen is not None else None
+    read = configured.read_fields if configured is not None else None
+    if read_fields is not None:
+        read = [name.strip() for name in read_fields.split(",") if name.strip()]
+    default = configured or StructuredSettings()
+    return StructuredRule(None if read is None else tuple(read), max_name_tokens or default.max_name_tokens)
+
+
+def load_schema(path: Path) -> dict[str, Any]:
+    """A bare JSON schema, an OpenAI ``json_schema`` object (``{"name", "schema"}``), a whole ``response_format``,
+    or a request body carrying one."""
+    loaded = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(loaded, dict):
+        raise BadRequest(f"{path}: not a JSON object")
+    for candidate in (loaded, {"response_format": loaded}, {"response_format": {"type": "json_schema", **loaded}}):
+        schema = response_schema(candidate)
+        if schema is not None:
+            return schema
+    if isinstance(loaded.get("schema"), dict):
+        return dict(loaded["schema"])
+    return loaded
+
+
+def load_answers(path: Path) -> list[Any]:
+    """Sample answers: one JSON value, a JSON list of them, or JSON lines."""
+    text = path.read_text(encoding="utf-8")
+    whole = parse_answer(text)
+    if isinstance(whole, list):
+        return whole
+    if whole is not None:
+        return [whole]
+    return [a for a in (parse_answer(line) for line in text.splitlines() if line.strip()) if a is not None]
+
+
+def lint_schema(
+    path: Path, target: Target, pricer: CatalogPricer, rule: StructuredRule, answers_path: Path | None = None
+) -> str:
+    schema, counter = load_schema(path), TiktokenCounter()
+    per_mtok = pricer.cost(target, Usage(0, 1_000_000)).usd
+    findings = find(schema, rule, counter, target.model)
+    price = f"${per_mtok} per million tokens" if per_mtok is not None else "no known price"
+    lines = [f"{path}: {target.model}, output at {price}, schema {findings.fingerprint}"]
+    if not findings:
+        lines.append("no findings" + ("" if rule.read_fields is not None else " (give --read-fields to find unused)"))
+        return "\n".join(lines)
+    answers = load_answers(answers_path) if answers_path else []
+    if answers:
+        costs = [measure(a, findings, counter, target.model) for a in answers]
+        basis = f"tokens per answer: mean over {len(answers)} sample answers"
+    else:
+        costs = [estimate(schema, findings, counter, target.model)]
+        basis = "tokens per answer: estimated from the schema (each property written once; --answers to measure)"
+    rows = [
+        [name, kind, f"{tokens:.1f}", _per_1k(tokens, per_mtok), what]
+        for kind, name, tokens, what in _finding_rows(findings.long_names, costs, findings.unused)
+    ]
+    lines.append(table(["field", "finding", "tokens/answer", "per 1k calls", "what"], rows))
+    total = sum(float(row[2]) for row in rows)
+    lines.append(f"total: {total:.1f} output tokens per answer, {_per_1k(total, per_mtok)} per 1,000 calls; {basis}")
+    return "\n".join(lines)
+
+
+def _finding_rows(
+    long_names: tuple[tuple[str, int], ...], costs: list[FieldCost], unused: tuple[str, ...]
+) -> list[tuple[str, str, float, str]]:
+    def mean(values: list[int]) -> float:
+        return sum(values) / len(costs)
+
+    rows = [
+        (
+            "unused field",
+            path,
+            mean([c.unused.get(path, 0) for c in costs]),
+            "the client never reads it: key and value",
+        )
+        for path in unused
+    ]
+    rows += [
+        (
+            "long name",
+            name,
+            mean([c.long_names.get(name, 0) for c in costs]),
+            f"{tokens} tokens each time it is written; a one-token name saves {tokens - 1}",
+        )
+        for name, tokens in long_names
+    ]
+    return rows
+
+
+def _per_1k(tokens: float, per_mtok: Decimal | None) -> str:
+    if per_mtok is None:
+        return "unpriced"
+    return f"${Decimal(str(round(tokens, 3))) * per_mtok / 1000:.4f}"

@@ -84,18 +84,21 @@ class Gateway:
         self.observers = list(observers)
         self.verifier: SemanticVerifier | None = None
 
-    async def handle(self, request: ChatRequest, caller: Caller) -> tuple[ChatResponse, Cost]:
-        """One chat completion, non-streaming; returns the answer and what it cost."""
+    async def handle(
+        self, request: ChatRequest, caller: Caller, principal: Principal | None = None
+    ) -> tuple[ChatResponse, Cost]:
+        """One chat completion, non-streaming; returns the answer and what it cost. ``principal`` instead of
+        authenticating is for the gateway's own calls (a history summary, charged to its lever)."""
         trace = Trace(request.request_id, "chat", request.model)
         admission: Admission | None = None
         try:
-            trace.principal = self.authenticator.authenticate(caller)  # 1. authenticate
+            trace.principal = principal or self.authenticator.authenticate(caller)  # 1. authenticate
             self.check_model(request.model)
             admission = await self.guard.admit(request, trace.principal)  # 2. guard
             request = admission.request
             response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
             if response is None:
-                optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize
+                optimized = await self.optimizer.optimize(request, trace.principal)  # 4. optimize
                 trace.saved_tokens = optimized.saved_tokens
                 route = trace.route = self.router.route(optimized, trace.principal)  # 5. route
                 response = await self.caller.call(optimized, route, trace)  # 6. call provider
@@ -127,7 +130,7 @@ class Gateway:
                 trace.cache = cached.cache
                 opened = await replay_stream(cached)
             else:
-                optimized = self.optimizer.optimize(request, trace.principal)  # 4. optimize
+                optimized = await self.optimizer.optimize(request, trace.principal)  # 4. optimize
                 trace.saved_tokens = optimized.saved_tokens
                 route = trace.route = self.router.route(optimized, trace.principal)  # 5. route
                 opened = await self.caller.open(optimized, route, trace)  # 6. call provider
@@ -179,6 +182,7 @@ class Gateway:
     def account(self, trace: Trace, request: ChatRequest, response: ChatResponse) -> Cost:
         """Who answered, the tokens (counted offline if the provider gave none), and the cost: 0 from the cache."""
         trace.target, trace.cache = response.target, response.cache
+        trace.answered(request.body, response.body)
         trace.usage = response.usage or self.estimate_usage(request, response.target, output_text(response))
         return ZERO if response.cache else self.pricer.cost(response.target, trace.usage)
 
@@ -202,6 +206,8 @@ class Gateway:
         if self.capture_payloads and request is not None:
             body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
             payload = Payload(body, answer)
+        if request is not None and request.charged_to:  # the gateway's own call: no baseline, its lever pays
+            return trace.entry("ok", cost, ZERO, savings={request.charged_to: -cost.usd} if cost.usd else {})
         lever = "fallback" if trace.route is None or trace.route.router == "static" else "routing"
         savings = split_savings(cost, baseline, here, trace.cache, lever)
         return trace.entry("ok", cost, baseline, savings=savings, payload=payload)

@@ -55,7 +55,7 @@ class ResponseCache(Protocol):
 class Optimizer(Protocol):
     """Stage 4: a cheaper request with the same meaning; the original is kept by the caller."""
 
-    def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest: ...
+    async def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest: ...
 
 
 class Router(Protocol):

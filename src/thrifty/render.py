@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Sequence
 from decimal import Decimal
 
+from thrifty.ledger.cutoffs import CutoffRow
 from thrifty.ledger.queries import ReportRow
 
 
@@ -75,3 +79,36 @@ def report_table(by: str, rows: Sequence[ReportRow]) -> str:
         sum(r.unpriced for r in rows),
     ]
     return table(headers, [*body, total])
+
+
+def cutoffs_table(rows: Sequence[CutoffRow]) -> str:
+    headers = ["feature", "model", "answers", "cut off", "share", "budget stops", "max_tokens", "p50 out", "p95 out"]
+    body = [
+        [
+            r.feature or "(none)",
+            r.model,
+            r.answers,
+            r.cut_off,
+            f"{r.cut_off_share:.1%}",
+            r.budget_stops,
+            ("none" if r.cap is None else f"{r.cap:,}") + (" (mixed)" if r.mixed_caps else ""),
+            r.p50_output_tokens,
+            r.p95_output_tokens,
+            r.suggestion,
+        ]
+        for r in rows
+    ]
+    return table([*headers, "suggestion"], body)
+
+
+def cutoffs_output(rows: Sequence[CutoffRow], fmt: str) -> str:
+    """``thrifty report --cutoffs`` as a table, JSON or CSV."""
+    if fmt == "json":
+        return json.dumps({"cutoffs": [row.as_json() for row in rows]}, indent=2) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(list(rows[0].as_json()) if rows else ["feature"])
+        writer.writerows(row.as_json().values() for row in rows)
+        return out.getvalue()
+    return (cutoffs_table(rows) if rows else "no answers with a recorded finish reason yet") + "\n"

@@ -222,20 +222,79 @@ class AlertSettings(_Strict):
     min_tokens_per_hour: Annotated[float, Field(ge=0)] = 200_000.0
 
 
+class SummarizeSettings(_Strict):
+    """``[optimize.summarize]``: fold older turns into a running summary written by a cheap alias."""
+
+    after_tokens: Annotated[int, Field(gt=0)]
+    """Fold the older history (not the system prompt, the last turns or pinned turns) once it passes this."""
+    model: str
+    """The alias (in ``[models]``) of the cheap model that writes the summary, called through this gateway."""
+    keep_last_messages: Annotated[int, Field(ge=1)] = 4
+    max_summary_tokens: Annotated[int, Field(gt=0)] = 400
+    store: Literal["memory", "redis"] = "memory"
+    """Where summaries live between turns: this process, or Redis shared by replicas."""
+    url: str | None = None
+    """Redis URL for ``store = "redis"`` (default ``redis://127.0.0.1:6379/0``)."""
+    ttl_s: Annotated[float, Field(gt=0)] = 86_400.0
+
+
+class StructuredSettings(_Strict):
+    """``[optimize.structured]``: for JSON-schema answers, warn about fields the client never reads and long
+    property names, and count the output tokens they cost (nothing in the request is changed)."""
+
+    read_fields: list[str] | None = None
+    """Dotted paths of the answer fields the client reads (``items.price``); None: no unused-field check."""
+    max_name_tokens: Annotated[int, Field(gt=0)] = 3
+    """Property names longer than this many tokens are reported as long."""
+
+
+class PruneSettings(_Strict):
+    """``[optimize.prune]``: keep the retrieved context most relevant to the latest question."""
+
+    budget_tokens: Annotated[int, Field(gt=0)]
+    """The prompt is cut to fit this many tokens (BM25 relevance, passages in their original order)."""
+    latest_turn_only: bool = False
+    """Rewrite only the latest turn's context, so the earlier prefix stays cacheable by the provider."""
+
+
+class CompressSettings(_Strict):
+    """``[optimize.compress]``: query-aware extractive compression of long context."""
+
+    ratio: Annotated[float, Field(ge=1)]
+    """The target: 3.0 keeps about a third of the compressible text."""
+    latest_turn_only: bool = False
+
+
+class CapsSettings(_Strict):
+    """``[optimize.caps]``: output caps (see ``thrifty report --cutoffs`` to tune them from the ledger)."""
+
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    """The ceiling: a larger ``max_tokens`` (or ``max_completion_tokens``) in a request is lowered to this."""
+    default_max_tokens: Annotated[int, Field(gt=0)] | None = None
+    """Set where the client sent no cap (at most ``max_tokens``)."""
+    stop: list[str] = []
+    """Stop sequences added where the client sent none (at most 4, OpenAI's limit)."""
+
+    @model_validator(mode="after")
+    def _four_stops(self) -> CapsSettings:
+        if len(self.stop) > 4:
+            raise ValueError("stop: at most 4 sequences")
+        return self
+
+
 class OptimizeSettings(_Strict):
-    """``[optimize]``: every key off unless set; ``[optimize.features.NAME]`` replaces them for a feature."""
+    """``[optimize]``: every lever off unless set. ``[optimize.features.NAME]`` and ``[optimize.models.ALIAS]``
+    replace the whole table for a feature or an alias (a feature's wins over an alias's)."""
 
     hygiene: bool = False
     """Collapse whitespace and drop instructions repeated verbatim (never the system prompt's own text)."""
-    prune_budget_tokens: Annotated[int, Field(gt=0)] | None = None
-    """Keep the retrieved context most relevant to the question, so the prompt fits this many tokens."""
-    compress_ratio: Annotated[float, Field(ge=1)] | None = None
-    """Query-aware extractive compression of long context by this ratio."""
-    latest_turn_only: bool = False
-    """Rewrite only the latest turn's context, so the earlier prefix stays cacheable by the provider."""
-    default_max_tokens: Annotated[int, Field(gt=0)] | None = None
-    max_tokens_limit: Annotated[int, Field(gt=0)] | None = None
+    prune: PruneSettings | None = None
+    compress: CompressSettings | None = None
+    caps: CapsSettings | None = None
+    summarize: SummarizeSettings | None = None
+    structured: StructuredSettings | None = None
     features: dict[str, OptimizeSettings] = {}
+    models: dict[str, OptimizeSettings] = {}
 
 
 class Settings(_Strict):
@@ -270,6 +329,16 @@ class Settings(_Strict):
                         f"models.{alias}: target {target} names provider {target.provider!r}, "
                         f"which is not configured (providers: {known})"
                     )
+        for alias in self.optimize.models:
+            if alias not in self.models:
+                raise ValueError(f"optimize.models.{alias}: not an alias in [models]")
+        for where, optimize in [
+            ("optimize", self.optimize),
+            *((f"optimize.features.{name}", f) for name, f in self.optimize.features.items()),
+            *((f"optimize.models.{name}", f) for name, f in self.optimize.models.items()),
+        ]:
+            if optimize.summarize is not None and optimize.summarize.model not in self.models:
+                raise ValueError(f"{where}.summarize.model: {optimize.summarize.model!r} is not an alias in [models]")
         return self
 
     def alias_targets(self, alias: str) -> tuple[Target, ...]:

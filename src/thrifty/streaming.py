@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from thrifty.accounting import Trace
+from thrifty.accounting import Trace, max_output_tokens_of
 from thrifty.completions import assemble, chunks_of
 from thrifty.errors import ThriftyError
 from thrifty.protocols import Admission
@@ -76,6 +76,7 @@ class ChatStream:
         try:
             while chunk is not None:
                 if allowance is not None and self._past(allowance):
+                    self._trace.finish_reason = "budget"
                     yield self._stop_chunk()  # the budget paid for no more: end cleanly, as the model would
                     break
                 if chunk.usage is not None:
@@ -119,6 +120,8 @@ class ChatStream:
 
     async def _finish(self, status: Status, error_type: str) -> None:
         trace = self._trace
+        trace.max_output_tokens = max_output_tokens_of(self._request.body)
+        trace.finish_reason = trace.finish_reason or last_finish_reason(self._payloads)
         trace.upstream_ms = 0.0 if trace.cache else trace.elapsed_ms()
         text = streamed_text(self._payloads) if self._usage is None or self._gateway.capture_payloads else ""
         trace.usage = self._usage or self._gateway.estimate_usage(self._request, self.target, text)
@@ -142,3 +145,16 @@ def streamed_text(payloads: list[bytes]) -> str:
         for choice in chunk.get("choices") or []:
             parts.append(message_text(choice.get("delta") or {}))
     return "".join(parts)
+
+
+def last_finish_reason(payloads: list[bytes], look_back: int = 8) -> str | None:
+    """The finish reason the stream's last chunks carried (``length`` if any choice was cut off); None when the
+    stream stopped before its end (a disconnect, an upstream failure)."""
+    reasons: list[str] = []
+    for payload in payloads[-look_back:]:
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        reasons += [str(c["finish_reason"]) for c in chunk.get("choices") or [] if c.get("finish_reason")]
+    return "length" if "length" in reasons else (reasons[-1] if reasons else None)

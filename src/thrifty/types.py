@@ -100,6 +100,9 @@ class ChatRequest:
     """The client's ``x-thrifty-cache`` request header; ``bypass`` skips cache lookup and store."""
     saved_tokens: tuple[tuple[str, int], ...] = ()
     """Prompt tokens each optimizer removed from the client's request (for the ledger's savings by lever)."""
+    charged_to: str = ""
+    """Set on the gateway's own calls (a history summary): the lever their cost is charged to. Such a call has
+    no baseline (without the lever it would not exist) and skips the optimize stage."""
 
     @property
     def model(self) -> str:
@@ -212,6 +215,11 @@ class LedgerEntry:
     """The prompt and answer, kept only when ``[ledger] capture_payloads`` is on (for ``thrifty export``)."""
     cache: str = ""
     """``exact`` or ``semantic`` for an answer served from the cache (no provider was paid)."""
+    finish_reason: str | None = None
+    """Why the answer ended, in OpenAI's terms (``stop``, ``length``, ``tool_calls`` ...), or ``budget`` for a
+    stream the gateway ended where its budget ran out; None when no answer finished (errors, disconnects)."""
+    max_output_tokens: int | None = None
+    """The output cap the client's request carried (``max_completion_tokens`` or ``max_tokens``), if any."""
 
     @property
     def unpriced(self) -> bool:

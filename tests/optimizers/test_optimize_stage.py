@@ -23,7 +23,7 @@ def problems() -> list[str]:
 
 
 def test_pruned_prompt_and_savings_by_lever(tmp_path: Path) -> None:
-    optimize = "\n[optimize]\nprune_budget_tokens = 600\ndefault_max_tokens = 300\n"
+    optimize = "\n[optimize.prune]\nbudget_tokens = 600\n[optimize.caps]\ndefault_max_tokens = 300\n"
     context = "\n\n".join(problems())
     question = problems()[7].split(".")[0] + ". What is the answer?"
     with FakeUpstream() as up:  # usage counts the words actually received
@@ -43,3 +43,42 @@ def test_pruned_prompt_and_savings_by_lever(tmp_path: Path) -> None:
     assert problems()[7][:40] in sent_text  # the problem the question is about survives
     assert savings["prune"] > 0
     assert row["baseline_cost_nusd"] - row["cost_nusd"] == sum(savings.values())
+
+
+CAPS = """
+[models.smart]
+targets = ["up::gpt-4o"]
+
+[optimize.caps]
+max_tokens = 500
+default_max_tokens = 200
+stop = ["\\n\\nUser:"]
+
+[optimize.models.smart.caps]
+max_tokens = 50
+
+[optimize.features.essays.caps]
+max_tokens = 2000
+"""
+
+
+def test_caps_per_alias_and_feature_and_default_stop_sequences(tmp_path: Path) -> None:
+    with FakeUpstream() as up:
+        (tmp_path / "thrifty.toml").write_text(config_text(up, extra=CAPS))
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                ask = [{"role": "user", "content": "hi"}]
+                client.chat.completions.create(model="fast", messages=ask)  # type: ignore[arg-type]
+                client.chat.completions.create(model="fast", messages=ask, max_tokens=9000, stop=["END"])  # type: ignore[arg-type]
+                client.chat.completions.create(model="smart", messages=ask, max_tokens=9000)  # type: ignore[arg-type]
+                client.chat.completions.create(
+                    model="smart",
+                    messages=ask,  # type: ignore[arg-type]
+                    max_completion_tokens=9000,
+                    extra_headers={"x-thrifty-feature": "essays"},
+                )
+    sent = [r.json for r in up.requests]
+    assert (sent[0]["max_tokens"], sent[0]["stop"]) == (200, ["\n\nUser:"])  # default cap and stop
+    assert (sent[1]["max_tokens"], sent[1]["stop"]) == (500, ["END"])  # ceiling; the client's stop kept
+    assert sent[2]["max_tokens"] == 50 and "stop" not in sent[2]  # the alias's table replaces the default
+    assert sent[3]["max_completion_tokens"] == 2000  # the feature's wins over the alias's

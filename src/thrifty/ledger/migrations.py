@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, Table, inspect, select
 
 from thrifty.ledger import tables
 
@@ -23,7 +23,22 @@ def _v1_initial(conn: Connection) -> None:
     )
 
 
-STEPS: list[Step] = [_v1_initial]
+def _add_columns(conn: Connection, table: Table, names: tuple[str, ...]) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each named column the table lacks, typed as ``tables.py`` has it."""
+    present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in present:
+            column = table.c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+
+
+def _v2_answer_end(conn: Connection) -> None:
+    """Why each answer ended and the output cap it had: for the report of answers cut off by their cap."""
+    _add_columns(conn, tables.requests, ("finish_reason", "max_output_tokens"))
+
+
+STEPS: list[Step] = [_v1_initial, _v2_answer_end]
 
 
 def migrate(engine: Engine) -> int:

@@ -57,6 +57,9 @@ requests = Table(
     Column("error_type", String(64), nullable=False),
     Column("streamed", Boolean, nullable=False),
     Column("cache", String(16), nullable=False, server_default=""),
+    # Added by migration step 2 (NULL on older rows): why the answer ended, and the client's output cap.
+    Column("finish_reason", String(32), nullable=True),
+    Column("max_output_tokens", Integer, nullable=True),
     Index("ix_requests_day", "day"),
     Index("ix_requests_tenant_day", "tenant", "day"),
 )

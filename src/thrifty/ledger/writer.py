@@ -64,7 +64,7 @@ def utc_day(timestamp: float) -> str:
     return _day_of(int(timestamp // 86400))
 
 
-def row_of(entry: LedgerEntry) -> Row:
+def row_of(entry: LedgerEntry, keep_payload: bool = True) -> Row:
     usage, who = entry.usage, entry.principal
     return {
         "request_id": entry.request_id,
@@ -94,9 +94,11 @@ def row_of(entry: LedgerEntry) -> Row:
         "error_type": entry.error_type,
         "streamed": entry.streamed,
         "cache": entry.cache,
+        "finish_reason": entry.finish_reason,
+        "max_output_tokens": entry.max_output_tokens,
         "savings": {lever: tables.to_nusd(usd) for lever, usd in entry.savings_usd.items()},
         "payload": None
-        if entry.payload is None
+        if entry.payload is None or not keep_payload
         else {
             "request_json": orjson.dumps(entry.payload.request).decode(),
             "answer_text": entry.payload.answer,
@@ -105,8 +107,11 @@ def row_of(entry: LedgerEntry) -> Row:
 
 
 class SqlLedger:
-    def __init__(self, url: str, journal_dir: Path, flush_interval_ms: int = 50) -> None:
+    def __init__(self, url: str, journal_dir: Path, flush_interval_ms: int = 50, capture_payloads: bool = True) -> None:
+        """``capture_payloads=False`` drops the prompts and answers entries carry for in-process observers
+        (the structured-output watch) instead of storing them."""
         self.url = url
+        self.capture_payloads = capture_payloads
         self.engine = make_engine(url)
         self._journal = Journal(journal_dir)
         self._queue: queue.SimpleQueue[tuple[Row, int] | None] = queue.SimpleQueue()
@@ -121,7 +126,7 @@ class SqlLedger:
         self._thread.start()
 
     def record(self, entry: LedgerEntry) -> None:
-        row = row_of(entry)
+        row = row_of(entry, self.capture_payloads)
         segment = self._journal.append(row)
         with self._settled:
             self._outstanding += 1
@@ -234,8 +239,12 @@ class SqlLedger:
         return True
 
 
+# Columns added after the first release: rows journaled by an older version lack them.
+LATER_COLUMNS: Row = {"finish_reason": None, "max_output_tokens": None}
+
+
 def _request_columns(row: Row) -> Row:
-    return {key: value for key, value in row.items() if key not in ("savings", "payload")}
+    return {**LATER_COLUMNS, **{key: value for key, value in row.items() if key not in ("savings", "payload")}}
 
 
 def _insert_ignoring_duplicates(dialect: str) -> Any:

@@ -7,6 +7,7 @@ distinct values each (the rest are counted as ``other``); users and sessions are
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -71,6 +72,20 @@ class GatewayMetrics:
             ["feature", "outcome"],
             registry=r,
         )
+        self.cut_off = Counter(
+            "thrifty_cut_off_answers", "Answers cut off by their output cap (finish_reason length)",
+            ["feature", "model"], registry=r,
+        )  # fmt: skip
+        self.structured_tokens = Counter(
+            "thrifty_structured_waste_tokens",
+            "Output tokens spent on JSON fields the client never reads (unused_field) or on long property names "
+            "beyond a one-token name (long_name)",
+            ["feature", "model", "kind"], registry=r,
+        )  # fmt: skip
+        self.structured_usd = Counter(
+            "thrifty_structured_waste_usd", "What those output tokens cost, USD", ["feature", "model", "kind"],
+            registry=r,
+        )  # fmt: skip
         self.refusals = Counter("thrifty_refusals", "Requests a guard refused", ["code", "tenant"], registry=r)
         self.budget_remaining = Gauge(
             "thrifty_budget_remaining_usd", "Left in the current period", ["budget"], registry=r
@@ -103,6 +118,8 @@ class GatewayMetrics:
             series.baseline.inc(float(entry.baseline_cost_usd))
         for lever, amount in entry.savings_usd.items():
             self.savings.labels(lever, tenant, feature).inc(float(amount))
+        if entry.finish_reason == "length":
+            self.cut_off.labels(feature, entry.model or "none").inc()
         if entry.cache in ("exact", "semantic"):
             self.cache_hits.labels(entry.cache, tenant, feature).inc()
             self.overhead.observe(entry.total_ms / 1000)
@@ -121,6 +138,12 @@ class GatewayMetrics:
         self.overhead.observe(max(entry.total_ms - entry.upstream_ms, 0.0) / 1000)
         if entry.ttft_ms is not None:
             series.ttft.observe(entry.ttft_ms / 1000)
+
+    def structured_waste(self, feature: str, model: str, kind: str, tokens: int, usd: Decimal | None) -> None:
+        feature = self._features(feature)
+        self.structured_tokens.labels(feature, model, kind).inc(tokens)
+        if usd:
+            self.structured_usd.labels(feature, model, kind).inc(float(usd))
 
     def verified(self, feature: str, agreed: bool) -> None:
         self.verifications.labels(self._features(feature), "agree" if agreed else "disagree").inc()

@@ -1,4 +1,4 @@
-"""``OptimizerChain``: the optimize stage. Hygiene, then pruning, then compression, then output caps.
+"""``OptimizerChain``: the optimize stage. History summary, hygiene, pruning, compression, then output caps.
 
 Each step that shortens the prompt says by how many tokens, and the ledger credits each lever with those
 tokens at the price of the model that answered. The original request is kept by the pipeline for the cache
@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from thrifty.optimizers.compress import compress_messages
 from thrifty.optimizers.hygiene import clean_messages
 from thrifty.optimizers.prune import prune_messages
+from thrifty.optimizers.summarize import PIN, HistorySummarizer, SummarizePlan
 from thrifty.tokens import TiktokenCounter
 from thrifty.types import ChatRequest, JsonObject, Principal, Target
 
@@ -25,10 +26,21 @@ class OptimizePlan:
     latest_turn_only: bool = False
     default_max_tokens: int | None = None
     max_tokens_limit: int | None = None
+    summarize: SummarizePlan | None = None
+    stop: tuple[str, ...] = ()
 
     @property
     def rewrites_prompt(self) -> bool:
-        return self.hygiene or self.prune_budget_tokens is not None or self.compress_ratio is not None
+        return (
+            self.hygiene
+            or self.prune_budget_tokens is not None
+            or self.compress_ratio is not None
+            or self.summarize is not None
+        )
+
+    @property
+    def idle(self) -> bool:
+        return self == OptimizePlan()
 
 
 class OptimizerChain:
@@ -38,16 +50,27 @@ class OptimizerChain:
         features: Mapping[str, OptimizePlan],
         aliases: Mapping[str, tuple[Target, ...]],
         counter: TiktokenCounter,
+        summarizer: HistorySummarizer | None = None,
+        models: Mapping[str, OptimizePlan] | None = None,
     ) -> None:
         self._plan, self._features, self._aliases, self._counter = plan, dict(features), aliases, counter
+        self._models = dict(models or {})
+        self.summarizer = summarizer or HistorySummarizer(counter)
 
-    def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest:
-        plan = self._features.get(principal.feature, self._plan)
+    async def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest:
+        if request.charged_to:  # the gateway's own call (a summary): sent as written
+            return request
+        plan = self._features.get(principal.feature) or self._models.get(request.model) or self._plan
         body = _capped(request.body, plan)
         saved: list[tuple[str, int]] = []
         if plan.rewrites_prompt:
             model = self._aliases[request.model][0].model
             messages = list(body["messages"])
+            if plan.summarize is not None:
+                summary = await self.summarizer.summarize(request, messages, principal, plan.summarize, model)
+                messages = _note(saved, "summarize", summary.tokens_saved, summary.messages)
+            elif any(PIN in m for m in messages):
+                messages = [{k: v for k, v in m.items() if k != PIN} for m in messages]
             if plan.hygiene:
                 cleaned = clean_messages(messages, self._counter, model)
                 messages = _note(saved, "hygiene", cleaned.tokens_before - cleaned.tokens_after, cleaned.messages)
@@ -74,7 +97,9 @@ def _note(saved: list[tuple[str, int]], lever: str, tokens: int, messages: list[
 
 
 def _capped(body: JsonObject, plan: OptimizePlan) -> JsonObject:
-    """A default ``max_tokens`` where the client set none, and a ceiling on the one it set."""
+    """A default ``max_tokens`` where the client set none, a ceiling on the one it set, default stop sequences."""
+    if plan.stop and not body.get("stop"):
+        body = {**body, "stop": list(plan.stop)}
     asked = body.get("max_completion_tokens") or body.get("max_tokens")
     cap = asked or plan.default_max_tokens
     if cap is not None and plan.max_tokens_limit is not None:

@@ -6,5 +6,5 @@ from thrifty.types import ChatRequest, Principal
 
 
 class NoOptimizer:
-    def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest:
+    async def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest:
         return request

@@ -1,0 +1,289 @@
+"""History summarization: older turns of a long conversation replaced by a running summary.
+
+When the part of a conversation's history that is neither the system prompt, nor the last turns, nor pinned
+passes ``after_tokens``, a cheap model (an alias of this gateway, called through the gateway itself, so its
+cost is in the ledger and charged to the ``summarize`` lever) folds it into a summary. The summary is stored
+per session (tenant + ``x-thrifty-session``, or the conversation's opening when there is no session id) with a
+fingerprint of the messages it covers; the next turns reuse it while the client sends the same history, send
+the turns that came after it verbatim, and extend it incrementally (old summary + the new turns, never the
+whole history again) once those pass the threshold in turn. A client that edits the history gets a fresh
+summary: the fingerprint no longer matches.
+
+What stays verbatim, always: system and developer messages at the start, the last ``keep_last_messages``
+messages (moved back to a user message, so the kept part starts where a provider expects one), any message the
+client marks ``"thrifty_pin": true`` (the flag is removed before the request leaves), and tool results stay with
+the assistant message that called them. If the summarizer fails or is refused (budget, rate limit), the request
+goes out unsummarized: the summary is an optimization, never a reason to fail a request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from thrifty.errors import ThriftyError
+from thrifty.tokens import TiktokenCounter, message_text
+from thrifty.types import ChatRequest, ChatResponse, JsonObject, Principal
+
+log = logging.getLogger("thrifty.summarize")
+
+PIN = "thrifty_pin"
+LEVER = "summarize"
+SUMMARY_HEADER = "Summary of the earlier conversation (older turns, condensed by the gateway):\n"
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+_INSTRUCTIONS = (
+    "You maintain the running summary of a conversation between a user and an assistant, so that the assistant "
+    "can continue it without the full transcript. Keep every fact, number, name, decision, constraint, open "
+    "question and stated preference, and what the assistant has already answered or promised; drop greetings and "
+    "filler. Write terse plain text, no preamble, at most {words} words."
+)
+
+Complete = Callable[[ChatRequest, Principal], Awaitable[ChatResponse]]
+"""Calls a model through the gateway as the given principal (ledger row, guards, no optimize stage)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SummarizePlan:
+    after_tokens: int
+    model: str
+    """The alias of the cheap model that writes the summary."""
+    keep_last_messages: int = 4
+    max_summary_tokens: int = 400
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSummary:
+    covered: int
+    """How many foldable messages (in order, pins excluded) the summary stands for."""
+    fingerprint: str
+    """A hash of those messages: the summary is reused only for the same history."""
+    text: str
+
+    def to_json(self) -> str:
+        return json.dumps({"covered": self.covered, "fingerprint": self.fingerprint, "text": self.text})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> StoredSummary:
+        data = json.loads(raw)
+        return cls(int(data["covered"]), str(data["fingerprint"]), str(data["text"]))
+
+
+class SummaryStore(Protocol):
+    async def get(self, key: str) -> StoredSummary | None: ...
+    async def put(self, key: str, summary: StoredSummary) -> None: ...
+
+
+class MemorySummaryStore:
+    """One process: the most recently used sessions, each for ``ttl_s``."""
+
+    def __init__(self, max_sessions: int = 10_000, ttl_s: float = 86_400.0) -> None:
+        self._items: OrderedDict[str, tuple[float, StoredSummary]] = OrderedDict()
+        self._max, self._ttl = max_sessions, ttl_s
+
+    async def get(self, key: str) -> StoredSummary | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[0] <= time.monotonic():
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return item[1]
+
+    async def put(self, key: str, summary: StoredSummary) -> None:
+        self._items[key] = (time.monotonic() + self._ttl, summary)
+        self._items.move_to_end(key)
+        while len(self._items) > self._max:
+            self._items.popitem(last=False)
+
+
+class RedisSummaryStore:
+    """Shared by replicas: one string per session with its TTL."""
+
+    PREFIX = "thrifty:summary:"
+
+    def __init__(self, url: str, ttl_s: float = 86_400.0) -> None:
+        import redis.asyncio as redis_asyncio
+
+        self._redis: Any = redis_asyncio.Redis.from_url(url)
+        self._ttl = max(1, int(ttl_s))
+
+    async def get(self, key: str) -> StoredSummary | None:
+        raw = await self._redis.get(self.PREFIX + key)
+        return None if raw is None else StoredSummary.from_json(raw)
+
+    async def put(self, key: str, summary: StoredSummary) -> None:
+        await self._redis.set(self.PREFIX + key, summary.to_json(), ex=self._ttl)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Summarized:
+    messages: list[JsonObject]
+    tokens_saved: int
+    """Prompt tokens removed from this request (the summarizer's own cost is recorded on its own row)."""
+    called_model: bool
+
+
+class HistorySummarizer:
+    def __init__(self, counter: TiktokenCounter, store: SummaryStore | None = None) -> None:
+        self._counter = counter
+        self._store: SummaryStore = store or MemorySummaryStore()
+        self._complete: Complete | None = None
+
+    async def aclose(self) -> None:
+        close = getattr(self._store, "aclose", None)
+        if close is not None:
+            await close()
+
+    def bind(self, complete: Complete) -> None:
+        """The gateway this summarizer calls its model through (set once the gateway exists)."""
+        self._complete = complete
+
+    async def summarize(
+        self, request: ChatRequest, messages: list[JsonObject], principal: Principal, plan: SummarizePlan, model: str
+    ) -> Summarized:
+        """``messages`` with the older history folded into the session's summary, when it is long enough."""
+        clean = [_unpinned(m) for m in messages]
+        head = 0
+        while head < len(messages) and messages[head].get("role") in _SYSTEM_ROLES:
+            head += 1
+        groups = _groups(messages, head)
+        keep_from = _tail_start(messages, groups, plan.keep_last_messages)
+        older = [g for g in groups if g[0] < keep_from]
+        foldable = [i for start, end, pinned in older if not pinned for i in range(start, end)]
+        unchanged = Summarized(clean, 0, False)
+        if not foldable or self._complete is None:
+            return unchanged
+        key = _session_key(principal, messages, head)
+        stored = await self._store.get(key)
+        if stored is not None and not (
+            stored.covered <= len(foldable) and stored.fingerprint == _fingerprint(clean, foldable[: stored.covered])
+        ):
+            stored = None  # the client's history is not the one summarized: start again
+        covered = stored.covered if stored is not None else 0
+        pending = foldable[covered:]
+        called = False
+        if self._counter.count_messages(model, [clean[i] for i in pending]) >= plan.after_tokens:
+            text = await self._fold(request, principal, plan, stored, [clean[i] for i in pending])
+            if text is not None:
+                stored = StoredSummary(len(foldable), _fingerprint(clean, foldable), text)
+                await self._store.put(key, stored)
+                covered, called = len(foldable), True
+        if stored is None:
+            return Summarized(clean, 0, called)
+        folded = set(foldable[:covered])
+        out = [*clean[:head], {"role": "system", "content": SUMMARY_HEADER + stored.text}]
+        out += [clean[i] for i in range(head, len(clean)) if i not in folded]
+        saved = self._counter.count_messages(model, clean) - self._counter.count_messages(model, out)
+        if saved <= 0:  # a summary longer than what it replaces: send the history as it was
+            return Summarized(clean, 0, called)
+        return Summarized(out, saved, called)
+
+    async def _fold(
+        self,
+        request: ChatRequest,
+        principal: Principal,
+        plan: SummarizePlan,
+        previous: StoredSummary | None,
+        new: Sequence[JsonObject],
+    ) -> str | None:
+        assert self._complete is not None
+        transcript = "\n\n".join(_line(m) for m in new)
+        if previous is not None:
+            ask = (
+                f"Summary so far:\n{previous.text}\n\nNew turns to fold in:\n{transcript}\n\nWrite the updated summary."
+            )
+        else:
+            ask = f"Conversation:\n{transcript}\n\nWrite the summary."
+        words = max(20, plan.max_summary_tokens * 3 // 4)
+        body: JsonObject = {
+            "model": plan.model,
+            "messages": [
+                {"role": "system", "content": _INSTRUCTIONS.format(words=words)},
+                {"role": "user", "content": ask},
+            ],
+            "max_tokens": plan.max_summary_tokens,
+            "temperature": 0,
+        }
+        summary_request = ChatRequest(body, f"{request.request_id}.summary", cache_mode="bypass", charged_to=LEVER)
+        try:
+            response = await self._complete(summary_request, principal)
+        except ThriftyError as exc:
+            log.warning("history summary skipped for %s: %s", request.request_id, exc.message)
+            return None
+        choices = response.body.get("choices") or []
+        text = message_text(choices[0].get("message") or {}).strip() if choices else ""
+        if not text or (choices[0].get("finish_reason") == "length" and len(text) < 40):
+            log.warning("history summary skipped for %s: the summarizer returned no usable text", request.request_id)
+            return None
+        return text
+
+
+def _unpinned(message: JsonObject) -> JsonObject:
+    if PIN not in message:
+        return message
+    return {k: v for k, v in message.items() if k != PIN}
+
+
+def _groups(messages: Sequence[JsonObject], head: int) -> list[tuple[int, int, bool]]:
+    """``(start, end, pinned)`` units after the system prompt: a message and the tool results that answer it."""
+    groups: list[tuple[int, int, bool]] = []
+    for i in range(head, len(messages)):
+        pinned = bool(messages[i].get(PIN))
+        if groups and messages[i].get("role") == "tool":
+            start, _, was = groups[-1]
+            groups[-1] = (start, i + 1, was or pinned)
+        else:
+            groups.append((i, i + 1, pinned))
+    return groups
+
+
+def _tail_start(messages: Sequence[JsonObject], groups: Sequence[tuple[int, int, bool]], keep: int) -> int:
+    """Where the verbatim tail starts: at least ``keep`` messages, beginning with a user message."""
+    if not groups:
+        return len(messages)
+    index = len(groups) - 1
+    while index > 0 and (len(messages) - groups[index][0] < keep or messages[groups[index][0]].get("role") != "user"):
+        index -= 1
+    return groups[index][0]
+
+
+def _fingerprint(messages: Sequence[JsonObject], indexes: Sequence[int]) -> str:
+    digest = hashlib.sha256()
+    for i in indexes:
+        digest.update(json.dumps(messages[i], sort_keys=True, separators=(",", ":")).encode())
+        digest.update(b"\x1e")
+    return digest.hexdigest()[:32]
+
+
+def _session_key(principal: Principal, messages: Sequence[JsonObject], head: int) -> str:
+    """Tenant and session id; without one, the conversation's opening (system prompt and first message)."""
+    if principal.session:
+        return f"{principal.tenant}\x1f{principal.session}"
+    opening = _fingerprint([_unpinned(m) for m in messages], range(min(head + 1, len(messages))))
+    return f"{principal.tenant}\x1f#{opening}"
+
+
+def _line(message: JsonObject) -> str:
+    role = str(message.get("role", "user"))
+    name = message.get("name")
+    who = f"{role} ({name})" if isinstance(name, str) and name else role
+    calls = message.get("tool_calls")
+    text = message_text({"content": message.get("content")})
+    if isinstance(calls, list) and calls:
+        names = ", ".join(
+            f"{(c.get('function') or {}).get('name', '?')}({(c.get('function') or {}).get('arguments', '')})"
+            for c in calls
+            if isinstance(c, dict)
+        )
+        text = (text + "\n" if text else "") + f"[called tools: {names}]"
+    return f"{who}: {text}"
