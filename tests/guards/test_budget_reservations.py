@@ -89,6 +89,31 @@ def test_the_bound_covers_the_dearest_target_and_unpriced_stays_unpriced() -> No
     assert mystery.worst_case_bound(request()) is None
 
 
+def test_tool_definitions_and_schemas_count_in_the_estimate_and_the_bound() -> None:
+    plain = request()
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "order_id": {"type": "string", "description": "The order number, as printed on the receipt. " * 20}
+                },
+            },
+        },
+    }
+    schema = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
+    tooled = ChatRequest({**plain.body, "tools": [tool], "response_format": schema}, "req")
+    est = estimator()
+    (worst_plain, tokens_plain), (worst_tooled, tokens_tooled) = est.worst_case(plain), est.worst_case(tooled)
+    assert tokens_tooled >= tokens_plain + 180  # the description alone is ~200 tokens
+    assert worst_plain is not None and worst_tooled is not None and worst_tooled > worst_plain
+    bound = est.worst_case_bound(tooled)
+    assert bound is not None and bound >= ceil_nusd(worst_tooled)
+    assert est.quotes(tooled)[0].input_tokens == tokens_tooled
+
+
 async def test_far_from_the_limit_nothing_is_encoded() -> None:
     counter = CountingCounter()
     budget = Budget("b", "tenant", "acme", "month", Decimal(1000))

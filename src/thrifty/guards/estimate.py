@@ -10,6 +10,7 @@ found without encoding the prompt (see ``messages_token_bound``), and priced onc
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,7 +55,13 @@ class CostEstimator:
         return int(cap) * int(body.get("n") or 1)
 
     def input_tokens(self, request: ChatRequest, target: Target) -> int:
-        return self._counter.count_messages(target.model, request.messages)
+        return self._counter.count_messages(target.model, request.messages) + self._definitions(request, target)
+
+    def _definitions(self, request: ChatRequest, target: Target) -> int:
+        """Tool definitions and the response schema are prompt tokens too: counted as their JSON text, which
+        providers render more compactly (so this errs high, as a reservation must)."""
+        text = _definitions_text(request)
+        return self._counter.count_text(target.model, text) if text else 0
 
     def quotes(self, request: ChatRequest) -> list[Quote]:
         cap = self.max_output_tokens(request)
@@ -85,7 +92,7 @@ class CostEstimator:
         for target in self._aliases[request.model]:
             encoding = encoding_name_for(target.model)[0]
             if encoding not in counts:
-                counts[encoding] = self._counter.count_messages(target.model, request.messages)
+                counts[encoding] = self.input_tokens(request, target)
             usd = self._pricer.cost(target, Usage(counts[encoding], cap)).usd
             if usd is not None and (worst is None or usd > worst):
                 worst = usd
@@ -97,7 +104,8 @@ class CostEstimator:
         The input is bounded by its bytes and rounded up to four significant bits, so that requests of about the
         same size and the same ``max_tokens`` share one price computation: a price only grows with tokens."""
         cap = self.max_output_tokens(request)
-        key = (request.model, size_class(messages_token_bound(request.messages)), cap)
+        bound_in = messages_token_bound(request.messages) + len(_definitions_text(request).encode("utf-8"))
+        key = (request.model, size_class(bound_in), cap)
         minute = int(time.time() // 60)
         if minute != self._bounds_minute or len(self._bounds) >= BOUND_PRICES:
             self._bounds.clear()
@@ -115,6 +123,12 @@ class CostEstimator:
     def observe_output(self, model: str, output_tokens: int) -> None:
         seen, total = self._outputs.get(model, (0, 0))
         self._outputs[model] = (seen + 1, total + output_tokens)
+
+
+def _definitions_text(request: ChatRequest) -> str:
+    body = request.body
+    parts = [body[key] for key in ("tools", "functions", "response_format") if body.get(key)]
+    return json.dumps(parts, separators=(",", ":"), ensure_ascii=False) if parts else ""
 
 
 def size_class(tokens: int) -> int:
