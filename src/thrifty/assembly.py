@@ -361,7 +361,9 @@ def build_semantic(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -
         vectors = PgVectorStore(config.semantic_url or settings.ledger_url(), embedder.dimensions)
     else:
         vectors = MemoryVectors(embedder.dimensions, config.max_entries)
-    return SemanticCache(embedder, None, vectors, aliases)
+    from thrifty.caches.pair_model import configured_judges
+
+    return SemanticCache(embedder, None, vectors, aliases, configured_judges(settings, embedder))
 
 
 def build_pricer(settings: Settings) -> CatalogPricer:

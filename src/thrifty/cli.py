@@ -182,6 +182,14 @@ def cmd_cache_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_train(args: argparse.Namespace) -> int:
+    from thrifty.caches.pair_training import TrainingOptions, train_command
+
+    options = TrainingOptions(precision=args.precision, hidden=args.hidden)
+    print(train_command(_settings(args), Path(args.pairs), Path(args.out), options))
+    return 0
+
+
 def cmd_budget_set(args: argparse.Namespace) -> int:
     from decimal import Decimal
 
@@ -318,6 +326,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--gateway", help="a running gateway's URL, to purge its in-process caches too")
     c.add_argument("--key", help="admin key for --gateway (default: $THRIFTY_ADMIN_KEY)")
     c.set_defaults(run=cmd_cache_purge)
+    c = cache_sub.add_parser("train", parents=[config], help="learn the semantic hit decision from labelled pairs")
+    c.add_argument("--pairs", required=True, help='JSON lines: {"query", "cached", "label"} (as for eval cache)')
+    c.add_argument("--out", required=True, help="model folder to write; point [cache] pair_model at it")
+    c.add_argument("--precision", type=float, default=0.9, help="precision to calibrate the default threshold for")
+    c.add_argument("--hidden", type=int, default=64, help="hidden units (0: logistic regression)")
+    c.set_defaults(run=cmd_cache_train)
 
     p = sub.add_parser("budget", help="spending limits per tenant, key, user, feature or session")
     bsub = p.add_subparsers(metavar="ACTION")

@@ -173,6 +173,9 @@ class CacheSettings(_Strict):
     semantic_url: str = ""
     verify_sample: Annotated[float, Field(ge=0, le=1)] = 0.0
     """Share of semantic hits also sent to the model in the background, to measure the false-hit rate."""
+    pair_model: str = ""
+    """A folder written by ``thrifty cache train`` (relative to this file): the semantic hit decision is then that
+    model's, trained on your labelled pairs, behind the same guards. Empty: the bundled scorer."""
     models: dict[str, CacheRule] = {}
     features: dict[str, CacheRule] = {}
 

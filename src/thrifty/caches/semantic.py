@@ -3,7 +3,8 @@
 Partitioned by default (``keys.semantic_query``): a hit can only come from the same tenant, alias and targets,
 system prompt, tools, ``response_format``, temperature bucket and conversation before the last user turn. Within
 a partition the nearest stored questions are judged by ``similarity`` (cosine plus guards against the known
-false-hit patterns: other numbers, dates, names, negation, documents to act on).
+false-hit patterns: other numbers, dates, names, negation, documents to act on), or, when ``[cache] pair_model``
+names one, by a pair model trained on the user's own labelled pairs behind the same guards (``pair_model``).
 
 Vectors live in this process (``MemoryVectors``) or in PostgreSQL with pgvector, shared by replicas.
 """
@@ -14,7 +15,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -100,9 +101,11 @@ class SemanticCache:
         judges: Mapping[float, SimilarityJudge] | None,
         vectors: VectorStore,
         aliases: Mapping[str, tuple[Target, ...]],
+        make_judge: Callable[[float], SimilarityJudge] | None = None,
     ) -> None:
         self._embedder, self._vectors, self._aliases = embedder, vectors, aliases
         self._judges: dict[float, SimilarityJudge] = dict(judges or {})
+        self._make_judge = make_judge
 
     @property
     def embedder(self) -> Embedder:
@@ -113,7 +116,7 @@ class SemanticCache:
         if judge is None:
             from thrifty.caches.similarity import GuardedJudge
 
-            judge = self._judges[threshold] = GuardedJudge(threshold)
+            judge = self._judges[threshold] = (self._make_judge or GuardedJudge)(threshold)
         return judge
 
     async def _embed(self, text: str) -> Vector:
@@ -141,7 +144,11 @@ class SemanticCache:
             log.warning("semantic cache unavailable (%s): treated as a miss", exc.__class__.__name__)
             return None
         for _key, cosine, text, entry in candidates:
-            if judge.decide(query.text, text, cosine).hit:
+            if self._make_judge is None:  # the bundled scorer: microseconds, on the loop
+                decision = judge.decide(query.text, text, cosine)
+            else:  # a pair model reads both embeddings and may have to embed the candidate again: off the loop
+                decision = await asyncio.to_thread(judge.decide, query.text, text, cosine)
+            if decision.hit:
                 return hit(entry, request, "semantic")
         return None
 
