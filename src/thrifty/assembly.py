@@ -91,7 +91,7 @@ def build_runtime(settings: Settings) -> Runtime:
     counter = TiktokenCounter()
     aliases = {alias: settings.alias_targets(alias) for alias in settings.models}
     pricer = build_pricer(settings)
-    estimator = CostEstimator(pricer, counter, aliases, settings.guards.default_max_output_tokens)
+    estimator = CostEstimator(pricer, counter, aliases, settings.reserved_output_tokens())
     sink = AlertSink(ledger.engine, settings.alerts.webhooks, settings.alerts.slack_webhooks, settings.alerts.dedupe_s)
     metrics = GatewayMetrics()
     guard, budgets, store = build_guard(settings, ledger, estimator, on_spent(sink, metrics))
@@ -213,9 +213,8 @@ def build_optimizer(settings: Settings, aliases: dict[str, tuple[Target, ...]], 
             hygiene=o.hygiene,
             prune_budget_tokens=o.prune.budget_tokens if o.prune else None,
             compress_ratio=o.compress.ratio if o.compress else None,
-            latest_turn_only=bool(
-                (o.prune and o.prune.latest_turn_only) or (o.compress and o.compress.latest_turn_only)
-            ),
+            latest_turn_only=bool(o.prune and o.prune.latest_turn_only),
+            compress_latest_turn_only=bool(o.compress and o.compress.latest_turn_only),
             default_max_tokens=caps.default_max_tokens,
             max_tokens_limit=caps.max_tokens,
             summarize=SummarizePlan(s.after_tokens, s.model, s.keep_last_messages, s.max_summary_tokens) if s else None,

@@ -344,6 +344,15 @@ class Settings(_Strict):
                 raise ValueError(f"{where}.summarize.model: {optimize.summarize.model!r} is not an alias in [models]")
         return self
 
+    def reserved_output_tokens(self) -> int:
+        """What a guard reserves for the answer of a request that sets no cap: the guards' default, or the
+        largest ``[optimize.caps] default_max_tokens`` if that is larger (the optimize stage runs after the guard
+        and may set it), so a reservation never falls below what the call may be allowed to write."""
+        o = self.optimize
+        plans = [o, *o.features.values(), *o.models.values()]
+        caps = [p.caps.default_max_tokens for p in plans if p.caps is not None and p.caps.default_max_tokens]
+        return max([self.guards.default_max_output_tokens, *caps])
+
     def alias_targets(self, alias: str) -> tuple[Target, ...]:
         """The alias's targets in the order they are tried: as listed, or the pool's by tier, cheapest first."""
         model = self.models[alias]

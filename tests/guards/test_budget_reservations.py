@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
-from thrifty.errors import BudgetExceeded
+from thrifty.errors import AgentCapReached, BudgetExceeded, RateLimited
 from thrifty.guards.budgets import BOUND_HEADROOM, Budget, BudgetAlerts, BudgetGuard
+from thrifty.guards.chain import GuardChain
 from thrifty.guards.estimate import CostEstimator, ceil_nusd, size_class
+from thrifty.guards.limits import AgentCaps, AgentGuard, RateLimit, RateLimiter
 from thrifty.guards.stores import MemoryGuardStore, Window
 from thrifty.ledger.tables import to_nusd
 from thrifty.observe.alerts import Alert
 from thrifty.pricing import CatalogPricer, ModelPrice
 from thrifty.tokens import TiktokenCounter, messages_token_bound
-from thrifty.types import ChatRequest, Principal, Target
+from thrifty.types import ChatRequest, Cost, Principal, Target
 
 MINI = Target("up", "gpt-4o-mini")
 CLAUDE = Target("anth", "claude-3-5-haiku-latest")
@@ -212,3 +215,43 @@ async def test_windows_count_all_or_none() -> None:
     assert overflow is not None and overflow.index == 1
     assert await store.hit_window([Window("a", 4, 5, 60)]) is None  # "a" was not counted by the refused call
     assert await store.hit_window([Window("a", 1, 5, 60)]) is not None
+
+
+def test_budget_alerts_follow_a_changed_limit() -> None:
+    sink = Sink()
+    alerts = BudgetAlerts(sink)  # type: ignore[arg-type]
+    alerts(Budget("b", "tenant", "acme", "month", Decimal(100)), "budget:b:202601", to_nusd(Decimal(1)) or 0)
+    lowered = Budget("b", "tenant", "acme", "month", Decimal(10))  # `thrifty budget set` lowered it
+    alerts(lowered, "budget:b:202601", to_nusd(Decimal(12)) or 0)
+    assert [a.dedupe_key.rsplit(":", 1)[1] for a in sink.fired] == ["50", "80", "100"]
+
+
+async def test_a_clamped_summary_call_stays_the_gateways_own() -> None:
+    budget = Budget("b", "tenant", "acme", "month", Decimal("0.001"), clamp=True)
+    budgets, _ = guard([budget])
+    summary = ChatRequest(
+        {"model": "fast", "messages": request().messages, "max_tokens": 100_000}, "r1.summary", charged_to="summarize"
+    )
+    admission = await budgets.admit(summary, ACME)
+    assert admission.request.body["max_tokens"] < 100_000  # clamped to what the budget can pay for
+    assert admission.request.charged_to == "summarize" and admission.request.request_id == "r1.summary"
+    await admission.settle(0)
+
+
+async def test_the_gateways_own_calls_skip_rate_limits_and_agent_caps_but_not_budgets() -> None:
+    store = MemoryGuardStore()
+    limiter = RateLimiter([RateLimit("tenant", "*", rpm=1)], store)
+    agents = AgentGuard(AgentCaps(max_calls=1))
+    budget = Budget("b", "tenant", "acme", "month", Decimal("0.0001"))
+    budgets = BudgetGuard(lambda: [budget], store, estimator(), lambda b, since: Decimal(0))
+    chain = GuardChain(estimator(), store, budgets, limiter, agents)
+    first = await chain.admit(request(max_tokens=10), ACME)
+    await first.settle(Cost(Decimal(0)))
+    own = replace(request(max_tokens=10), charged_to="summarize")
+    for _ in range(3):  # the client's rpm and call cap are used up; the summaries still go
+        admission = await chain.admit(own, ACME)
+        await admission.settle(Cost(Decimal(0)))
+    with pytest.raises((RateLimited, AgentCapReached)):  # while the client's own next call is refused
+        await chain.admit(request(max_tokens=10), ACME)
+    with pytest.raises(BudgetExceeded):  # the budget still holds for them
+        await chain.admit(replace(request(max_tokens=1_000_000), charged_to="summarize"), ACME)

@@ -82,3 +82,15 @@ def test_caps_per_alias_and_feature_and_default_stop_sequences(tmp_path: Path) -
     assert (sent[1]["max_tokens"], sent[1]["stop"]) == (500, ["END"])  # ceiling; the client's stop kept
     assert sent[2]["max_tokens"] == 50 and "stop" not in sent[2]  # the alias's table replaces the default
     assert sent[3]["max_completion_tokens"] == 2000  # the feature's wins over the alias's
+
+
+def test_guards_reserve_for_the_largest_default_cap_the_optimize_stage_may_set(tmp_path: Path) -> None:
+    from thrifty.settings import settings_from_dict
+
+    raw: dict[str, object] = {"guards": {"default_max_output_tokens": 4096}}
+    assert settings_from_dict(raw, base_dir=tmp_path).reserved_output_tokens() == 4096
+    raw["optimize"] = {
+        "caps": {"default_max_tokens": 1000},
+        "features": {"long": {"caps": {"default_max_tokens": 8000}}},
+    }
+    assert settings_from_dict(raw, base_dir=tmp_path).reserved_output_tokens() == 8000

@@ -259,7 +259,7 @@ class BudgetGuard:
         body = dict(request.body)
         body.pop("max_completion_tokens", None)
         body["max_tokens"] = min(tokens, cap)
-        return ChatRequest(body, request.request_id, request.cache_mode)
+        return replace(request, body=body)
 
 
 def _index(budgets: Sequence[Budget]) -> Index:
@@ -292,15 +292,16 @@ class BudgetAlerts:
     def __init__(self, sink: AlertSink) -> None:
         self._sink = sink
         self._fired: set[str] = set()
-        self._next: dict[str, float] = {}
-        """Per period, the spend at which the next threshold fires: every other settlement returns at once."""
+        self._next: dict[tuple[str, int], float] = {}
+        """Per period and limit, the spend at which the next threshold fires: other settlements return at once.
+        Keyed by the limit too, so a budget whose limit is changed (``thrifty budget set``) is judged afresh."""
 
     def __call__(self, budget: Budget, period_key: str, spent_nusd: int) -> None:
-        if spent_nusd < self._next.get(period_key, 0):
-            return
         limit = to_nusd(budget.limit_usd) or 1
+        if spent_nusd < self._next.get((period_key, limit), 0):
+            return
         unfired = [limit * t for t in THRESHOLDS if spent_nusd < limit * t]
-        self._next[period_key] = min(unfired, default=math.inf)
+        self._next[(period_key, limit)] = min(unfired, default=math.inf)
         for threshold in THRESHOLDS:
             percent = int(threshold * 100)
             if spent_nusd >= limit * threshold and f"{period_key}:{percent}" not in self._fired:

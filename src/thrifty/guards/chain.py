@@ -74,6 +74,8 @@ class GuardChain:
         self._remote = bool(getattr(store, "remote", False))
 
     async def admit(self, request: ChatRequest, principal: Principal) -> ChainAdmission:
+        if request.charged_to:  # the gateway's own call (a history summary): budgets pay for it, limits ignore it
+            return await self._admit_budget_only(request, principal)
         agent_windows = self._agents.windows(request, principal) if self._agents is not None else []
         rate_windows, subjects = self._limiter.windows(principal) if self._limiter is not None else ([], [])
         windows = agent_windows + rate_windows if agent_windows else rate_windows
@@ -89,6 +91,10 @@ class GuardChain:
             budget = await self._budgets.admit(request, principal)
             request = budget.request
         return ChainAdmission(request, budget, self._limiter, subjects, self.estimator, self._remote)
+
+    async def _admit_budget_only(self, request: ChatRequest, principal: Principal) -> ChainAdmission:
+        budget = await self._budgets.admit(request, principal) if self._budgets is not None else None
+        return ChainAdmission(budget.request if budget else request, budget, None, [], self.estimator, self._remote)
 
 
 ZERO = Cost(Decimal(0))

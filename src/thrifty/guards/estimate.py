@@ -10,11 +10,12 @@ found without encoding the prompt (see ``messages_token_bound``), and priced onc
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
+
+import orjson
 
 from thrifty.ledger.tables import NANO
 from thrifty.protocols import Pricer
@@ -60,8 +61,8 @@ class CostEstimator:
     def _definitions(self, request: ChatRequest, target: Target) -> int:
         """Tool definitions and the response schema are prompt tokens too: counted as their JSON text, which
         providers render more compactly (so this errs high, as a reservation must)."""
-        text = _definitions_text(request)
-        return self._counter.count_text(target.model, text) if text else 0
+        raw = _definitions(request)
+        return self._counter.count_text(target.model, raw.decode("utf-8")) if raw else 0
 
     def quotes(self, request: ChatRequest) -> list[Quote]:
         cap = self.max_output_tokens(request)
@@ -104,7 +105,7 @@ class CostEstimator:
         The input is bounded by its bytes and rounded up to four significant bits, so that requests of about the
         same size and the same ``max_tokens`` share one price computation: a price only grows with tokens."""
         cap = self.max_output_tokens(request)
-        bound_in = messages_token_bound(request.messages) + len(_definitions_text(request).encode("utf-8"))
+        bound_in = messages_token_bound(request.messages) + len(_definitions(request))
         key = (request.model, size_class(bound_in), cap)
         minute = int(time.time() // 60)
         if minute != self._bounds_minute or len(self._bounds) >= BOUND_PRICES:
@@ -125,10 +126,11 @@ class CostEstimator:
         self._outputs[model] = (seen + 1, total + output_tokens)
 
 
-def _definitions_text(request: ChatRequest) -> str:
+def _definitions(request: ChatRequest) -> bytes:
+    """Tool definitions and the response schema as compact UTF-8 JSON (orjson: ~20x ``json.dumps``)."""
     body = request.body
     parts = [body[key] for key in ("tools", "functions", "response_format") if body.get(key)]
-    return json.dumps(parts, separators=(",", ":"), ensure_ascii=False) if parts else ""
+    return orjson.dumps(parts) if parts else b""
 
 
 def size_class(tokens: int) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from thrifty.optimizers.compress import compress_messages
 from thrifty.optimizers.hygiene import clean_messages
 from thrifty.optimizers.prune import prune_messages
-from thrifty.optimizers.summarize import PIN, HistorySummarizer, SummarizePlan
+from thrifty.optimizers.summarize import HistorySummarizer, SummarizePlan, unpin_body
 from thrifty.tokens import TiktokenCounter
 from thrifty.types import ChatRequest, JsonObject, Principal, Target
 
@@ -24,10 +24,12 @@ class OptimizePlan:
     prune_budget_tokens: int | None = None
     compress_ratio: float | None = None
     latest_turn_only: bool = False
+    """Pruning rewrites only the latest turn's context."""
     default_max_tokens: int | None = None
     max_tokens_limit: int | None = None
     summarize: SummarizePlan | None = None
     stop: tuple[str, ...] = ()
+    compress_latest_turn_only: bool = False
 
     @property
     def rewrites_prompt(self) -> bool:
@@ -37,10 +39,6 @@ class OptimizePlan:
             or self.compress_ratio is not None
             or self.summarize is not None
         )
-
-    @property
-    def idle(self) -> bool:
-        return self == OptimizePlan()
 
 
 class OptimizerChain:
@@ -61,16 +59,16 @@ class OptimizerChain:
         if request.charged_to:  # the gateway's own call (a summary): sent as written
             return request
         plan = self._features.get(principal.feature) or self._models.get(request.model) or self._plan
-        body = _capped(request.body, plan)
+        body = unpin_body(request.body)
+        body = _capped(body, plan)
         saved: list[tuple[str, int]] = []
         if plan.rewrites_prompt:
             model = self._aliases[request.model][0].model
             messages = list(body["messages"])
-            if plan.summarize is not None:
-                summary = await self.summarizer.summarize(request, messages, principal, plan.summarize, model)
+            if plan.summarize is not None:  # it reads the client's pins (and removes them)
+                pinned = list(request.messages)
+                summary = await self.summarizer.summarize(request, pinned, principal, plan.summarize, model)
                 messages = _note(saved, "summarize", summary.tokens_saved, summary.messages)
-            elif any(PIN in m for m in messages):
-                messages = [{k: v for k, v in m.items() if k != PIN} for m in messages]
             if plan.hygiene:
                 cleaned = clean_messages(messages, self._counter, model)
                 messages = _note(saved, "hygiene", cleaned.tokens_before - cleaned.tokens_after, cleaned.messages)
@@ -81,7 +79,11 @@ class OptimizerChain:
                 messages = _note(saved, "prune", pruned.tokens_saved, pruned.messages)
             if plan.compress_ratio is not None:
                 squeezed = compress_messages(
-                    messages, plan.compress_ratio, self._counter, model, latest_turn_only=plan.latest_turn_only
+                    messages,
+                    plan.compress_ratio,
+                    self._counter,
+                    model,
+                    latest_turn_only=plan.compress_latest_turn_only,
                 )
                 messages = _note(saved, "compress", squeezed.tokens_before - squeezed.tokens_after, squeezed.messages)
             body = {**body, "messages": messages}

@@ -6,8 +6,9 @@ cost is in the ledger and charged to the ``summarize`` lever) folds it into a su
 per session (tenant + ``x-thrifty-session``, or the conversation's opening when there is no session id) with a
 fingerprint of the messages it covers; the next turns reuse it while the client sends the same history, send
 the turns that came after it verbatim, and extend it incrementally (old summary + the new turns, never the
-whole history again) once those pass the threshold in turn. A client that edits the history gets a fresh
-summary: the fingerprint no longer matches.
+whole history again) once those pass the threshold in turn. Conversations that share a key each keep their own
+summary (up to ``PER_KEY``, found by the longest matching prefix); a client that edits the history gets a fresh
+one. A store outage costs only the saving.
 
 What stays verbatim, always: system and developer messages at the start, the last ``keep_last_messages``
 messages (moved back to a user message, so the kept part starts where a provider expects one), any message the
@@ -65,46 +66,51 @@ class StoredSummary:
     """A hash of those messages: the summary is reused only for the same history."""
     text: str
 
-    def to_json(self) -> str:
-        return json.dumps({"covered": self.covered, "fingerprint": self.fingerprint, "text": self.text})
 
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> StoredSummary:
-        data = json.loads(raw)
-        return cls(int(data["covered"]), str(data["fingerprint"]), str(data["text"]))
+PER_KEY = 8
+"""Summaries kept per session key: conversations that share a key (one session id, or one opening without a
+session id) each keep their own, found by the longest history prefix that matches."""
+
+
+def dump_summaries(summaries: Sequence[StoredSummary]) -> str:
+    return json.dumps([{"covered": s.covered, "fingerprint": s.fingerprint, "text": s.text} for s in summaries])
+
+
+def load_summaries(raw: str | bytes) -> list[StoredSummary]:
+    return [StoredSummary(int(d["covered"]), str(d["fingerprint"]), str(d["text"])) for d in json.loads(raw)]
 
 
 class SummaryStore(Protocol):
-    async def get(self, key: str) -> StoredSummary | None: ...
-    async def put(self, key: str, summary: StoredSummary) -> None: ...
+    async def get(self, key: str) -> list[StoredSummary]: ...
+    async def put(self, key: str, summaries: list[StoredSummary]) -> None: ...
 
 
 class MemorySummaryStore:
-    """One process: the most recently used sessions, each for ``ttl_s``."""
+    """One process: the most recently used session keys, each for ``ttl_s``."""
 
     def __init__(self, max_sessions: int = 10_000, ttl_s: float = 86_400.0) -> None:
-        self._items: OrderedDict[str, tuple[float, StoredSummary]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, list[StoredSummary]]] = OrderedDict()
         self._max, self._ttl = max_sessions, ttl_s
 
-    async def get(self, key: str) -> StoredSummary | None:
+    async def get(self, key: str) -> list[StoredSummary]:
         item = self._items.get(key)
         if item is None:
-            return None
+            return []
         if item[0] <= time.monotonic():
             del self._items[key]
-            return None
+            return []
         self._items.move_to_end(key)
         return item[1]
 
-    async def put(self, key: str, summary: StoredSummary) -> None:
-        self._items[key] = (time.monotonic() + self._ttl, summary)
+    async def put(self, key: str, summaries: list[StoredSummary]) -> None:
+        self._items[key] = (time.monotonic() + self._ttl, summaries)
         self._items.move_to_end(key)
         while len(self._items) > self._max:
             self._items.popitem(last=False)
 
 
 class RedisSummaryStore:
-    """Shared by replicas: one string per session with its TTL."""
+    """Shared by replicas: one JSON string per session key, with its TTL."""
 
     PREFIX = "thrifty:summary:"
 
@@ -114,12 +120,12 @@ class RedisSummaryStore:
         self._redis: Any = redis_asyncio.Redis.from_url(url)
         self._ttl = max(1, int(ttl_s))
 
-    async def get(self, key: str) -> StoredSummary | None:
+    async def get(self, key: str) -> list[StoredSummary]:
         raw = await self._redis.get(self.PREFIX + key)
-        return None if raw is None else StoredSummary.from_json(raw)
+        return [] if raw is None else load_summaries(raw)
 
-    async def put(self, key: str, summary: StoredSummary) -> None:
-        await self._redis.set(self.PREFIX + key, summary.to_json(), ex=self._ttl)
+    async def put(self, key: str, summaries: list[StoredSummary]) -> None:
+        await self._redis.set(self.PREFIX + key, dump_summaries(summaries), ex=self._ttl)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
@@ -164,25 +170,33 @@ class HistorySummarizer:
         if not foldable or self._complete is None:
             return unchanged
         key = _session_key(principal, messages, head)
-        stored = await self._store.get(key)
-        if stored is not None and not (
-            stored.covered <= len(foldable) and stored.fingerprint == _fingerprint(clean, foldable[: stored.covered])
-        ):
-            stored = None  # the client's history is not the one summarized: start again
+        try:
+            entries = await self._store.get(key)
+        except Exception as exc:  # a store outage (Redis down, a damaged value) only costs the saving
+            log.warning("history summary store unavailable (%s): request sent unsummarized", exc.__class__.__name__)
+            return unchanged
+        stored = _longest_match(entries, clean, foldable)
         covered = stored.covered if stored is not None else 0
         pending = foldable[covered:]
         called = False
         if self._counter.count_messages(model, [clean[i] for i in pending]) >= plan.after_tokens:
             text = await self._fold(request, principal, plan, stored, [clean[i] for i in pending])
             if text is not None:
-                stored = StoredSummary(len(foldable), _fingerprint(clean, foldable), text)
-                await self._store.put(key, stored)
-                covered, called = len(foldable), True
+                extended = StoredSummary(len(foldable), _fingerprint(clean, foldable), text)
+                kept = [e for e in entries if e is not stored][: PER_KEY - 1]
+                try:
+                    await self._store.put(key, [extended, *kept])
+                except Exception as exc:
+                    log.warning("history summary not stored (%s)", exc.__class__.__name__)
+                stored, covered, called = extended, len(foldable), True
         if stored is None:
             return Summarized(clean, 0, called)
         folded = set(foldable[:covered])
-        out = [*clean[:head], {"role": "system", "content": SUMMARY_HEADER + stored.text}]
-        out += [clean[i] for i in range(head, len(clean)) if i not in folded]
+        rest = [clean[i] for i in range(head, len(clean)) if i not in folded]
+        # After the system prompt, providers such as Anthropic expect a user turn first: when a pinned assistant
+        # turn would come first, the summary itself is that user turn.
+        role = "system" if rest and rest[0].get("role") == "user" else "user"
+        out = [*clean[:head], {"role": role, "content": SUMMARY_HEADER + stored.text}, *rest]
         saved = self._counter.count_messages(model, clean) - self._counter.count_messages(model, out)
         if saved <= 0:  # a summary longer than what it replaces: send the history as it was
             return Summarized(clean, 0, called)
@@ -228,6 +242,14 @@ class HistorySummarizer:
         return text
 
 
+def unpin_body(body: JsonObject) -> JsonObject:
+    """The client's ``thrifty_pin`` flags never reach a provider, whatever the plan (the same body if none)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(isinstance(m, dict) and PIN in m for m in messages):
+        return body
+    return {**body, "messages": [_unpinned(m) if isinstance(m, dict) else m for m in messages]}
+
+
 def _unpinned(message: JsonObject) -> JsonObject:
     if PIN not in message:
         return message
@@ -255,6 +277,23 @@ def _tail_start(messages: Sequence[JsonObject], groups: Sequence[tuple[int, int,
     while index > 0 and (len(messages) - groups[index][0] < keep or messages[groups[index][0]].get("role") != "user"):
         index -= 1
     return groups[index][0]
+
+
+def _longest_match(
+    entries: Sequence[StoredSummary], messages: Sequence[JsonObject], foldable: Sequence[int]
+) -> StoredSummary | None:
+    """The stored summary of the longest prefix of this history (None: none of them is this conversation's)."""
+    wanted = {e.covered for e in entries if 0 < e.covered <= len(foldable)}
+    if not wanted:
+        return None
+    digest, prefixes = hashlib.sha256(), {}
+    for n, i in enumerate(foldable, start=1):
+        digest.update(json.dumps(messages[i], sort_keys=True, separators=(",", ":")).encode())
+        digest.update(b"\x1e")
+        if n in wanted:
+            prefixes[n] = digest.hexdigest()[:32]
+    matches = [e for e in entries if prefixes.get(e.covered) == e.fingerprint]
+    return max(matches, key=lambda e: e.covered, default=None)
 
 
 def _fingerprint(messages: Sequence[JsonObject], indexes: Sequence[int]) -> str:
