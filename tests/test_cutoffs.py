@@ -179,15 +179,25 @@ def test_a_stream_the_budget_stopped_is_recorded_as_such(tmp_path: Path) -> None
     assert report["budget_stops"] == 1 and report["cut_off"] == 0
 
 
-def answer(n: int, feature: str, output_tokens: int, reason: str | None, cap: int | None) -> LedgerEntry:
+def answer(
+    n: int,
+    feature: str,
+    output_tokens: int,
+    reason: str | None,
+    cap: int | None,
+    alias: str = "fast",
+    model: str = "gpt-4o-mini",
+    cache: str = "",
+    request_id: str = "",
+) -> LedgerEntry:
     return LedgerEntry(
-        request_id=f"req_{feature}_{n}",
+        request_id=request_id or f"req_{feature}_{alias}_{n}",
         started_at=1_764_000_000.0 + n,
         endpoint="chat",
         principal=Principal("acme", "key_1", "u1", feature, "s1"),
-        requested_model="fast",
+        requested_model=alias,
         provider="up",
-        model="gpt-4o-mini",
+        model=model,
         usage=Usage(100, output_tokens),
         cost_usd=Decimal("0.0001"),
         baseline_cost_usd=Decimal("0.0001"),
@@ -197,6 +207,7 @@ def answer(n: int, feature: str, output_tokens: int, reason: str | None, cap: in
         status="ok",
         finish_reason=reason,
         max_output_tokens=cap,
+        cache=cache,
     )
 
 
@@ -227,6 +238,79 @@ def test_report_per_feature_and_model_with_the_cap_in_force(ledger: SqlLedger) -
     assert (tags.cap, tags.p95_output_tokens, tags.suggestion) == (2000, 28, "lower max_tokens (try 64)")
     assert (chat.cut_off_share, chat.suggestion) == (0.05, "ok")
     assert cutoff_report(ledger.engine, since=1_764_000_000.0 + 50) == []
+
+
+PLANS = """
+[optimize.caps]
+default_max_tokens = 1024
+
+[optimize.models.fast.caps]
+default_max_tokens = 300
+
+[optimize.models.claude.caps]
+max_tokens = 100
+
+[optimize.features.tags]
+hygiene = true
+"""
+"""The default's caps, an alias's (a default, a ceiling), and a feature whose table has no caps at all."""
+CLAUDE = "claude-3-5-haiku-latest"
+
+
+def record_plans_workload(ledger: SqlLedger) -> None:
+    for n in range(20):  # "fast" without a cap from the client: the alias's default of 300, not [optimize]'s 1024
+        ledger.record(answer(n, "qa", 40 + n, "stop", None))
+    for n in range(12):  # "claude", the client asked 500: the alias's ceiling of 100 applied, and cut them off
+        ledger.record(answer(n, "qa", 100, "length", 500, alias="claude", model=CLAUDE))
+    for n in range(12):  # the feature's table replaces the alias's: no caps table, no cap
+        ledger.record(answer(n, "tags", 30, "stop", None))
+    for n in range(12):  # an alias without a table of its own: [optimize]'s default
+        ledger.record(answer(n, "search", 30, "stop", None, alias="resilient"))
+    for n in range(5):  # history summaries for "qa": the gateway's own call, at its own cap, not the client's
+        summary = f"req_qa_fast_{n}.summary"
+        ledger.record(answer(n, "qa", 400, "length", 400, request_id=summary))
+    ledger.record(answer(90, "qa", 100, "length", 500, alias="claude", model=CLAUDE, cache="exact"))  # counted
+    ledger.record(answer(91, "qa", 9, "length", None, cache="semantic"))  # another request's finish: left out
+    assert ledger.flush()
+
+
+def test_caps_come_from_the_plan_the_optimize_stage_chose(
+    ledger: SqlLedger, write_config: Any, up: CutOffUpstream
+) -> None:
+    record_plans_workload(ledger)
+    optimize = write_config(config_text(up, extra=PLANS)).optimize
+
+    def rule(o: Any) -> CapRule:
+        return CapRule(o.caps.default_max_tokens, o.caps.max_tokens) if o.caps else CapRule()
+
+    features = {name: rule(f) for name, f in optimize.features.items()}
+    models = {alias: rule(m) for alias, m in optimize.models.items()}
+    rows = {(r.feature, r.model): r for r in cutoff_report(ledger.engine, None, rule(optimize), features, models)}
+    fast, claude = rows["qa", "gpt-4o-mini"], rows["qa", CLAUDE]
+    assert (fast.answers, fast.cut_off, fast.cap, fast.mixed_caps) == (20, 0, 300, False)  # no summaries in it
+    assert fast.suggestion == "lower max_tokens (try 128)"
+    assert (claude.answers, claude.cut_off, claude.cap) == (13, 13, 100)
+    assert claude.suggestion == "raise max_tokens (try 200)"
+    assert rows["tags", "gpt-4o-mini"].cap is None
+    assert rows["search", "gpt-4o-mini"].cap == 1024
+
+
+def test_report_cutoffs_applies_feature_then_alias_then_default_caps(tmp_path: Path, up: CutOffUpstream) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    (tmp_path / "thrifty.toml").write_text(config_text(up, ledger_url=url, extra=PLANS))
+    ledger = SqlLedger(url, tmp_path / "journal", 10)
+    ledger.start()
+    try:
+        record_plans_workload(ledger)
+    finally:
+        ledger.close()
+    result = thrifty("report", "--cutoffs", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = {(row["feature"], row["model"]): row for row in json.loads(result.stdout)["cutoffs"]}
+    assert (report["qa", "gpt-4o-mini"]["answers"], report["qa", "gpt-4o-mini"]["max_tokens"]) == (20, 300)
+    assert report["qa", CLAUDE]["max_tokens"] == 100
+    assert report["tags", "gpt-4o-mini"]["max_tokens"] is None
+    assert report["search", "gpt-4o-mini"]["max_tokens"] == 1024
 
 
 def test_cap_rules_and_suggestions() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -133,3 +135,64 @@ def test_rows_journaled_by_an_older_release_are_still_written(tmp_path: Path) ->
     finally:
         second.close()
     assert rows == [("req_000001", None), ("req_000002", "stop")]
+
+
+UPGRADE = """
+import sys, time
+from pathlib import Path
+from thrifty.ledger.migrations import migrate
+from thrifty.ledger.writer import make_engine
+
+engine, go = make_engine(sys.argv[1]), Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+print(migrate(engine), flush=True)
+"""
+
+
+def test_replicas_upgrading_one_database_at_once_apply_each_step_once(engine: Engine, url: str, tmp_path: Path) -> None:
+    create_at_step_1(engine)
+    go = tmp_path / "go"
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-c", UPGRADE, url, str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    try:
+        for replica in replicas:  # every one imported and connected: then they all start together
+            assert replica.stdout is not None and replica.stdout.readline() == "ready\n"
+        go.touch()
+        results = [replica.communicate(timeout=60) for replica in replicas]
+    finally:
+        for replica in replicas:
+            replica.kill()
+    assert [(r.returncode, out) for r, (out, _) in zip(replicas, results, strict=True)] == [
+        (0, f"{len(STEPS)}\n")
+    ] * len(replicas), [err for _, err in results]
+    with engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("requests")}
+        versions = conn.execute(select(tables.schema_version.c.version)).scalars().all()
+    assert sorted(versions) == list(range(1, len(STEPS) + 1))  # each step recorded once
+    assert set(ADDED_BY_STEP_2) <= columns
+
+
+def test_replicas_creating_a_fresh_database_at_once_all_start(engine: Engine, url: str, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    replicas = [
+        subprocess.Popen([sys.executable, "-c", UPGRADE, url, str(go)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    try:
+        for replica in replicas:
+            assert replica.stdout is not None and replica.stdout.readline() == "ready\n"
+        go.touch()
+        outputs = [replica.communicate(timeout=60)[0] for replica in replicas]
+    finally:
+        for replica in replicas:
+            replica.kill()
+    assert [r.returncode for r in replicas] == [0] * 4 and outputs == [f"{len(STEPS)}\n"] * 4
+    with engine.connect() as conn:
+        versions = conn.execute(select(tables.schema_version.c.version)).scalars().all()
+    assert sorted(versions) == list(range(1, len(STEPS) + 1))

@@ -8,6 +8,8 @@ import logging
 import os
 import subprocess
 import sys
+import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,21 @@ from sqlalchemy import func, select
 from fakes.upstream import FakeUpstream
 from gateway_harness import config_text, ledger_rows
 from thrifty.ledger import tables
-from thrifty.optimizers.structured import StructuredRule, find, measure, response_schema
+from thrifty.observe.metrics import GatewayMetrics
+from thrifty.optimizers.structured import (
+    MAX_NODES,
+    StructuredRule,
+    StructuredWatch,
+    estimate,
+    find,
+    measure,
+    properties,
+    response_schema,
+)
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
 from thrifty.tokens import TiktokenCounter
+from thrifty.types import Cost, LedgerEntry, Payload, Principal, Target, Usage
 
 MODEL = "gpt-4o-mini"
 SCHEMA: dict[str, Any] = {
@@ -163,3 +176,141 @@ def test_the_rule_comes_from_the_feature_config_unless_given(write_config: Any) 
     assert structured_rule(None, None, None, None) == StructuredRule(None, 3)
     with pytest.raises(ConfigError, match=r"unknown key .optimize\.structured\.read_field."):
         write_config('[optimize.structured]\nread_field = ["name"]\n')
+
+
+BAD_SCHEMAS: list[Any] = [
+    {"type": "object", "properties": ["a"]},
+    {"type": "object", "properties": {"a": "string", "b": None, "c": {"type": "string"}}},
+    {"type": "object", "properties": {"xs": {"type": "array", "items": [{"type": "string"}], "minItems": "two"}}},
+    {"anyOf": {"properties": {"a": {}}}, "oneOf": 3, "allOf": ["x", None]},
+    {"properties": {"a": {"$ref": 7}, "b": {"$ref": "#/$defs/missing"}, "c": {"$ref": "#/$defs/x/y"}}, "$defs": []},
+    {"properties": {"e": {"enum": "abc"}, "f": {"enum": [], "const": "x"}, "g": {"type": ["null"], "maxLength": -4}}},
+]
+
+
+@pytest.mark.parametrize("schema", BAD_SCHEMAS)
+def test_schemas_of_the_wrong_shape_are_skipped_where_they_are_wrong(schema: Any) -> None:
+    counter = TiktokenCounter()
+    findings = find(schema, StructuredRule(("zzz",)), counter, MODEL)
+    assert estimate(schema, findings, counter, MODEL).unused_tokens >= 0
+    assert measure({"a": 1, "c": "x", "xs": ["y"]}, findings, counter, MODEL).unused_tokens >= 0
+    assert response_schema({"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}) == schema
+
+
+def test_what_is_not_a_json_schema_object_asks_for_no_schema() -> None:
+    for spec in ("oops", ["a"], None, {"schema": ["a"]}, {"schema": "x"}):
+        assert response_schema({"response_format": {"type": "json_schema", "json_schema": spec}}) is None
+
+
+def _bad_schema_request(client: openai.OpenAI, json_schema: Any) -> Any:
+    return client.chat.completions.with_raw_response.create(
+        model="fast",
+        messages=[{"role": "user", "content": "which lamp?"}],
+        response_format={"type": "json_schema", "json_schema": json_schema},
+        extra_headers={"x-thrifty-feature": "catalog"},
+    )
+
+
+def test_a_schema_the_upstream_accepted_but_we_cannot_read_still_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watch runs after the answer was paid for and recorded: the client gets it, whatever the schema."""
+    structured = f"\n[optimize.features.catalog.structured]\nread_fields = {json.dumps(list(READ))}\n"
+    with FakeUpstream(reply=lambda body: json.dumps(ANSWER)) as up:
+        (tmp_path / "thrifty.toml").write_text(config_text(up, extra=structured))
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw, caplog.at_level(logging.WARNING):
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                for bad in BAD_SCHEMAS:
+                    answer = _bad_schema_request(client, {"name": "product", "schema": bad})
+                    assert answer.status_code == 200 and json.loads(answer.parse().choices[0].message.content) == ANSWER
+                for wrapper in ("product", ["a"]):
+                    assert _bad_schema_request(client, wrapper).status_code == 200
+            rows = ledger_rows(gw)
+    assert len(rows) == len(BAD_SCHEMAS) + 2 and {r["status"] for r in rows} == {"ok"}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # skipped where wrong, not failed
+
+
+class BrokenPricer:
+    """A pricer that fails: whatever goes wrong inside the watch stays inside it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def cost(self, target: Target, usage: Usage) -> Cost:
+        self.calls += 1
+        raise RuntimeError("price list unreadable")
+
+
+def test_the_watch_never_raises_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    pricer = BrokenPricer()
+    watch = StructuredWatch(StructuredRule(READ), {}, TiktokenCounter(), pricer, GatewayMetrics())
+    entry = LedgerEntry(
+        request_id="req_1",
+        started_at=1_764_000_000.0,
+        endpoint="chat",
+        principal=Principal("acme", "key_1", "u1", "catalog", "s1"),
+        requested_model="fast",
+        provider="up",
+        model=MODEL,
+        usage=Usage(100, 80),
+        cost_usd=Decimal("0.0001"),
+        baseline_cost_usd=Decimal("0.0001"),
+        total_ms=5.0,
+        upstream_ms=4.0,
+        ttft_ms=None,
+        status="ok",
+        payload=Payload({"response_format": RESPONSE_FORMAT}, json.dumps(ANSWER)),
+    )
+    with caplog.at_level(logging.WARNING, logger="thrifty.structured"):
+        watch(entry)
+        watch(entry)
+    assert pricer.calls == 2
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failures) == 1 and "req_1" in failures[0].getMessage() and failures[0].exc_info is not None
+
+
+def tree(fan_out: int, *extra_defs: str) -> dict[str, Any]:
+    """A recursive schema: a node whose ``fan_out`` children are nodes again (and nodes of ``extra_defs``, which
+    point back at it), as a tree, a comment thread or a category hierarchy is written."""
+    children = {f"child_{n}": {"$ref": "#/$defs/node"} for n in range(fan_out)}
+    children |= {f"other_{name}": {"$ref": f"#/$defs/{name}"} for name in extra_defs}
+    node = {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "debug_trace": {"type": "string"},
+            "replies": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+            **children,
+        },
+    }
+    defs: dict[str, Any] = {"node": node}
+    for name in extra_defs:  # each points at every definition: paths through them are permutations
+        refs = {f"to_{other}": {"$ref": f"#/$defs/{other}"} for other in ("node", *extra_defs)}
+        defs[name] = {"type": "object", "properties": {"label": {"type": "string"}, **refs}}
+    return {"$ref": "#/$defs/node", "$defs": defs}
+
+
+def test_recursive_schemas_are_walked_once_per_path_and_quickly() -> None:
+    counter = TiktokenCounter()
+    read = ("title", "replies", "child_0", "child_1", "child_2")
+    started = time.perf_counter()
+    findings = find(tree(3), StructuredRule(read), counter, MODEL)
+    elapsed = time.perf_counter() - started
+    assert [path for path, _, _ in properties(tree(3))] == ["title", "debug_trace", "replies", *read[2:]]
+    assert findings.unused == ("debug_trace",)  # a child is a node: "child_0" read means all of it is
+    assert elapsed < 1.0  # it took 2.8 s (2.6 million properties) when each recursion ran to depth 12
+    answer = {"title": "a", "debug_trace": "x" * 40, "child_0": {"title": "b", "debug_trace": "y"}}
+    assert measure(answer, findings, counter, MODEL).unused_tokens > 10
+    assert estimate(tree(3), findings, counter, MODEL).unused_tokens > 0
+
+
+def test_mutually_recursive_definitions_stop_at_the_node_budget() -> None:
+    schema = tree(3, *(f"def_{n}" for n in range(8)))  # 9 definitions all pointing at each other: 9! paths
+    started = time.perf_counter()
+    found = list(properties(schema))
+    counter = TiktokenCounter()
+    findings = find(schema, StructuredRule(("title",)), counter, MODEL)
+    assert estimate(schema, findings, counter, MODEL).unused_tokens > 0  # thrifty lint --schema, estimated
+    assert time.perf_counter() - started < 2.0
+    assert MAX_NODES // 4 < len(found) < MAX_NODES  # stopped by the budget, not by running out of paths
+    assert findings.unused[:2] == ("debug_trace", "replies")

@@ -150,8 +150,8 @@ def _report_cutoffs(args: argparse.Namespace) -> int:
         return CapRule(o.caps.default_max_tokens, o.caps.max_tokens) if o.caps else CapRule()
 
     features = {name: rule(f) for name, f in optimize.features.items()}
-    default = rule(optimize)
-    rows = cutoff_report(_engine(args), since_timestamp(args.since), default, features)
+    models = {alias: rule(m) for alias, m in optimize.models.items()}
+    rows = cutoff_report(_engine(args), since_timestamp(args.since), rule(optimize), features, models)
     print(cutoffs_output(rows, "json" if args.json else "csv" if args.csv else "table"), end="")
     return 0
 

@@ -401,6 +401,13 @@ def test_json_schema_response_format_becomes_a_system_instruction() -> None:
     assert "response_format" not in request
 
 
+@pytest.mark.parametrize("spec", ["result", ["x"], {"name": "r", "schema": "object"}])
+def test_malformed_json_schema_is_a_bad_request(spec: object) -> None:
+    with pytest.raises(BadRequest) as caught:
+        to_anthropic(chat(user("x"), response_format={"type": "json_schema", "json_schema": spec}), MODEL)
+    assert caught.value.param == "response_format"
+
+
 def test_json_object_response_format_without_system_prompt() -> None:
     request = valid_anthropic_request(to_anthropic(chat(user("x"), response_format={"type": "json_object"}), MODEL))
     assert "JSON object" in request["system"]

@@ -3,7 +3,14 @@
 A cap that cuts off many answers costs quality (and often a retry, paid twice); a cap far above what answers
 use costs nothing per call but reserves budget for output that never comes and lets a runaway answer run long.
 The report reads only recorded rows: each answer's finish reason, output tokens and the cap its request carried,
-with the configured ``default_max_tokens`` and ``max_tokens_limit`` applied to it as the optimize stage does.
+with the configured caps applied to it as the optimize stage does: the feature's ``[optimize.features.NAME]`` table
+if it has one, else the requested alias's ``[optimize.models.ALIAS]``, else ``[optimize]``.
+
+Counted: every answer a client received, exact-cache replays included. A replay repeats the stored answer and its
+finish reason, but the exact key includes the client's ``max_tokens``, so it was cut off (or not) under the same
+cap, and the client got it cut off once more: the share is of answers delivered, not of upstream calls.
+Not counted: the gateway's own calls (history summaries, request id ``<id>.summary``), which no configured cap
+applies to, and semantic-cache replays, whose finish reason came from another request with perhaps another cap.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ FAR_BELOW = 0.25
 """A 95th percentile under this fraction of the cap is far below it: lower the cap."""
 MIN_ANSWERS = 10
 """Fewer answers than this make no suggestion."""
+SUMMARY_SUFFIX = ".summary"
+"""The request id of a history summary: the gateway's own call, made while answering ``<id>``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,27 +97,42 @@ def cutoff_report(
     since: float | None = None,
     default: CapRule = CapRule(),
     features: Mapping[str, CapRule] | None = None,
+    models: Mapping[str, CapRule] | None = None,
 ) -> list[CutoffRow]:
     """One row per feature and model that answered, most cut off first (then most answers). Rows written before
-    finish reasons were recorded (NULL) are left out: they cannot say whether they were cut off."""
+    finish reasons were recorded (NULL) are left out: they cannot say whether they were cut off. ``features`` and
+    ``models`` (by requested alias) are the caps of ``[optimize.features]`` and ``[optimize.models]``."""
     r = tables.requests.c
-    query = select(r.feature, r.model, r.finish_reason, r.output_tokens, r.max_output_tokens).where(
-        r.endpoint == "chat", r.status == "ok", r.finish_reason.is_not(None)
+    query = select(r.feature, r.requested_model, r.model, r.finish_reason, r.output_tokens, r.max_output_tokens)
+    query = query.where(
+        r.endpoint == "chat",
+        r.status == "ok",
+        r.finish_reason.is_not(None),
+        r.cache != "semantic",
+        r.request_id.not_like(f"%{SUMMARY_SUFFIX}"),
     )
     if since is not None:
         query = query.where(r.started_at >= since)
-    rules = features or {}
     tallies: dict[tuple[str, str], _Tally] = {}
     with engine.connect() as conn:
-        for feature, model, reason, output_tokens, asked in conn.execute(query):
+        for feature, alias, model, reason, output_tokens, asked in conn.execute(query):
             tally = tallies.setdefault((feature, model), _Tally())
             tally.answers += 1
             tally.cut_off += reason == "length"
             tally.budget_stops += reason == "budget"
-            tally.caps[rules.get(feature, default).apply(asked)] += 1
+            tally.caps[_rule(feature, alias, default, features or {}, models or {}).apply(asked)] += 1
             tally.output_tokens.append(int(output_tokens))
     rows = [_row(feature, model, tally) for (feature, model), tally in tallies.items()]
     return sorted(rows, key=lambda row: (-row.cut_off_share, -row.answers, row.feature, row.model))
+
+
+def _rule(
+    feature: str, alias: str, default: CapRule, features: Mapping[str, CapRule], models: Mapping[str, CapRule]
+) -> CapRule:
+    """The plan the optimize stage chose: a feature's table replaces an alias's, which replaces the default."""
+    if feature in features:
+        return features[feature]
+    return models.get(alias, default)
 
 
 def _row(feature: str, model: str, tally: _Tally) -> CutoffRow:

@@ -8,7 +8,8 @@ already has what they add).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, Table, inspect, select
 
@@ -42,14 +43,11 @@ STEPS: list[Step] = [_v1_initial, _v2_answer_end]
 
 
 def migrate(engine: Engine) -> int:
-    """Bring the database to the newest schema; returns the version it is at. Safe to run concurrently."""
-    with engine.begin() as conn:
+    """Bring the database to the newest schema; returns the version it is at. Safe to run concurrently: replicas
+    starting together take the database's migration lock, then read the version, so each step is applied once."""
+    with _migration_lock(engine) as conn:
         if not inspect(conn).has_table(tables.schema_version.name):
-            tables.schema_version.create(conn, checkfirst=True)
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Replicas starting together must not apply the same step twice.
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7243019)")
+            tables.schema_version.create(conn)
         current = conn.execute(select(tables.schema_version.c.version)).scalars().all()
         version = max(current, default=0)
         for number, step in enumerate(STEPS, start=1):
@@ -58,3 +56,26 @@ def migrate(engine: Engine) -> int:
                 conn.execute(tables.schema_version.insert().values(version=number, applied_at=time.time()))
                 version = number
     return version
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[Connection]:
+    """One transaction that holds the lock from before the version is read until the last step is committed."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7243019)")
+            yield conn
+        return
+    # The sqlite3 driver opens its transactions late (before the first write, after our reads), so a second
+    # process could read version 1 while the first was adding the columns. With the driver's own transaction
+    # handling off, BEGIN IMMEDIATE takes the write lock first; SQLite's DDL is transactional, so a failed step
+    # rolls back whole. Waiting processes wait up to the engine's busy timeout.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")

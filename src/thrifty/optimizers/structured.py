@@ -33,6 +33,8 @@ log = logging.getLogger("thrifty.structured")
 DEFAULT_STRING_TOKENS = 8
 """A string value's tokens when the schema gives no ``maxLength`` (estimates only; answers are measured)."""
 MAX_DEPTH = 12
+MAX_NODES = 10_000
+"""Schema nodes and properties visited per schema at most (recursive ``$ref``s could fan out exponentially)."""
 MAX_SCHEMAS = 1024
 
 Property = tuple[str, str, JsonObject]
@@ -74,39 +76,58 @@ class FieldCost:
 
 
 def response_schema(body: JsonObject) -> JsonObject | None:
-    """The JSON schema a request's ``response_format`` asks for, if it asks for one."""
+    """The JSON schema a request's ``response_format`` asks for, if it asks for one (and it is an object)."""
     spec = body.get("response_format")
     if not isinstance(spec, dict) or spec.get("type") != "json_schema":
         return None
-    schema = (spec.get("json_schema") or {}).get("schema")
+    wrapper = spec.get("json_schema")
+    schema = wrapper.get("schema") if isinstance(wrapper, dict) else None
     return schema if isinstance(schema, dict) else None
 
 
 def fingerprint(schema: JsonObject) -> str:
-    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(schema, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def properties(
-    schema: JsonObject, root: JsonObject | None = None, prefix: str = "", depth: int = 0
-) -> Iterator[Property]:
+def properties(schema: JsonObject, max_nodes: int = MAX_NODES) -> Iterator[Property]:
     """Every property as (dotted path, name, its schema), through nested objects, array items, local ``$ref``s
-    and ``anyOf``/``oneOf``/``allOf``."""
-    root = root if root is not None else schema
-    if depth > MAX_DEPTH:
+    and ``anyOf``/``oneOf``/``allOf``.
+
+    The upstream accepted the schema, not us: any node that is not the shape JSON Schema gives it is skipped. A
+    recursive ``$ref`` is followed once per path (a tree node's children, not theirs again), and at most
+    ``max_nodes`` schema nodes and properties are visited in all: mutually recursive definitions could otherwise
+    fan out exponentially, on the event loop, after the call was paid.
+    """
+    yield from _walk(schema, schema, "", 0, frozenset(), [max_nodes])
+
+
+def _walk(
+    schema: JsonObject, root: JsonObject, prefix: str, depth: int, refs: frozenset[str], budget: list[int]
+) -> Iterator[Property]:
+    if depth > MAX_DEPTH or budget[0] <= 0:
         return
+    budget[0] -= 1
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        if ref in refs:
+            return  # recursive: this definition is already being walked on the way here
+        refs = refs | {ref}
     schema = _resolve(schema, root)
-    for name, sub in (schema.get("properties") or {}).items():
-        if isinstance(sub, dict):
+    props = schema.get("properties")
+    for name, sub in props.items() if isinstance(props, dict) else ():
+        if isinstance(sub, dict) and budget[0] > 0:
+            budget[0] -= 1
             path = f"{prefix}{name}"
-            yield path, name, sub
-            yield from properties(sub, root, path + ".", depth + 1)
+            yield path, str(name), sub
+            yield from _walk(sub, root, path + ".", depth + 1, refs, budget)
     items = schema.get("items")
     if isinstance(items, dict):
-        yield from properties(items, root, prefix, depth + 1)
+        yield from _walk(items, root, prefix, depth + 1, refs, budget)
     for key in ("anyOf", "oneOf", "allOf"):
-        for option in schema.get(key) or []:
+        options = schema.get(key)
+        for option in options if isinstance(options, list) else ():
             if isinstance(option, dict):
-                yield from properties(option, root, prefix, depth + 1)
+                yield from _walk(option, root, prefix, depth + 1, refs, budget)
 
 
 def _resolve(schema: JsonObject, root: JsonObject) -> JsonObject:
@@ -125,17 +146,23 @@ def is_read(path: str, read_fields: Sequence[str]) -> bool:
 
 
 def find(schema: JsonObject, rule: StructuredRule, counter: TiktokenCounter, model: str) -> SchemaFindings:
-    unused: list[str] = []
+    unused: dict[str, None] = {}  # ordered, and a set for the ancestor look-up
     long_names: dict[str, int] = {}
     for path, name, _ in properties(schema):
         if rule.read_fields is not None and not is_read(path, rule.read_fields):
-            if not any(path.startswith(u + ".") for u in unused):
-                unused.append(path)
+            if not _inside(path, unused):
+                unused[path] = None
             continue  # the fix for an unread field is to drop it, not to rename it
         tokens = counter.count_text(model, name)
         if tokens > rule.max_name_tokens:
             long_names[name] = tokens
-    return SchemaFindings(fingerprint(schema), tuple(dict.fromkeys(unused)), tuple(long_names.items()))
+    return SchemaFindings(fingerprint(schema), tuple(unused), tuple(long_names.items()))
+
+
+def _inside(path: str, paths: Mapping[str, None]) -> bool:
+    """Whether an ancestor of ``path`` (``a`` or ``a.b`` of ``a.b.c``) is in ``paths``."""
+    parts = path.split(".")
+    return any(".".join(parts[:n]) in paths for n in range(1, len(parts)))
 
 
 def measure(answer: Any, findings: SchemaFindings, counter: TiktokenCounter, model: str) -> FieldCost:
@@ -174,40 +201,60 @@ def parse_answer(text: str) -> Any:
         return None
 
 
-def typical_tokens(schema: JsonObject, counter: TiktokenCounter, model: str, root: JsonObject, depth: int = 0) -> int:
-    """An estimate of the tokens a value of this schema takes, for ``thrifty lint`` without sample answers."""
-    schema = _resolve(schema, root)
-    if depth > MAX_DEPTH:
+def typical_tokens(
+    schema: JsonObject,
+    counter: TiktokenCounter,
+    model: str,
+    root: JsonObject,
+    depth: int = 0,
+    refs: frozenset[str] = frozenset(),
+    budget: list[int] | None = None,
+) -> int:
+    """An estimate of the tokens a value of this schema takes, for ``thrifty lint`` without sample answers.
+
+    A recursive ``$ref`` counts as one short value (the answer's own depth is unknown), and so does every node
+    past the ``budget`` of nodes (``MAX_NODES`` unless shared by the caller)."""
+    budget = budget if budget is not None else [MAX_NODES]
+    ref = schema.get("$ref")
+    if depth > MAX_DEPTH or (isinstance(ref, str) and ref in refs) or budget[0] <= 0:
         return 1
-    if "enum" in schema or "const" in schema:
-        values = schema.get("enum") or [schema.get("const")]
-        return max(counter.count_text(model, json.dumps(v, ensure_ascii=False)) for v in values)
+    budget[0] -= 1
+    refs = refs | {ref} if isinstance(ref, str) else refs
+    schema = _resolve(schema, root)
+    values = schema.get("enum") if isinstance(schema.get("enum"), list) else None
+    if values or "const" in schema:
+        return max(counter.count_text(model, json.dumps(v, ensure_ascii=False)) for v in values or [schema["const"]])
     kind = schema.get("type")
     kind = next((k for k in kind if k != "null"), "null") if isinstance(kind, list) else kind
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties") or {}
+    props = schema.get("properties")
+    if isinstance(props, dict):
         return 2 + sum(
-            counter.count_text(model, f'"{name}": ') + typical_tokens(sub, counter, model, root, depth + 1)
+            counter.count_text(model, f'"{name}": ')
+            + typical_tokens(sub, counter, model, root, depth + 1, refs, budget)
             for name, sub in props.items()
             if isinstance(sub, dict)
         )
+    if kind == "object":
+        return 2
     if kind == "array":
         items = schema.get("items")
         items = items if isinstance(items, dict) else {}
-        count = max(int(schema.get("minItems") or 1), 1)
-        return 2 + count * (typical_tokens(items, counter, model, root, depth + 1) + 1)
+        count = schema.get("minItems")
+        count = max(count, 1) if isinstance(count, int) else 1
+        return 2 + count * (typical_tokens(items, counter, model, root, depth + 1, refs, budget) + 1)
     if kind == "string":
         length = schema.get("maxLength")
-        return 2 + (max(int(length) // 4, 1) if isinstance(length, int) else DEFAULT_STRING_TOKENS)
+        return 2 + (max(length // 4, 1) if isinstance(length, int) else DEFAULT_STRING_TOKENS)
     return 1 if kind in ("boolean", "null") else 2
 
 
 def estimate(schema: JsonObject, findings: SchemaFindings, counter: TiktokenCounter, model: str) -> FieldCost:
     """What one answer would spend on the findings, from the schema alone (each property written once)."""
     by_path = {path: (name, sub) for path, name, sub in properties(schema)}
+    budget = [MAX_NODES]  # one for all the findings: a schema's estimate is bounded, however many fields it lists
     unused = {
         path: counter.count_text(model, f'"{by_path[path][0]}": ')
-        + typical_tokens(by_path[path][1], counter, model, schema)
+        + typical_tokens(by_path[path][1], counter, model, schema, budget=budget)
         for path in findings.unused
     }
     return FieldCost(unused, {name: tokens - 1 for name, tokens in findings.long_names})
@@ -228,11 +275,24 @@ class StructuredWatch:
         self._counter, self._pricer, self._metrics = counter, pricer, metrics
         self._findings: dict[tuple[str, str, str], SchemaFindings] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._failed = False
 
     def rule_for(self, feature: str) -> StructuredRule | None:
         return self._features.get(feature, self._default)
 
     def __call__(self, entry: LedgerEntry) -> None:
+        """Never raises: it runs in ``Gateway.record``, after the answer was paid for and recorded, and a failure
+        here must not turn that answer into an error for the client (nor stop the observers after it)."""
+        try:
+            self._watch(entry)
+        except Exception:
+            if not self._failed:
+                self._failed = True
+                log.exception(
+                    "structured-output watch failed on %s (logged once; later failures are not)", entry.request_id
+                )
+
+    def _watch(self, entry: LedgerEntry) -> None:
         payload, feature = entry.payload, entry.principal.feature
         if payload is None or entry.status != "ok" or entry.cache:
             return  # a cache hit wrote no output tokens

@@ -130,7 +130,12 @@ def _format_instruction(response_format: Any) -> list[JsonObject]:
     if kind == "json_object":
         return [{"type": "text", "text": _JSON_ONLY + " The value must be a JSON object."}]
     if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        spec = response_format.get("json_schema") or {}
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema") or {}, dict):
+            raise BadRequest(
+                "'response_format.json_schema' must be an object with a 'schema' object", param="response_format"
+            )
+        schema = spec.get("schema") or {}
         schema_text = json.dumps(schema, sort_keys=True)
         return [{"type": "text", "text": f"{_JSON_ONLY} It must conform to this JSON Schema:\n{schema_text}"}]
     return []
