@@ -130,7 +130,7 @@ def start_gateways(names: list[str], upstream_port: int, workdir: Path, results:
         proc = ServerProcess(spec.name, spec.command, spec.env, GATEWAY_CPU, workdir)
         targets.append(Target(name, Endpoint("127.0.0.1", port, spec.api_key), proc, spec))
         startup_s = proc.wait_healthy(port, spec.health_path)
-        results["targets"][name] = {"version": spec.version, "command": spec.command}
+        results["targets"][name] = {"version": spec.version, "command": [_relative(part) for part in spec.command]}
         results["targets"][name]["startup_s"] = round(startup_s, 2)
     return targets
 
@@ -298,6 +298,12 @@ def raise_priority(nice: int) -> str:
     except OSError:
         return f"nice {nice} (process only)"
     return f"nice {nice} (process and autogroup)"
+
+
+def _relative(part: str) -> str:
+    """Paths inside the checkout as relative ones, so results carry no machine's layout."""
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    return part.replace(root, "")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

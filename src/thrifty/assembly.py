@@ -26,6 +26,7 @@ from thrifty.pipeline import Gateway
 from thrifty.pricing import CatalogPricer, ModelPrice
 from thrifty.protocols import Guard, Optimizer, Provider, ResponseCache, Router
 from thrifty.providers.http import Timeouts
+from thrifty.routers.latency import LatencyAwareRouter, LatencyTracker
 from thrifty.routers.pool import ALL_CAPABILITIES, ModelInfo
 from thrifty.routers.static import StaticRouter
 from thrifty.settings import CapsSettings, CascadeSettings, OptimizeSettings, ProviderSettings, Settings
@@ -94,6 +95,7 @@ def build_runtime(settings: Settings) -> Runtime:
     estimator = CostEstimator(pricer, counter, aliases, settings.reserved_output_tokens())
     sink = AlertSink(ledger.engine, settings.alerts.webhooks, settings.alerts.slack_webhooks, settings.alerts.dedupe_s)
     metrics = GatewayMetrics()
+    latency = LatencyTracker(configured_latency(settings))
     guard, budgets, store = build_guard(settings, ledger, estimator, on_spent(sink, metrics))
     a = settings.alerts
     detector = AnomalyDetector(
@@ -106,7 +108,7 @@ def build_runtime(settings: Settings) -> Runtime:
         guard=guard,
         cache=build_cache(settings, aliases),
         optimizer=build_optimizer(settings, aliases, counter),
-        router=build_router(settings, aliases, counter),
+        router=build_router(settings, aliases, counter, latency),
         providers={name: build_provider(name, p, settings, counter) for name, p in settings.providers.items()},
         pricer=pricer,
         ledger=ledger,
@@ -114,7 +116,7 @@ def build_runtime(settings: Settings) -> Runtime:
         counter=counter,
         # The structured-output watch reads each answer from its entry; the ledger stores it only if asked to.
         capture_payloads=settings.ledger.capture_payloads or bool(watch),
-        observers=[detector, *_span_observer(settings), *watch],
+        observers=[detector, latency, *_span_observer(settings), *watch],
         baselines=baselines(settings, aliases),
     )
     bind_summarizer(gateway)
@@ -254,12 +256,22 @@ def bind_summarizer(gateway: Gateway) -> None:
     summarizer.bind(complete)
 
 
-def build_router(settings: Settings, aliases: dict[str, tuple[Target, ...]], counter: TiktokenCounter) -> Router:
+def configured_latency(settings: Settings) -> dict[Target, float]:
+    return {Target.parse(m.target): m.latency_ms for m in settings.pool.values() if m.latency_ms is not None}
+
+
+def build_router(
+    settings: Settings,
+    aliases: dict[str, tuple[Target, ...]],
+    counter: TiktokenCounter,
+    latency: LatencyTracker | None = None,
+) -> Router:
     from thrifty.routers.by_alias import AliasRouter
     from thrifty.routers.cascade import CascadeRouter, Checks
     from thrifty.routers.static import Rule, RulesRouter
 
     info = pool_info(settings)
+    latency = latency or LatencyTracker(configured_latency(settings))
     routers: dict[str, Router] = {}
     for alias, model in settings.models.items():
         targets = aliases[alias]
@@ -285,9 +297,13 @@ def build_router(settings: Settings, aliases: dict[str, tuple[Target, ...]], cou
 
             if not model.router_dir:
                 raise ConfigError(f"models.{alias}: router = 'learned' needs router_dir (from `thrifty router train`)")
-            routers[alias] = LearnedRouter.from_dir(settings.path(model.router_dir), targets, model.threshold)
+            routers[alias] = LearnedRouter.from_dir(
+                settings.path(model.router_dir), targets, model.threshold, latency, model.latency_weight
+            )
         else:
             routers[alias] = StaticRouter({alias: targets}, info, counter)
+        if model.max_latency_ms is not None:
+            routers[alias] = LatencyAwareRouter(routers[alias], latency, model.max_latency_ms)
     return AliasRouter(routers)
 
 

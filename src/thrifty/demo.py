@@ -2,6 +2,10 @@
 
 The application asks for ``gpt-4-1106-preview`` on every request, as many teams do; a replay provider answers
 with what that model (and Mixtral-8x7B, for the levers that route) really answered when RouteLLM recorded it.
+
+Routing in the demo is one plain rule, the kind a team writes after reading its own ledger: the open-ended chat
+feature goes to Mixtral (on MT-Bench its answers score 91% of GPT-4 Turbo's), everything else stays on the model
+asked for. The ledger credits the difference to routing, and the quality table shows what it gave up.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ def demo_settings() -> Settings:
     raw: dict[str, object] = {
         "providers": {"recorded": {"kind": "replay"}},
         "models": {
-            STRONG: {"targets": [f"recorded::{STRONG}"]},
+            STRONG: {
+                "targets": [f"recorded::{STRONG}", f"recorded::{WEAK}"],
+                "router": "rules",
+                "default": f"recorded::{STRONG}",
+                "rules": [{"feature": "chat-assistant", "use": f"recorded::{WEAK}"}],
+            },
             "mixtral-8x7b": {"targets": [f"recorded::{WEAK}"]},
         },
         # The catalog prices Mixtral under Mistral's own name; the recorded answers came from this checkpoint.

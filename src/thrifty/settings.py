@@ -78,6 +78,8 @@ class PoolModelSettings(_Strict):
     context_window: Annotated[int, Field(gt=0)] | None = None
     capabilities: list[Capability] | None = None
     """None: assume it can do everything a request asks."""
+    latency_ms: Annotated[float, Field(gt=0)] | None = None
+    """Expected upstream latency until the gateway has measured it (then an EWMA of what it observed)."""
 
     @field_validator("target")
     @classmethod
@@ -119,6 +121,11 @@ class ModelSettings(_Strict):
     """Learned router: the folder ``thrifty router train`` wrote."""
     threshold: float | None = None
     """Learned router: the operating point (``thrifty router calibrate`` prints it)."""
+    max_latency_ms: Annotated[float, Field(gt=0)] | None = None
+    """Any router: targets expected to take longer (observed EWMA, else the pool's ``latency_ms``) are tried
+    only after the others."""
+    latency_weight: Annotated[float, Field(ge=0)] = 0.0
+    """Learned router: predicted quality (0..1) given up per second of expected latency."""
 
     @field_validator("targets")
     @classmethod

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 from routing_data import STRONG, WEAK, synthetic_records
 
+from thrifty.caches.embedders import HashingEmbedder
+from thrifty.routers import ridge
+from thrifty.routers.features import hash_counts
 from thrifty.routers.learned import (
     LearnedRouter,
     OperatingPoint,
-    hash_counts,
     load,
+    replace_embedder,
     save,
     train,
     train_command,
@@ -96,6 +99,12 @@ def test_dual_and_primal_solutions_agree() -> None:
     small = train(records, dim=64)  # more prompts than features: primal
     large = train(records, dim=4096)  # fewer prompts than features: dual
     assert small.weights.shape == (64 + 7, 2) and large.weights.shape == (4096 + 7, 2)
+    x = np.random.default_rng(0).normal(size=(30, 8))
+    y = x @ np.arange(8.0)[:, None] + np.random.default_rng(1).normal(size=(30, 1))
+    for wide in (x, np.hstack([x, np.zeros((30, 40))])):  # primal, then dual (more features than rows)
+        w, b = ridge.fit(wide, y, [1.0])
+        path = ridge.ridge_path(wide, y, wide, [1.0])[0]
+        assert np.allclose(wide @ w + b, path)
     for router in (small, large):
         prediction = router.predict([r.prompt for r in records])
         quality = np.array([[r.outcomes[m].quality for m in router.models] for r in records])
@@ -119,3 +128,47 @@ def test_train_command_writes_a_router_and_a_summary(tmp_path: Path) -> None:
     text = train_command(data, tmp_path / "r")
     assert "trained on 60 prompts" in text and STRONG in text
     assert load(tmp_path / "r").trained_on == 60
+
+
+def test_each_model_gets_the_penalty_cross_validation_prefers() -> None:
+    # The large model's quality is noise here, whatever the prompt; the small model's follows the prompt: the
+    # best penalty for the first is "predict the mean", for the second a small one.
+    rng = np.random.default_rng(0)
+    records = [
+        OutcomeRecord(
+            r.prompt,
+            {WEAK: r.outcomes[WEAK], STRONG: ModelOutcome(float(rng.random() < 0.9), r.outcomes[STRONG].cost_usd)},
+        )
+        for r in synthetic_records(n=200)
+    ]
+    router = train(records, dim=512)
+    alphas = dict(zip(router.models, router.alphas, strict=True))
+    assert alphas[STRONG] == max(ridge.ALPHAS) and alphas[WEAK] < 100
+    assert train(records, dim=512, alpha=3.0).alphas == (3.0, 3.0)
+    assert ridge.fold_numbers(["a", "b", "a", "c"], 3)[0] == ridge.fold_numbers(["a", "b", "a", "c"], 3)[2]
+
+
+def test_an_embedding_block_is_saved_by_name_and_rebuilt_on_load(tmp_path: Path) -> None:
+    records = synthetic_records(n=120)
+    router = train(records, dim=256, embedder=HashingEmbedder(64), alpha=1.0)
+    assert router.weights.shape == (256 + 7 + 64, 2)
+    save(router, tmp_path)
+    assert json.loads((tmp_path / "router.json").read_text())["embedder"] == "hashing-64"
+    back = load(tmp_path)
+    prompts = [r.prompt for r in synthetic_records(n=10, seed=5)]
+    assert np.allclose(back.predict(prompts), router.predict(prompts))
+    assert replace_embedder(back, HashingEmbedder(64)).space.embedder is not back.space.embedder
+    with pytest.raises(ValueError, match="not trained with"):
+        replace_embedder(back, HashingEmbedder(32))
+
+
+def test_routers_saved_in_the_first_format_still_load(router: LearnedRouter, tmp_path: Path) -> None:
+    fixed = train(synthetic_records(), dim=1024, alpha=10.0)
+    save(fixed, tmp_path)
+    meta = json.loads((tmp_path / "router.json").read_text())
+    for key in ("alphas", "shape_scale", "embedder", "embedding_scale"):
+        del meta[key]
+    meta |= {"format": "thrifty-learned-router/1", "alpha": 10.0, "shape_alpha": 1.0}
+    (tmp_path / "router.json").write_text(json.dumps(meta))
+    prompts = [r.prompt for r in synthetic_records(n=10, seed=5)]
+    assert np.allclose(load(tmp_path).predict(prompts), fixed.predict(prompts))

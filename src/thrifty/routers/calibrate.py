@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from thrifty.routers.evaluate import policy_curve, realized, reference, router_predictions
-from thrifty.routers.learned import LearnedRouter, OperatingPoint, choose_indices, load, require_numpy, save
+from thrifty.routers.features import require_numpy
+from thrifty.routers.learned import LearnedRouter, OperatingPoint, choose_indices, load, save
 from thrifty.routers.outcomes import OutcomeMatrix, OutcomeRecord, read_outcomes, to_matrix
 
 if TYPE_CHECKING:

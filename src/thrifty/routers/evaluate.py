@@ -25,7 +25,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from thrifty.routers.learned import LearnedRouter, OperatingPoint, choose_indices, load, require_numpy, train
+from thrifty.routers.features import PromptEmbedder, require_numpy
+from thrifty.routers.learned import LearnedRouter, OperatingPoint, choose_indices, load, train
 from thrifty.routers.outcomes import OutcomeMatrix, OutcomeRecord, groups_of, read_outcomes, to_matrix
 
 if TYPE_CHECKING:
@@ -214,8 +215,15 @@ def router_predictions(router: LearnedRouter, data: OutcomeMatrix) -> tuple[Arra
     return predicted, relative
 
 
-def cross_validated_predictions(records: Sequence[OutcomeRecord], folds: int = 5, seed: int = 0) -> Array:
-    """Each prompt scored by a router trained on the other folds; records sharing a group share a fold."""
+def cross_validated_predictions(
+    records: Sequence[OutcomeRecord],
+    folds: int = 5,
+    seed: int = 0,
+    embedder: PromptEmbedder | None = None,
+    extra: Sequence[OutcomeRecord] = (),
+) -> Array:
+    """Each prompt scored by a router trained on the other folds (plus ``extra``, records from elsewhere);
+    records sharing a group share a fold."""
     np = require_numpy()
     groups = groups_of(records)
     distinct = sorted(set(groups))
@@ -225,7 +233,8 @@ def cross_validated_predictions(records: Sequence[OutcomeRecord], folds: int = 5
     models = to_matrix(records).models
     predicted = np.full((len(records), len(models)), np.nan)
     for k in range(folds):
-        router = train([r for r, f in zip(records, fold, strict=True) if f != k])
+        training = [r for r, f in zip(records, fold, strict=True) if f != k]
+        router = train([*training, *extra], embedder=embedder)
         test = [r.prompt for r, f in zip(records, fold, strict=True) if f == k]
         raw = router.predict(test)
         for j, model in enumerate(models):

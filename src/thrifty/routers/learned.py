@@ -7,31 +7,35 @@ model to call is decided outside it by an ``OperatingPoint`` (RouteLLM's split o
 prompt in the training data over the most expensive model's. With two models this is exactly RouteLLM's threshold
 on ``quality_strong - quality_weak``; a negative weight reaches "always the most expensive model".
 
-Features, all computed on the CPU in about a millisecond with numpy only (no model download, no pickle):
-- word 1-2-grams and character 3-5-grams within words, signed-hashed into ``dim`` buckets, sublinear TF-IDF,
-  L2-normalised: what the prompt is about;
-- seven shape features (length in characters and words, numbers, lines, sentences, operators, code punctuation),
-  standardised and penalised less than the n-grams: how hard it looks, the part that transfers across domains
-  (prompt length alone is a strong baseline on all three RouteLLM benchmarks).
+Features (``routers.features``): hashed n-gram TF-IDF and shape features, numpy only, about a millisecond a
+prompt; optionally a sentence embedding (``embedder="minilm"``: better on open-ended chat, tens of milliseconds a
+prompt on a CPU). Each model's ridge penalty is chosen by cross-validation inside the training data
+(``routers.ridge``).
 
-A router is saved as ``router.json`` (models, costs, settings, operating point) and ``weights.npz``.
-Needs the ``routing`` extra (numpy).
+A router is saved as ``router.json`` (models, costs, settings, operating point) and ``weights.npz``; the embedding
+model, if any, is named, never copied. Needs the ``routing`` extra (numpy), and ``semantic`` for MiniLM.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import re
-import zlib
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from thrifty.routers import ridge
+from thrifty.routers.features import (
+    FeatureSpace,
+    PromptEmbedder,
+    embedder_named,
+    fit_space,
+    hash_counts,
+    require_numpy,
+    shape_features,
+)
 from thrifty.routers.outcomes import OutcomeRecord, model_names, read_outcomes
 
 if TYPE_CHECKING:
@@ -40,20 +44,11 @@ if TYPE_CHECKING:
 
     Array = NDArray[np.float64]
 
-FORMAT = "thrifty-learned-router/1"
-_WORD = re.compile(r"\w+")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-# Long prompts are hashed by their head and tail only: it bounds decision time, and the ask is usually at an end.
-_HEAD_CHARS = 3000
-_TAIL_CHARS = 3000
-
-
-def require_numpy() -> Any:
-    try:
-        import numpy
-    except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        raise ImportError("the learned router needs numpy: pip install 'thrifty[routing]'") from exc
-    return numpy
+FORMAT = "thrifty-learned-router/2"
+_FORMATS = (FORMAT, "thrifty-learned-router/1")
+_ARRAYS = ("idf", "shape_mean", "shape_std", "weights", "bias")
+SHAPE_SCALE = math.sqrt(10.0)
+"""Shape features penalised 10x less than n-grams: chosen once, before the per-model penalties were added."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +71,18 @@ class LearnedRouter:
     models: tuple[str, ...]
     mean_cost_usd: tuple[Decimal, ...]
     """Each model's mean cost per prompt in the training data."""
-    dim: int
-    alpha: float
-    shape_alpha: float
-    idf: Array
-    shape_mean: Array
-    shape_std: Array
+    space: FeatureSpace
     weights: Array
     """(features, models)."""
     bias: Array
+    alphas: tuple[float, ...]
+    """Each model's ridge penalty, as cross-validation chose it."""
     point: OperatingPoint | None = None
     trained_on: int = 0
+
+    @property
+    def dim(self) -> int:
+        return self.space.dim
 
     @property
     def relative_cost(self) -> Array:
@@ -96,9 +92,7 @@ class LearnedRouter:
         return costs / top if top > 0 else np.zeros_like(costs)  # type: ignore[no-any-return]
 
     def features(self, prompts: Sequence[str]) -> Array:
-        np = require_numpy()
-        hashed = np.vstack([hash_counts(p, self.dim) for p in prompts]) if prompts else np.zeros((0, self.dim))
-        return encode(hashed, shape_features(prompts), self)
+        return self.space(prompts)
 
     def predict(self, prompts: Sequence[str]) -> Array:
         """Expected quality of every model on every prompt, shape (prompts, models)."""
@@ -107,10 +101,15 @@ class LearnedRouter:
     def score(self, prompt: str) -> dict[str, float]:
         return dict(zip(self.models, (float(v) for v in self.predict([prompt])[0]), strict=True))
 
-    def rank(self, prompt: str, point: OperatingPoint | None = None) -> list[str]:
-        """Models best first at ``point`` (default: the calibrated one): the first is the choice, the rest fallbacks."""
+    def rank(self, prompt: str, point: OperatingPoint | None = None, penalty: Array | None = None) -> list[str]:
+        """Models best first at ``point`` (default: the calibrated one): the first is the choice, the rest fallbacks.
+
+        ``penalty`` (per model, in quality units) is subtracted too: the gateway's latency weight uses it.
+        """
         point = point or self.point or OperatingPoint()
         utility = self.predict([prompt])[0] - point.cost_weight * self.relative_cost
+        if penalty is not None:
+            utility = utility - penalty
         order = [self.models[i] for i in sorted(range(len(self.models)), key=lambda i: -utility[i])]
         if point.model in order:
             order.remove(point.model)
@@ -124,6 +123,13 @@ class LearnedRouter:
         return replace(self, point=point)
 
 
+def replace_embedder(router: LearnedRouter, embedder: PromptEmbedder) -> LearnedRouter:
+    """The same router computing its embeddings with ``embedder`` (same model, other instance or cache)."""
+    if router.space.embedder is None or router.space.embedder.name != embedder.name:
+        raise ValueError(f"the router was not trained with {embedder.name} embeddings")
+    return replace(router, space=replace(router.space, embedder=embedder))
+
+
 def choose_indices(pred: Array, relative_cost: Array, point: OperatingPoint, models: Sequence[str]) -> Array:
     """The chosen model's index for each row of ``pred``; NaN predictions (unavailable models) are never chosen."""
     np = require_numpy()
@@ -133,111 +139,40 @@ def choose_indices(pred: Array, relative_cost: Array, point: OperatingPoint, mod
     return np.argmax(utility, axis=1)  # type: ignore[no-any-return]
 
 
-def hash_counts(text: str, dim: int) -> Array:
-    """Signed hashed counts of the prompt's word and character n-grams (signs cancel collisions on average)."""
-    np = require_numpy()
-    if len(text) > _HEAD_CHARS + _TAIL_CHARS:
-        text = text[:_HEAD_CHARS] + " " + text[-_TAIL_CHARS:]
-    words = _WORD.findall(text.lower())
-    grams: Counter[str] = Counter("w " + w for w in words)
-    grams.update("b " + a + " " + b for a, b in itertools.pairwise(words))
-    for word, count in Counter(words).items():
-        padded = f" {word} "
-        for n in (3, 4, 5):
-            for i in range(len(padded) - n + 1):
-                grams[padded[i : i + n]] += count
-    if not grams:
-        return np.zeros(dim)  # type: ignore[no-any-return]
-    hashes = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.int64, count=len(grams))
-    counts = np.fromiter(grams.values(), dtype=np.float64, count=len(grams))
-    signs = np.where(hashes & (1 << 31), -1.0, 1.0)
-    return np.bincount(hashes % dim, weights=signs * counts, minlength=dim)  # type: ignore[no-any-return]
-
-
-def shape_features(prompts: Sequence[str]) -> Array:
-    np = require_numpy()
-    rows = [
-        [
-            len(p),
-            len(_WORD.findall(p)),
-            len(_NUMBER.findall(p)),
-            p.count("\n"),
-            sum(p.count(c) for c in ".?!"),
-            sum(p.count(c) for c in "+-*/=^<>%$"),
-            sum(p.count(c) for c in "{}[]();_"),
-        ]
-        for p in prompts
-    ]
-    return np.log1p(np.array(rows, dtype=np.float64).reshape(len(prompts), 7))  # type: ignore[no-any-return]
-
-
-def encode(hashed: Array, shapes: Array, router: LearnedRouter) -> Array:
-    np = require_numpy()
-    tf = np.sign(hashed) * np.log1p(np.abs(hashed)) * router.idf
-    tf /= np.maximum(np.linalg.norm(tf, axis=1, keepdims=True), 1e-12)
-    # Scaling a block by sqrt(alpha / shape_alpha) under one ridge penalty alpha penalises it by shape_alpha.
-    scale = math.sqrt(router.alpha / router.shape_alpha / shapes.shape[1])
-    z = (shapes - router.shape_mean) / router.shape_std * scale
-    return np.hstack([tf, z])  # type: ignore[no-any-return]
-
-
 def train(
-    records: Sequence[OutcomeRecord], *, dim: int = 4096, alpha: float = 10.0, shape_alpha: float = 1.0
+    records: Sequence[OutcomeRecord],
+    *,
+    dim: int = 4096,
+    embedder: PromptEmbedder | str | None = None,
+    alpha: float | None = None,
+    folds: int = 5,
 ) -> LearnedRouter:
     """Fit one ridge regression per model on the prompts where that model has an outcome.
 
-    ``alpha`` = 10 was chosen once, on cross-validation runs over the three RouteLLM benchmarks together, and is
-    used unchanged for every benchmark and setting reported.
+    ``alpha`` None (the default) chooses each model's penalty by ``folds``-fold cross-validation on ``records``
+    (records sharing a group share a fold); a number fixes it for every model.
     """
     np = require_numpy()
+    if isinstance(embedder, str):
+        embedder = embedder_named(embedder)
     models = model_names(records)
     prompts = [r.prompt for r in records]
-    hashed = np.vstack([hash_counts(p, dim) for p in prompts])
-    shapes = shape_features(prompts)
-    document_freq = (hashed != 0).sum(axis=0)
-    router = LearnedRouter(
+    hashed, shapes = np.vstack([hash_counts(p, dim) for p in prompts]), shape_features(prompts)
+    space = fit_space(hashed, shapes, dim, SHAPE_SCALE, embedder)
+    vectors = space.raw(prompts)[2] if embedder is not None else None
+    x = space.encode(hashed, shapes, vectors)
+    quality = np.array([[_quality(r, m) for m in models] for r in records], dtype=np.float64)
+    groups = [r.group or f"#{i}" for i, r in enumerate(records)]
+    weights, bias, alphas = ridge.fit_per_model(x, quality, groups, folds, alpha)
+    return LearnedRouter(
         models=models,
         mean_cost_usd=tuple(_mean_cost(records, m) for m in models),
-        dim=dim,
-        alpha=alpha,
-        shape_alpha=shape_alpha,
-        idf=np.log((1 + len(records)) / (1 + document_freq)) + 1.0,
-        shape_mean=shapes.mean(axis=0),
-        shape_std=shapes.std(axis=0) + 1e-6,
-        weights=np.zeros((dim + shapes.shape[1], len(models))),
-        bias=np.zeros(len(models)),
+        space=space,
+        weights=weights,
+        bias=bias,
+        alphas=tuple(alphas),
         trained_on=len(records),
     )
-    x = encode(hashed, shapes, router).astype(np.float32)
-    quality = np.array([[_quality(r, m) for m in models] for r in records], dtype=np.float64)
-    weights, bias = _fit_ridge(x, quality, alpha)
-    return replace(router, weights=weights, bias=bias)
-
-
-def _fit_ridge(x: Array, quality: Array, alpha: float) -> tuple[Array, Array]:
-    """Ridge with an unpenalised intercept per model; models measured on the same prompts share one solve."""
-    np = require_numpy()
-    weights = np.zeros((x.shape[1], quality.shape[1]))
-    bias = np.zeros(quality.shape[1])
-    present = ~np.isnan(quality)
-    patterns: dict[bytes, list[int]] = {}
-    for m in range(quality.shape[1]):
-        patterns.setdefault(present[:, m].tobytes(), []).append(m)
-    for columns in patterns.values():
-        rows = present[:, columns[0]]
-        xs, ys = x[rows], quality[rows][:, columns]
-        x_mean, y_mean = xs.mean(axis=0), ys.mean(axis=0)
-        xc = xs - x_mean
-        # Solve in whichever space is smaller: n x n (dual) for small data, features x features otherwise.
-        if len(xc) <= xc.shape[1]:
-            gram = (xc @ xc.T).astype(np.float64) + alpha * np.eye(len(xc))
-            w = xc.T.astype(np.float64) @ np.linalg.solve(gram, ys - y_mean)
-        else:
-            gram = (xc.T @ xc).astype(np.float64) + alpha * np.eye(xc.shape[1])
-            w = np.linalg.solve(gram, xc.T.astype(np.float64) @ (ys - y_mean))
-        weights[:, columns] = w
-        bias[columns] = y_mean - x_mean.astype(np.float64) @ w
-    return weights, bias
 
 
 def _quality(record: OutcomeRecord, model: str) -> float:
@@ -254,56 +189,77 @@ def save(router: LearnedRouter, directory: str | Path) -> None:
     np = require_numpy()
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
+    space = router.space
     meta = {
         "format": FORMAT,
         "models": list(router.models),
         "mean_cost_usd": [str(c) for c in router.mean_cost_usd],
-        "dim": router.dim,
-        "alpha": router.alpha,
-        "shape_alpha": router.shape_alpha,
+        "dim": space.dim,
+        "alphas": list(router.alphas),
+        "shape_scale": space.shape_scale,
+        "embedder": space.embedder.name if space.embedder else None,
+        "embedding_scale": space.embedding_scale,
         "trained_on": router.trained_on,
         "operating_point": router.point.to_json() if router.point else None,
     }
-    arrays = {k: getattr(router, k) for k in ("idf", "shape_mean", "shape_std", "weights", "bias")}
-    np.savez(folder / "weights.npz", **arrays)
+    arrays = {"idf": space.idf, "shape_mean": space.shape_mean, "shape_std": space.shape_std}
+    np.savez(folder / "weights.npz", weights=router.weights, bias=router.bias, **arrays)
     (folder / "router.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
-def load(directory: str | Path) -> LearnedRouter:
+def load(directory: str | Path, embedder: PromptEmbedder | None = None) -> LearnedRouter:
+    """A saved router; ``embedder`` stands in for the one the router names (tests, a shared instance)."""
     np = require_numpy()
     folder = Path(directory)
     meta = json.loads((folder / "router.json").read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in _FORMATS:
         raise ValueError(f"{folder}: not a learned router of format {FORMAT!r} (found {meta.get('format')!r})")
     with np.load(folder / "weights.npz", allow_pickle=False) as npz:
-        arrays = {k: npz[k].astype(np.float64) for k in ("idf", "shape_mean", "shape_std", "weights", "bias")}
+        arrays = {k: npz[k].astype(np.float64) for k in _ARRAYS}
     models = tuple(meta["models"])
-    if arrays["weights"].shape != (meta["dim"] + 7, len(models)) or arrays["idf"].shape != (meta["dim"],):
+    if meta.get("embedder") and embedder is None:
+        embedder = embedder_named(meta["embedder"])
+    if "alphas" in meta:
+        alphas, shape_scale = tuple(float(a) for a in meta["alphas"]), float(meta["shape_scale"])
+    else:  # format 1: one penalty, the shape block's expressed as its own penalty
+        alphas = (float(meta["alpha"]),) * len(models)
+        shape_scale = math.sqrt(float(meta["alpha"]) / float(meta["shape_alpha"]))
+    space = FeatureSpace(
+        int(meta["dim"]),
+        arrays["idf"],
+        arrays["shape_mean"],
+        arrays["shape_std"],
+        shape_scale,
+        embedder if meta.get("embedder") else None,
+        float(meta.get("embedding_scale", 1.0)),
+    )
+    if arrays["weights"].shape != (space.width, len(models)) or arrays["idf"].shape != (space.dim,):
         raise ValueError(f"{folder}: weights.npz does not match router.json (dim {meta['dim']}, {len(models)} models)")
     point = meta.get("operating_point")
     return LearnedRouter(
         models=models,
         mean_cost_usd=tuple(Decimal(c) for c in meta["mean_cost_usd"]),
-        dim=int(meta["dim"]),
-        alpha=float(meta["alpha"]),
-        shape_alpha=float(meta["shape_alpha"]),
+        space=space,
+        weights=arrays["weights"],
+        bias=arrays["bias"],
+        alphas=alphas,
         point=OperatingPoint.from_json(point) if point else None,
         trained_on=int(meta["trained_on"]),
-        **arrays,
     )
 
 
-def train_command(data: str | Path | Sequence[str | Path], out: str | Path) -> str:
+def train_command(data: str | Path | Sequence[str | Path], out: str | Path, embedder: str | None = None) -> str:
     """``thrifty router train --data OUTCOMES.jsonl [--data MORE.jsonl] --out ROUTER_DIR``: a summary to print."""
     paths = [data] if isinstance(data, str | Path) else list(data)
     records = [record for path in paths for record in read_outcomes(path)]
-    router = train(records)
+    router = train(records, embedder=embedder)
     save(router, out)
     lines = [f"trained on {len(records)} prompts from {len(paths)} file(s); saved to {out}", ""]
-    lines.append(f"{'model':<44} {'prompts':>8} {'mean quality':>13} {'mean cost_usd':>14}")
-    for model, cost in zip(router.models, router.mean_cost_usd, strict=True):
+    lines.append(f"{'model':<44} {'prompts':>8} {'mean quality':>13} {'mean cost_usd':>14} {'penalty':>8}")
+    for model, cost, alpha in zip(router.models, router.mean_cost_usd, router.alphas, strict=True):
         measured = [r.outcomes[model].quality for r in records if model in r.outcomes]
-        lines.append(f"{model:<44} {len(measured):>8} {sum(measured) / len(measured):>13.4f} {cost:>14.6f}")
+        mean = sum(measured) / len(measured)
+        lines.append(f"{model:<44} {len(measured):>8} {mean:>13.4f} {cost:>14.6f} {alpha:>8.3g}")
     lines.append("")
     lines.append(f"next: thrifty router calibrate --router {out} --data OUTCOMES.jsonl --keep 0.95")
     return "\n".join(lines)
