@@ -159,7 +159,7 @@ def _report_cutoffs(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from thrifty.demo import run_demo
 
-    return run_demo(requests=args.requests, concurrency=args.concurrency)
+    return run_demo(requests=args.requests, concurrency=args.concurrency, semantic=args.semantic)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -411,6 +411,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="replay the bundled workload through a real gateway")
     p.add_argument("--requests", type=int, default=0, help="only the first N records (default: all)")
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--semantic", action="store_true", help="also the semantic cache (MiniLM on the CPU; ~4x slower)")
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("simulate", parents=[config], help="replay a workload file against a config")

@@ -23,7 +23,7 @@ STRONG = "gpt-4-1106-preview"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
 
-def demo_settings() -> Settings:
+def demo_settings(semantic: bool = False) -> Settings:
     raw: dict[str, object] = {
         "providers": {"recorded": {"kind": "replay"}},
         "models": {
@@ -37,18 +37,18 @@ def demo_settings() -> Settings:
         },
         # The catalog prices Mixtral under Mistral's own name; the recorded answers came from this checkpoint.
         "prices": {WEAK: {"usd_per_mtok_input": Decimal("0.7"), "usd_per_mtok_output": Decimal("0.7")}},
-        "cache": {"exact": True},
+        "cache": {"exact": True, "semantic": semantic},
     }
     return settings_from_dict(raw, base_dir=Path.cwd(), source="demo config")
 
 
-def run_demo(*, requests: int = 0, concurrency: int = 8) -> int:
+def run_demo(*, requests: int = 0, concurrency: int = 8, semantic: bool = False) -> int:
     records = read_workload(demo_workload_path())
     if requests:
         records = records[:requests]
     print(f"Replaying {len(records):,} recorded requests through a gateway on loopback (openai SDK client)...")
     started = time.perf_counter()
-    result = simulate(demo_settings(), records, concurrency=concurrency)
+    result = simulate(demo_settings(semantic), records, concurrency=concurrency)
     elapsed = time.perf_counter() - started
     print(f"done in {elapsed:.1f} s ({len(records) / elapsed:,.0f} requests/s)\n")
     print_simulation(result)
