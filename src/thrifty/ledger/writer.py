@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
@@ -47,12 +48,25 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _set_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+
+
+def _set_wal(cursor: Any, attempts: int = 200) -> None:
+    """Switch to WAL. Processes opening a fresh file at once can get "database is locked" here without SQLite's
+    busy timeout applying (the switch needs an exclusive lock): retry for up to ~10 s."""
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 @functools.lru_cache(maxsize=64)
