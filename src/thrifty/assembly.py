@@ -219,7 +219,11 @@ def build_optimizer(settings: Settings, aliases: dict[str, tuple[Target, ...]], 
             compress_latest_turn_only=bool(o.compress and o.compress.latest_turn_only),
             default_max_tokens=caps.default_max_tokens,
             max_tokens_limit=caps.max_tokens,
-            summarize=SummarizePlan(s.after_tokens, s.model, s.keep_last_messages, s.max_summary_tokens) if s else None,
+            summarize=SummarizePlan(
+                s.after_tokens, s.model, s.keep_last_messages, s.max_summary_tokens, s.max_fold_tokens
+            )
+            if s
+            else None,
             stop=tuple(caps.stop),
         )
 

@@ -241,6 +241,8 @@ class SummarizeSettings(_Strict):
     """The alias (in ``[models]``) of the cheap model that writes the summary, called through this gateway."""
     keep_last_messages: Annotated[int, Field(ge=1)] = 4
     max_summary_tokens: Annotated[int, Field(gt=0)] = 400
+    max_fold_tokens: Annotated[int, Field(gt=0)] = 8000
+    """At most this much history per summarizer call; a longer backlog is folded over several turns."""
     store: Literal["memory", "redis"] = "memory"
     """Where summaries live between turns: this process, or Redis shared by replicas."""
     url: str | None = None

@@ -290,3 +290,25 @@ def test_pins_never_reach_the_provider_whatever_the_plan(tmp_path: Path) -> None
                     pinned: Any = {"role": "user", "content": "booking QX7", PIN: True}
                     client.chat.completions.create(model="fast", messages=[pinned])
         assert up.requests[-1].json["messages"] == [{"role": "user", "content": "booking QX7"}]
+
+
+def test_a_long_backlog_is_folded_in_chunks_the_summarizer_can_take() -> None:
+    summarizer, complete = HistorySummarizer(TiktokenCounter()), Recorder()
+    summarizer.bind(complete)
+    plan = SummarizePlan(after_tokens=100, model="fast", keep_last_messages=2, max_fold_tokens=400)
+    messages = conversation(8)  # ~1,700 tokens of history at once
+    first = run(summarizer, messages, plan)
+    assert first.called_model and first.tokens_saved > 0
+    counter = TiktokenCounter()
+    assert counter.count_text("gpt-4o", complete.asked[0]) < 400 + 250  # one chunk (plus the prompt's framing)
+    assert first.messages[2]["role"] != "tool"  # what stays verbatim starts at a call, never at its result
+    turns = 0
+    while True:  # each further turn folds the next chunk into the summary, until the backlog is under the limit
+        messages = [*messages, {"role": "user", "content": "and?"}, {"role": "assistant", "content": "ok"}]
+        out = run(summarizer, messages, plan)
+        turns += 1
+        if not out.called_model:
+            break
+        assert "Summary so far" in complete.asked[-1]
+    assert 2 <= len(complete.asked) <= 8 and turns < 10
+    assert not any("Turn 1:" in str(m.get("content")) for m in out.messages[2:])

@@ -56,6 +56,9 @@ class SummarizePlan:
     """The alias of the cheap model that writes the summary."""
     keep_last_messages: int = 4
     max_summary_tokens: int = 400
+    max_fold_tokens: int = 8000
+    """At most this much history goes to the summarizer in one call (a long history is folded over several
+    turns), so a first fold never exceeds the cheap model's context."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +183,17 @@ class HistorySummarizer:
         pending = foldable[covered:]
         called = False
         if self._counter.count_messages(model, [clean[i] for i in pending]) >= plan.after_tokens:
-            text = await self._fold(request, principal, plan, stored, [clean[i] for i in pending])
+            chunk = _fold_chunk(clean, pending, plan.max_fold_tokens, self._counter, model)
+            text = await self._fold(request, principal, plan, stored, [clean[i] for i in chunk])
             if text is not None:
-                extended = StoredSummary(len(foldable), _fingerprint(clean, foldable), text)
+                reach = covered + len(chunk)
+                extended = StoredSummary(reach, _fingerprint(clean, foldable[:reach]), text)
                 kept = [e for e in entries if e is not stored][: PER_KEY - 1]
                 try:
                     await self._store.put(key, [extended, *kept])
                 except Exception as exc:
                     log.warning("history summary not stored (%s)", exc.__class__.__name__)
-                stored, covered, called = extended, len(foldable), True
+                stored, covered, called = extended, reach, True
         if stored is None:
             return Summarized(clean, 0, called)
         folded = set(foldable[:covered])
@@ -277,6 +282,22 @@ def _tail_start(messages: Sequence[JsonObject], groups: Sequence[tuple[int, int,
     while index > 0 and (len(messages) - groups[index][0] < keep or messages[groups[index][0]].get("role") != "user"):
         index -= 1
     return groups[index][0]
+
+
+def _fold_chunk(
+    messages: Sequence[JsonObject], pending: Sequence[int], limit: int, counter: TiktokenCounter, model: str
+) -> list[int]:
+    """The oldest pending messages up to ``limit`` tokens (at least one), never leaving a tool result behind its
+    call: what stays verbatim after the summary starts at a message that is not a tool result."""
+    chunk: list[int] = []
+    total = 0
+    for i in pending:
+        tokens = counter.count_messages(model, [messages[i]])
+        if chunk and total + tokens > limit and messages[i].get("role") != "tool":
+            break
+        chunk.append(i)
+        total += tokens
+    return chunk
 
 
 def _longest_match(
