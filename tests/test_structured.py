@@ -31,6 +31,7 @@ from thrifty.optimizers.structured import (
     properties,
     response_schema,
 )
+from thrifty.pricing import CatalogPricer
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
 from thrifty.tokens import TiktokenCounter
@@ -314,3 +315,19 @@ def test_mutually_recursive_definitions_stop_at_the_node_budget() -> None:
     assert time.perf_counter() - started < 2.0
     assert MAX_NODES // 4 < len(found) < MAX_NODES  # stopped by the budget, not by running out of paths
     assert findings.unused[:2] == ("debug_trace", "replies")
+
+
+def test_rules_are_picked_like_optimize_plans_feature_then_alias_then_default() -> None:
+    default, by_alias, by_feature = StructuredRule(("a",)), StructuredRule(("b",)), StructuredRule(("c",))
+    watch = StructuredWatch(
+        default,
+        {"catalog": by_feature, "plain": None},
+        TiktokenCounter(),
+        CatalogPricer(),
+        GatewayMetrics(),
+        {"smart": by_alias},
+    )
+    assert watch.rule_for("catalog", "smart") is by_feature
+    assert watch.rule_for("plain", "smart") is None  # a feature's table without [structured] turns it off
+    assert watch.rule_for("other", "smart") is by_alias
+    assert watch.rule_for("other", "fast") is default

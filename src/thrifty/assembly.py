@@ -324,9 +324,10 @@ def _structured_watch(
 
     o = settings.optimize
     features = {name: rule(f.structured) for name, f in o.features.items()}
-    if o.structured is None and not any(features.values()):
+    models = {alias: rule(m.structured) for alias, m in o.models.items()}
+    if o.structured is None and not any(features.values()) and not any(models.values()):
         return []
-    return [StructuredWatch(rule(o.structured), features, counter, pricer, metrics)]
+    return [StructuredWatch(rule(o.structured), features, counter, pricer, metrics, models)]
 
 
 def _span_observer(settings: Settings) -> list[Callable[[LedgerEntry], None]]:

@@ -270,15 +270,19 @@ class StructuredWatch:
         counter: TiktokenCounter,
         pricer: Pricer,
         metrics: GatewayMetrics,
+        models: Mapping[str, StructuredRule | None] | None = None,
     ) -> None:
-        self._default, self._features = default, dict(features)
+        self._default, self._features, self._models = default, dict(features), dict(models or {})
         self._counter, self._pricer, self._metrics = counter, pricer, metrics
         self._findings: dict[tuple[str, str, str], SchemaFindings] = {}
         self._warned: set[tuple[str, str]] = set()
         self._failed = False
 
-    def rule_for(self, feature: str) -> StructuredRule | None:
-        return self._features.get(feature, self._default)
+    def rule_for(self, feature: str, alias: str = "") -> StructuredRule | None:
+        """As the optimize stage picks its plan: the feature's table, else the alias's, else ``[optimize]``."""
+        if feature in self._features:
+            return self._features[feature]
+        return self._models.get(alias, self._default)
 
     def __call__(self, entry: LedgerEntry) -> None:
         """Never raises: it runs in ``Gateway.record``, after the answer was paid for and recorded, and a failure
@@ -296,7 +300,7 @@ class StructuredWatch:
         payload, feature = entry.payload, entry.principal.feature
         if payload is None or entry.status != "ok" or entry.cache:
             return  # a cache hit wrote no output tokens
-        rule = self.rule_for(feature)
+        rule = self.rule_for(feature, entry.requested_model)
         schema = response_schema(payload.request) if rule is not None else None
         if rule is None or schema is None:
             return
