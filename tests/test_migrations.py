@@ -12,34 +12,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, select
 
+from test_ledger import entry as ledger_entry
 from thrifty.ledger import tables
 from thrifty.ledger.cutoffs import cutoff_report
 from thrifty.ledger.migrations import STEPS, migrate
 from thrifty.ledger.writer import SqlLedger, make_engine, row_of
-from thrifty.types import LedgerEntry, Principal, Usage
+from thrifty.types import LedgerEntry
 
 ADDED_BY_STEP_2 = ("finish_reason", "max_output_tokens")
 
 
 def entry(n: int, **kw: object) -> LedgerEntry:
-    fields: dict[str, object] = {
-        "request_id": f"req_{n:06d}",
-        "started_at": 1_764_000_000.0 + n,
-        "endpoint": "chat",
-        "principal": Principal("acme", "key_1", "u1", "search", "s1"),
-        "requested_model": "fast",
-        "provider": "up",
-        "model": "gpt-4o-mini",
-        "usage": Usage(1000, 200),
-        "cost_usd": Decimal("0.00027"),
-        "baseline_cost_usd": Decimal("0.00027"),
-        "total_ms": 12.5,
-        "upstream_ms": 12.0,
-        "ttft_ms": None,
-        "status": "ok",
-    }
-    fields.update(kw)
-    return LedgerEntry(**fields)  # type: ignore[arg-type]
+    return ledger_entry(n, Decimal("0.00027"), **kw)
 
 
 def old_row(n: int) -> dict[str, object]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import gzip
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -112,14 +112,7 @@ class TiktokenCounter:
         return _count(encoding_name_for(model)[0], text)
 
     def count_messages(self, model: str, messages: Sequence[dict[str, object]]) -> int:
-        total = TOKENS_REPLY_PRIMING
-        for message in messages:
-            total += TOKENS_PER_MESSAGE
-            for key, value in message.items():
-                if key == "name":
-                    total += TOKENS_PER_NAME
-                total += self.count_text(model, text_of(value))
-        return total
+        return _messages_total(messages, lambda text: self.count_text(model, text))
 
 
 def messages_token_bound(messages: Sequence[dict[str, object]]) -> int:
@@ -129,14 +122,22 @@ def messages_token_bound(messages: Sequence[dict[str, object]]) -> int:
     bytes. Budgets reserve with this while they have plenty of room, so that a request's text is encoded (and
     the encoding loaded) only when a budget is close enough to its limit for the difference to matter.
     """
+    return _messages_total(messages, _utf8_length)
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _messages_total(messages: Sequence[dict[str, object]], measure: Callable[[str], int]) -> int:
+    """OpenAI's framing of a chat prompt (per message, per name, reply priming) around each field's text."""
     total = TOKENS_REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
         for key, value in message.items():
             if key == "name":
                 total += TOKENS_PER_NAME
-            text = value if isinstance(value, str) else text_of(value)
-            total += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            total += measure(value if isinstance(value, str) else text_of(value))
     return total
 
 

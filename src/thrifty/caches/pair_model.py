@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from thrifty.caches.similarity import DEFAULT_THRESHOLD, Decision
+from thrifty.caches.similarity import DEFAULT_THRESHOLD, Decision, guarded
 from thrifty.caches.text_signals import Signals, guard_veto, signals
 from thrifty.errors import ConfigError
 
@@ -173,11 +173,9 @@ class PairModelJudge:
 
     def decide(self, query: str, candidate: str, cosine: float) -> Decision:
         found = signals(query, candidate, cosine)
-        if found.identical:
-            return Decision(True, 1.0, "identical after normalising case, spacing and punctuation")
-        veto = guard_veto(found)
-        if veto:
-            return Decision(False, 0.0, veto)
+        settled = guarded(found)
+        if settled is not None:
+            return settled
         vectors = self._embedder.embed([query, candidate])
         text = np.array([found.features()], dtype=np.float64)
         score = float(self.model.scores(pair_features(vectors[:1], vectors[1:], text))[0])

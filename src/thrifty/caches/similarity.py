@@ -67,6 +67,14 @@ class ScorerWeights:
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
 
+def guarded(found: Signals) -> Decision | None:
+    """What the guards settle before any score: identical text is a hit, a vetoed pair a miss; None: score it."""
+    if found.identical:
+        return Decision(True, 1.0, "identical after normalising case, spacing and punctuation")
+    veto = guard_veto(found)
+    return Decision(False, 0.0, veto) if veto else None
+
+
 class GuardedJudge:
     """Guards first, then the calibrated score against the threshold (the gateway's default judge)."""
 
@@ -78,11 +86,9 @@ class GuardedJudge:
 
     def decide(self, query: str, candidate: str, cosine: float) -> Decision:
         found = signals(query, candidate, cosine)
-        if found.identical:
-            return Decision(True, 1.0, "identical after normalising case, spacing and punctuation")
-        veto = guard_veto(found)
-        if veto:
-            return Decision(False, 0.0, veto)
+        settled = guarded(found)
+        if settled is not None:
+            return settled
         score = self.weights.probability(found.features())
         verdict = "hit" if score >= self.threshold else "miss"
         return Decision(

@@ -23,8 +23,8 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -307,22 +307,24 @@ def _longest_match(
     wanted = {e.covered for e in entries if 0 < e.covered <= len(foldable)}
     if not wanted:
         return None
-    digest, prefixes = hashlib.sha256(), {}
-    for n, i in enumerate(foldable, start=1):
-        digest.update(json.dumps(messages[i], sort_keys=True, separators=(",", ":")).encode())
-        digest.update(b"\x1e")
-        if n in wanted:
-            prefixes[n] = digest.hexdigest()[:32]
+    running = _running_fingerprints(messages, foldable[: max(wanted)])
+    prefixes = {n: fingerprint for n, fingerprint in enumerate(running, start=1) if n in wanted}
     matches = [e for e in entries if prefixes.get(e.covered) == e.fingerprint]
     return max(matches, key=lambda e: e.covered, default=None)
 
 
-def _fingerprint(messages: Sequence[JsonObject], indexes: Sequence[int]) -> str:
+def _running_fingerprints(messages: Sequence[JsonObject], indexes: Sequence[int]) -> Iterator[str]:
+    """The fingerprint of each prefix of ``messages[indexes]``, in one pass."""
     digest = hashlib.sha256()
     for i in indexes:
         digest.update(json.dumps(messages[i], sort_keys=True, separators=(",", ":")).encode())
         digest.update(b"\x1e")
-    return digest.hexdigest()[:32]
+        yield digest.hexdigest()[:32]
+
+
+def _fingerprint(messages: Sequence[JsonObject], indexes: Sequence[int]) -> str:
+    last = deque(_running_fingerprints(messages, indexes), maxlen=1)  # the whole is the last prefix
+    return last[0] if last else hashlib.sha256().hexdigest()[:32]
 
 
 def _session_key(principal: Principal, messages: Sequence[JsonObject], head: int) -> str:
