@@ -40,9 +40,9 @@ from embedding_store import CHUNK, embed_cached
 from thrifty.caches.embedders import MiniLMEmbedder
 from thrifty.caches.pair_model import decisions_for
 from thrifty.caches.pair_training import PairData, TrainingOptions, fit_logistic, train_pair_model
-from thrifty.caches.similarity import DEFAULT_THRESHOLD, WEIGHTS_FILE, GuardedJudge, ScorerWeights
+from thrifty.caches.similarity import DEFAULT_THRESHOLD, WEIGHTS_FILE, GuardedJudge, ScorerWeights, guarded
 from thrifty.caches.text_signals import Signals, guard_veto, signals
-from thrifty.caches.tuned_encoder import TunedModel, TuningOptions, decision_scores, tune
+from thrifty.caches.tuned_encoder import TunedEncoderJudge, TunedModel, TuningOptions, decision_scores, tune
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "datasets" / "gptcache" / "similiar_qqp_full.json"
@@ -214,6 +214,31 @@ def tuned_encoder_result(rows: Sequence[dict[str, Any]], labels: Floats, cut: in
         "training": model.info | {"reused_saved_model": reused, "seconds": round(trained_seconds, 1)},
         "saved_to": str(TUNED.relative_to(ROOT)),
         "test_seconds": round(time.perf_counter() - started, 1),
+        "decision_latency": judge_latency(model, test_pairs[-300:]),
+    }
+
+
+def judge_latency(model: TunedModel, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """One decision at a time on one torch thread, as the gateway makes them: the tuned encoder embeds the query
+    (the candidate is usually in its LRU already: stored questions are embedded when the judge first sees them).
+    Pairs the guards let through, with the candidate warmed, so each decision embeds one text."""
+    import torch
+
+    torch.set_num_threads(1)
+    pairs = [(a, b) for a, b in pairs if guarded(signals(a, b, 0.0)) is None]  # vetoed pairs embed nothing
+    fresh = TunedModel.load(TUNED, threads=1)
+    fresh.encoder.embed([b for _, b in pairs])
+    judge = TunedEncoderJudge(fresh, DEFAULT_THRESHOLD)
+    times = []
+    for a, b in pairs:
+        started = time.perf_counter()
+        judge.decide(a, b, 0.9)
+        times.append((time.perf_counter() - started) * 1000)
+    return {
+        "decisions": len(times),
+        "p50_ms": round(float(np.percentile(times, 50)), 2),
+        "p99_ms": round(float(np.percentile(times, 99)), 2),
+        "threads": 1,
     }
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from thrifty.errors import BadRequest, ThriftyError
+from thrifty.errors import BadRequest, ConfigError, ThriftyError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -188,6 +188,8 @@ def cmd_cache_train(args: argparse.Namespace) -> int:
     if args.finetune:
         from thrifty.caches import tuned_encoder
 
+        if args.threads is not None and args.threads < 1:
+            raise ConfigError("--threads must be at least 1")
         tuning = tuned_encoder.TuningOptions(
             precision=args.precision,
             epochs=args.epochs,

@@ -4,8 +4,10 @@ scorer, calibrates, saves without pickle; ``[cache] pair_model`` wires it into a
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,14 @@ if os.environ.get("THRIFTY_REQUIRE_SERVICES") != "1":
 
 from thrifty.caches.embedders import MiniLMEmbedder
 from thrifty.caches.pair_model import MODEL_FILE
-from thrifty.caches.tuned_encoder import TunedEncoderJudge, TunedModel, decision_scores, pair_cosines
+from thrifty.caches.tuned_encoder import (
+    TunedEncoderJudge,
+    TunedModel,
+    TuningOptions,
+    decision_scores,
+    pair_cosines,
+    split_pairs,
+)
 
 pytestmark = pytest.mark.timeout(600)  # the module fixture fine-tunes a model
 GROUPS = [("for a child", "for a professional"), ("for a beginner", "for my grandmother")]
@@ -53,12 +62,15 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((positives[:, None] > negatives[None, :]).mean())
 
 
+TRAINING = audience_pairs(1, 320, TOPICS[:15])
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One fine-tuning run for the module, through the CLI, on the first 15 topics (tens of seconds on a core)."""
     folder = tmp_path_factory.mktemp("tuned")
     pairs = folder / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(p) + "\n" for p in audience_pairs(1, 320, TOPICS[:15])))
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in TRAINING))
     argv = ["cache", "train", "--pairs", str(pairs), "--out", str(folder / "model"), "--finetune"]
     assert main([*argv, "--epochs", "4", "--learning-rate", "1e-4", "--threads", "1"]) == 0
     return folder / "model"
@@ -72,8 +84,13 @@ def model(trained: Path) -> TunedModel:
 def test_training_records_its_split_and_calibration(trained: Path) -> None:
     meta = json.loads((trained / MODEL_FILE).read_text())
     assert meta["format"] == "thrifty-cache-tuned-encoder/1" and meta["loss"] == "CoSENT"
-    assert meta["trained_on"]["pairs"] == 256 and meta["trained_on"]["steps"] == 32
-    assert meta["scorer_fitted_on"]["pairs"] == 32 and meta["holdout"]["pairs"] == 32
+    fit, refit, held = split_pairs(_texts(TRAINING), TuningOptions())
+    assert meta["trained_on"]["pairs"] == len(fit) and meta["trained_on"]["steps"] == math.ceil(len(fit) / 32) * 4
+    assert meta["scorer_fitted_on"]["pairs"] == len(refit) and meta["holdout"]["pairs"] == len(held)
+    assert 240 <= len(fit) <= 272 and len(refit) >= 16 and len(held) >= 16
+    # Pairs sharing a cached text are never on both sides of a split.
+    cached = [{TRAINING[i]["cached"] for i in part} for part in (fit, refit, held)]
+    assert not (cached[0] & cached[1] or cached[0] & cached[2] or cached[1] & cached[2])
     assert meta["encoder"].startswith("all-MiniLM-L6-v2+tuned-")
     assert (trained / "encoder" / "model.safetensors").exists()
     assert not list(trained.rglob("*.bin")) and not list(trained.rglob("*.pkl"))  # no pickle anywhere
@@ -105,12 +122,28 @@ def test_decisions_on_unseen_topics_and_guards_still_veto(model: TunedModel) -> 
     assert not TunedEncoderJudge(model, 0.999999).decide(a, b, 0.5).hit
 
 
-def test_saved_model_reloads_with_the_same_scores(model: TunedModel, trained: Path) -> None:
-    pairs = [("How do I paint a bedroom wall for a child?", "Any tips to paint a bedroom wall for a beginner?")]
-    # Alone, not in a padded batch of longer texts as in the tests above: float noise only.
-    assert decision_scores(TunedModel.load(trained), pairs)[0] == pytest.approx(
-        decision_scores(model, pairs)[0], abs=1e-4
-    )
+def test_the_saved_model_reproduces_its_recorded_calibration(trained: Path) -> None:
+    """Reloaded from disk, the judge at the default threshold gets the held-out precision and recall that training
+    recorded: the threshold was calibrated in the space the judge scores in, and nothing was lost in saving."""
+    fresh = TunedModel.load(trained)
+    _, _, held = split_pairs(_texts(TRAINING), TuningOptions())
+    scores = decision_scores(fresh, [_texts(TRAINING)[i] for i in held])
+    labels = np.array([TRAINING[i]["label"] for i in held])
+    hits = scores >= 0.8
+    recorded = json.loads((trained / MODEL_FILE).read_text())["holdout"]
+    assert round(float(labels[hits].mean()), 4) == recorded["precision"]
+    assert round(float(hits[labels == 1].mean()), 4) == recorded["recall"]
+
+
+def test_bad_requests_fail_before_any_fine_tuning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in TRAINING[:60]))
+    argv = ["cache", "train", "--pairs", str(pairs), "--out", str(tmp_path / "m"), "--finetune"]
+    assert main(argv) == 1
+    assert "at least 100 labelled pairs" in capsys.readouterr().err
+    assert main([*argv, "--threads", "0"]) == 1
+    assert "--threads must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_broken_folders_are_config_errors(tmp_path: Path, trained: Path) -> None:
@@ -122,6 +155,13 @@ def test_broken_folders_are_config_errors(tmp_path: Path, trained: Path) -> None
         TunedModel.load(tmp_path)
     (tmp_path / MODEL_FILE).write_text(json.dumps(meta | {"scorer": {"bias": 0.0}}))
     with pytest.raises(ConfigError, match="incomplete"):
+        TunedModel.load(tmp_path)
+    # A truncated weights file: a clear error at start-up, not a traceback.
+    (tmp_path / MODEL_FILE).write_text(json.dumps(meta))
+    shutil.copytree(trained / "encoder", tmp_path / "encoder")
+    weights = tmp_path / "encoder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ConfigError, match="cannot load the tuned encoder"):
         TunedModel.load(tmp_path)
 
 
@@ -138,6 +178,10 @@ def test_the_config_key_wires_it_into_a_gateway(trained: Path, tmp_path: Path) -
                 assert _ask(client, "What is the best way to paint a bedroom wall for a professional?") == "semantic"
                 assert _ask(client, "What is the best way to paint a bedroom wall for a beginner?") == "miss"
             assert len(up.requests) == 2
+
+
+def _texts(pairs: list[dict[str, object]]) -> list[tuple[str, str]]:
+    return [(str(p["query"]), str(p["cached"])) for p in pairs]
 
 
 def _ask(client: openai.OpenAI, text: str) -> str:

@@ -40,6 +40,8 @@ from thrifty.errors import ConfigError
 
 FORMAT = TUNED_ENCODER_FORMAT
 ENCODER_DIR = "encoder"
+MIN_PAIRS = 100
+"""Fewer cannot tune, refit and calibrate on three disjoint parts with both kinds of pair in each."""
 Pair = tuple[str, str]
 
 
@@ -53,7 +55,8 @@ class TuningOptions:
     scale: float = 20.0
     """CoSENT's temperature: cosine differences are multiplied by it before the log-sum-exp."""
     holdout: float = 0.2
-    """Share of the pairs kept out of the fine-tuning: half refit the scorer, half calibrate the threshold."""
+    """Share of the pairs kept out of the fine-tuning: half refit the scorer, half calibrate the threshold
+    (``split_pairs``: pairs sharing their cached text stay together, so the shares are approximate)."""
     max_length: int = 128
     threads: int | None = None
     """torch's intra-op threads while training (None: torch's default, all cores)."""
@@ -83,7 +86,7 @@ class TunedModel:
     def save(self, folder: Path, model: Any) -> None:
         """``model``: the tuned SentenceTransformer this model's encoder wraps."""
         folder.mkdir(parents=True, exist_ok=True)
-        model.save(str(folder / ENCODER_DIR), safe_serialization=True)
+        model.save(str(folder / ENCODER_DIR), create_model_card=False, safe_serialization=True)
         meta = {
             "format": FORMAT,
             "encoder": self.encoder.name,
@@ -115,7 +118,13 @@ class TunedModel:
             raise ConfigError(f"{folder} was trained on other features than this version computes: train it again")
         if not (folder / ENCODER_DIR / "modules.json").is_file():
             raise ConfigError(f"cannot load the tuned encoder: {folder / ENCODER_DIR} holds no model")
-        encoder = CachedEmbedder(MiniLMEmbedder(str(folder / ENCODER_DIR), threads=threads, name=name))
+        try:
+            inner = MiniLMEmbedder(str(folder / ENCODER_DIR), threads=threads, name=name)
+        except ConfigError:
+            raise
+        except Exception as exc:  # torch, safetensors and tokenizers each raise their own kinds
+            raise ConfigError(f"cannot load the tuned encoder in {folder / ENCODER_DIR}: {exc}") from exc
+        encoder = CachedEmbedder(inner)
         known = {"format", "encoder", "scorer", "raw_threshold", "default_threshold"}
         return cls(encoder, weights, raw_threshold, {k: v for k, v in meta.items() if k not in known})
 
@@ -158,8 +167,8 @@ def _torch() -> Any:
 class _Tuned:
     """The model being tuned, as an ``Embedder`` (for calibration before it is saved)."""
 
-    def __init__(self, model: Any, name: str, torch: Any) -> None:
-        self.model, self.name, self._torch = model, name, torch
+    def __init__(self, model: Any, name: str) -> None:
+        self.model, self.name = model, name
         self.dimensions = model_dimensions(model)
 
     def embed(self, texts: Sequence[str]) -> Any:
@@ -174,31 +183,35 @@ def tune(
 
     Returns the model and the tuned SentenceTransformer (for ``TunedModel.save``); figures in ``info``.
     """
-    from thrifty.caches.pair_training import MIN_PAIRS, calibrate
+    from thrifty.caches.pair_training import calibrate
 
     options = options or TuningOptions()
     y = np.asarray(labels, dtype=np.float64)
     if len(pairs) < MIN_PAIRS or len(set(y.tolist())) < 2:
-        raise ValueError(f"training needs at least {MIN_PAIRS} labelled pairs of both kinds")
+        raise ValueError(f"fine-tuning needs at least {MIN_PAIRS} labelled pairs of both kinds")
+    fit, refit, held = split_pairs(pairs, options)
+    for part, rows in (("the scorer's", refit), ("the calibration's", held)):
+        judged = [i for i in rows if guarded(signals(*pairs[i], 0.0)) is None]
+        if len(set(y[judged].tolist())) < 2:
+            raise ValueError(f"{part} share of the pairs holds no judged pairs of both kinds: give more pairs")
     torch, sentence_transformer = _torch()
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
-    order = rng.permutation(len(pairs))
-    cut = round(len(pairs) * (1.0 - options.holdout))
-    middle = cut + (len(pairs) - cut) // 2
-    fit, refit, held = order[:cut], np.sort(order[cut:middle]), np.sort(order[middle:])
     base = options.base or bundled_model_path()
     network = sentence_transformer(base, device="cpu")
-    network.max_seq_length = options.max_length
+    serving_length = network.max_seq_length
+    network.max_seq_length = min(options.max_length, serving_length)  # shorter while training: less padding
     started = time.perf_counter()
     steps = _fine_tune(network, [pairs[i] for i in fit], y[fit], options, rng, torch)
     seconds = time.perf_counter() - started
+    network.max_seq_length = serving_length  # it reads what the bundled model reads, as saved and served
     name = f"{Path(base).name if options.base else 'all-MiniLM-L6-v2'}+tuned-{_fingerprint(pairs, y, options)}"
-    encoder = CachedEmbedder(_Tuned(network, name, torch))
+    encoder = CachedEmbedder(_Tuned(network, name))
     weights = _refit_scorer(encoder, [pairs[i] for i in refit], y[refit])
-    model = TunedModel(encoder, weights, 0.5)
+    # Calibrated on raw probabilities: a model whose raw threshold is the default one scores them unshifted.
+    model = TunedModel(encoder, weights, DEFAULT_THRESHOLD)
     point = calibrate(decision_scores(model, [pairs[i] for i in held]), y[held], options.precision)
     model.raw_threshold = point.threshold
     model.info = {
@@ -213,9 +226,33 @@ def tune(
     return model, network
 
 
+def split_pairs(pairs: Sequence[Pair], options: TuningOptions) -> tuple[list[int], list[int], list[int]]:
+    """Rows to fine-tune on, to refit the scorer on, to calibrate on (in that order; seeded).
+
+    Pairs that share their cached text go to the same part: in cache logs one stored question is compared with
+    many queries, and a text the encoder was tuned on must not make the held-out figures look better than the
+    traffic will.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, (_, cached) in enumerate(pairs):
+        groups.setdefault(cached, []).append(i)
+    order = np.random.default_rng(options.seed).permutation(len(groups))
+    members = list(groups.values())
+    fit_until = round(len(pairs) * (1.0 - options.holdout))
+    refit_until = fit_until + (len(pairs) - fit_until) // 2
+    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+    taken = 0
+    for g in order.tolist():
+        part = 0 if taken < fit_until else 1 if taken < refit_until else 2
+        parts[part].extend(members[g])
+        taken += len(members[g])
+    return parts[0], sorted(parts[1]), sorted(parts[2])
+
+
 def _fingerprint(pairs: Sequence[Pair], y: Floats, options: TuningOptions) -> str:
     """Names the tuned encoder after its training data and settings: two different tunings never share vectors."""
-    digest = hashlib.sha256(repr((options.epochs, options.learning_rate, options.seed)).encode())
+    settings = [options.epochs, options.batch, options.learning_rate, options.scale, options.holdout]
+    digest = hashlib.sha256(repr([*settings, options.max_length, options.seed, options.base]).encode())
     for (a, b), label in zip(pairs, y.tolist(), strict=True):
         digest.update(f"{a}\x00{b}\x00{label}\x01".encode())
     return digest.hexdigest()[:12]
@@ -327,7 +364,10 @@ def train_command(pairs_path: Path, out: Path, options: TuningOptions) -> str:
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot train on {pairs_path}: {exc}") from exc
-    model.save(out, network)
+    try:
+        model.save(out, network)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the tuned encoder to {out}: {exc}") from exc
     held, trained = model.info["holdout"], model.info["trained_on"]
     return "\n".join(
         [
