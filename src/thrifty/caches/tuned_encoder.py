@@ -303,7 +303,7 @@ def _fine_tune(network: Any, pairs: Sequence[Pair], y: Floats, options: TuningOp
             optimizer.zero_grad()
             step += 1
             if options.progress is not None and step % 50 == 0:
-                options.progress(f"step {step}/{steps}: loss {float(loss):.3f}")
+                options.progress(f"step {step}/{steps}: loss {float(loss.detach()):.3f}")
     network.eval()
     return steps
 
