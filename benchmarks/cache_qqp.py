@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from collections.abc import Sequence
@@ -184,18 +183,20 @@ def pair_model_result(u: Vectors, v: Vectors, found: Sequence[Signals], labels: 
     }
 
 
-def tuned_encoder_result(rows: Sequence[dict[str, Any]], labels: Floats, cut: int, reuse: bool) -> dict[str, Any]:
+def tuned_encoder_result(
+    rows: Sequence[dict[str, Any]], labels: Floats, cut: int, reuse: bool, threads: int
+) -> dict[str, Any]:
     """Fine-tune the encoder on the training split exactly as ``thrifty cache train --finetune`` does (its defaults),
     report the decision on the test split. Saved under ``.bench/`` (gitignored), never bundled; ``reuse`` loads
     the saved one instead of training again (the figures then say so)."""
     pairs = [(str(r["text_a"]), str(r["text_b"])) for r in rows]
     started = time.perf_counter()
     if reuse and (TUNED / "pair_model.json").exists():
-        model = TunedModel.load(TUNED, threads=None)
+        model = TunedModel.load(TUNED, threads=threads)
         reused = True
     else:
         progress = lambda line: print(f"  fine-tuning: {line}", flush=True)  # noqa: E731
-        options = TuningOptions(threads=os.cpu_count(), progress=progress)
+        options = TuningOptions(threads=threads, progress=progress)
         model, network = tune(pairs[:cut], labels[:cut].tolist(), options)
         model.save(TUNED, network)
         reused = False
@@ -294,6 +295,9 @@ def main() -> None:
     parser.add_argument("--no-pair-model", action="store_true", help="skip training the pair model")
     parser.add_argument("--finetune", action="store_true", help="also fine-tune the encoder (~30 min on 2 cores)")
     parser.add_argument("--reuse-tuned", action="store_true", help="with --finetune: load .bench's tuned encoder")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads to fine-tune with (more than the idle cores thrash)"
+    )
     args = parser.parse_args()
     everything = load_pairs()
     rows = everything[: args.max_pairs] if args.max_pairs else everything
@@ -308,7 +312,7 @@ def main() -> None:
         result["pair_model"] = pair_model_result(u, v, found, labels, cut)
         result["methods"]["pair model"] = {k: result["pair_model"][k] for k in ("auc", "curve")}
     if args.finetune:
-        result["tuned_encoder"] = tuned_encoder_result(rows, labels, cut, args.reuse_tuned)
+        result["tuned_encoder"] = tuned_encoder_result(rows, labels, cut, args.reuse_tuned, args.threads)
         result["methods"]["tuned cosine"] = result["tuned_encoder"]["tuned_cosine"]
         result["methods"]["tuned encoder"] = {k: result["tuned_encoder"][k] for k in ("auc", "curve")}
     result |= {
