@@ -107,6 +107,14 @@ def test_same_document_with_reworded_instruction_is_not_vetoed(judge: GuardedJud
     assert "document" not in decision.reason
 
 
+def test_a_comma_groups_thousands_but_also_lists_numbers() -> None:
+    listed = signals("banning the 500,1000 notes", "banning the 500 and 1000 notes", 0.9)
+    assert listed.numbers == (frozenset({"500", "1000"}), frozenset({"500", "1000"}))
+    grouped = signals("a prize of 1,000,000 dollars", "a prize of 1000000 dollars", 0.9)
+    assert grouped.numbers == (frozenset({"1000000"}), frozenset({"1000000"}))
+    assert signals("is pi 3.14", "is pi 3.15", 0.9).numbers == (frozenset({"3.14"}), frozenset({"3.15"}))
+
+
 def test_long_pasted_text_is_a_document() -> None:
     assert document_payload("word " * 100) is not None
     assert document_payload("How do I reset my password?") is None

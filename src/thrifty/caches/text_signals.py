@@ -20,7 +20,8 @@ def _words(text: str) -> frozenset[str]:
 
 
 _TOKEN = re.compile(r"[a-z0-9]+")
-_NUMBER = re.compile(r"\d+(?:[.,:/-]\d+)*")
+_NUMBER = re.compile(r"\d+(?:,\d{3}(?!\d))*(?:[.:/-]\d+)*")
+"""A comma only groups thousands ("1,000,000"); "500,1000" is a list of two numbers, as in "500 and 1000"."""
 _CASED = re.compile(r"[A-Za-z0-9][\w'-]*")
 _SENTENCE_END = re.compile(r"^[.!?:;]")
 _CONTRACTIONS = (
