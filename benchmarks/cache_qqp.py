@@ -184,21 +184,22 @@ def pair_model_result(u: Vectors, v: Vectors, found: Sequence[Signals], labels: 
 
 
 def tuned_encoder_result(
-    rows: Sequence[dict[str, Any]], labels: Floats, cut: int, reuse: bool, threads: int
+    rows: Sequence[dict[str, Any]], labels: Floats, cut: int, reuse: bool, threads: int, epochs: float
 ) -> dict[str, Any]:
     """Fine-tune the encoder on the training split exactly as ``thrifty cache train --finetune`` does (its defaults),
     report the decision on the test split. Saved under ``.bench/`` (gitignored), never bundled; ``reuse`` loads
     the saved one instead of training again (the figures then say so)."""
     pairs = [(str(r["text_a"]), str(r["text_b"])) for r in rows]
+    folder = TUNED if epochs == 1 else TUNED.with_name(f"{TUNED.name}_{epochs:g}ep")
     started = time.perf_counter()
-    if reuse and (TUNED / "pair_model.json").exists():
-        model = TunedModel.load(TUNED, threads=threads)
+    if reuse and (folder / "pair_model.json").exists():
+        model = TunedModel.load(folder, threads=threads)
         reused = True
     else:
         progress = lambda line: print(f"  fine-tuning: {line}", flush=True)  # noqa: E731
-        options = TuningOptions(threads=threads, progress=progress)
+        options = TuningOptions(epochs=epochs, threads=threads, progress=progress)
         model, network = tune(pairs[:cut], labels[:cut].tolist(), options)
-        model.save(TUNED, network)
+        model.save(folder, network)
         reused = False
     trained_seconds = time.perf_counter() - started
     started = time.perf_counter()
@@ -213,13 +214,13 @@ def tuned_encoder_result(
         "at_default_threshold": {"precision": round(precision, 4), "recall": round(recall, 4)},
         "threshold_sweep": [_sweep_point(scores, test, t) for t in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)],
         "training": model.info | {"reused_saved_model": reused, "seconds": round(trained_seconds, 1)},
-        "saved_to": str(TUNED.relative_to(ROOT)),
+        "saved_to": str(folder.relative_to(ROOT)),
         "test_seconds": round(time.perf_counter() - started, 1),
-        "decision_latency": judge_latency(model, test_pairs[-300:]),
+        "decision_latency": judge_latency(folder, test_pairs[-300:]),
     }
 
 
-def judge_latency(model: TunedModel, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def judge_latency(folder: Path, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """One decision at a time on one torch thread, as the gateway makes them: the tuned encoder embeds the query
     (the candidate is usually in its LRU already: stored questions are embedded when the judge first sees them).
     Pairs the guards let through, with the candidate warmed, so each decision embeds one text."""
@@ -227,7 +228,7 @@ def judge_latency(model: TunedModel, pairs: Sequence[tuple[str, str]]) -> dict[s
 
     torch.set_num_threads(1)
     pairs = [(a, b) for a, b in pairs if guarded(signals(a, b, 0.0)) is None]  # vetoed pairs embed nothing
-    fresh = TunedModel.load(TUNED, threads=1)
+    fresh = TunedModel.load(folder, threads=1)
     fresh.encoder.embed([b for _, b in pairs])
     judge = TunedEncoderJudge(fresh, DEFAULT_THRESHOLD)
     times = []
@@ -295,6 +296,7 @@ def main() -> None:
     parser.add_argument("--no-pair-model", action="store_true", help="skip training the pair model")
     parser.add_argument("--finetune", action="store_true", help="also fine-tune the encoder (~30 min on 2 cores)")
     parser.add_argument("--reuse-tuned", action="store_true", help="with --finetune: load .bench's tuned encoder")
+    parser.add_argument("--epochs", type=float, default=1.0, help="with --finetune: passes over the training pairs")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads to fine-tune with (more than the idle cores thrash)"
     )
@@ -312,7 +314,7 @@ def main() -> None:
         result["pair_model"] = pair_model_result(u, v, found, labels, cut)
         result["methods"]["pair model"] = {k: result["pair_model"][k] for k in ("auc", "curve")}
     if args.finetune:
-        result["tuned_encoder"] = tuned_encoder_result(rows, labels, cut, args.reuse_tuned, args.threads)
+        result["tuned_encoder"] = tuned_encoder_result(rows, labels, cut, args.reuse_tuned, args.threads, args.epochs)
         result["methods"]["tuned cosine"] = result["tuned_encoder"]["tuned_cosine"]
         result["methods"]["tuned encoder"] = {k: result["tuned_encoder"][k] for k in ("auc", "curve")}
     result |= {
