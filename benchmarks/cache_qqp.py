@@ -268,24 +268,23 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"default threshold {result['default_threshold']}: precision {at['precision']:.3f}, recall {at['recall']:.3f}"
           f"  (cosine >= {cos['threshold']:.3f} at that recall: precision {cos['precision']:.3f})")  # fmt: skip
     print(f"guards vetoed {result['vetoed']['pairs']} test pairs, {result['vetoed']['duplicates']} of them duplicates")
-    for row in result["threshold_sweep"]:
+    _print_sweep(result["threshold_sweep"])
+    for key, what in (("pair_model", "thrifty cache train"), ("tuned_encoder", "thrifty cache train --finetune")):
+        model = result.get(key)
+        if model:
+            at, trained = model["at_default_threshold"], model["training"]
+            name, seconds, target = key.replace("_", " "), trained["seconds"], trained["precision_target"]
+            print(
+                f"{name} ({what} on the train split, {seconds} s): AUC {model['auc']:.3f}; default threshold: "
+                f"precision {at['precision']:.3f}, recall {at['recall']:.3f} (calibrated for {target} on "
+                f"{trained['holdout']['pairs']} held-out training pairs)"
+            )
+            _print_sweep(model["threshold_sweep"])
+
+
+def _print_sweep(rows: Sequence[dict[str, float]]) -> None:
+    for row in rows:
         print(f"  threshold {row['threshold']:.2f}: precision {row['precision']:.3f}  recall {row['recall']:.3f}")
-    pair = result.get("pair_model")
-    if pair:
-        at, trained = pair["at_default_threshold"], pair["training"]
-        print(f"pair model (thrifty cache train on the train split, {trained['seconds']} s): AUC {pair['auc']:.3f}; "
-              f"default threshold: precision {at['precision']:.3f}, recall {at['recall']:.3f} (calibrated for "
-              f"{trained['precision_target']} on {trained['holdout']['pairs']} held-out training pairs)")  # fmt: skip
-        for row in pair["threshold_sweep"]:
-            print(f"  threshold {row['threshold']:.2f}: precision {row['precision']:.3f}  recall {row['recall']:.3f}")
-    tuned = result.get("tuned_encoder")
-    if tuned:
-        at, trained = tuned["at_default_threshold"], tuned["training"]
-        print(f"tuned encoder (thrifty cache train --finetune on the train split, {trained['seconds']} s): AUC "
-              f"{tuned['auc']:.3f}; default threshold: precision {at['precision']:.3f}, recall {at['recall']:.3f} "
-              f"(calibrated for {trained['precision_target']})")  # fmt: skip
-        for row in tuned["threshold_sweep"]:
-            print(f"  threshold {row['threshold']:.2f}: precision {row['precision']:.3f}  recall {row['recall']:.3f}")
 
 
 def main() -> None:

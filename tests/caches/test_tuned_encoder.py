@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-from test_cache_pair_model import TEMPLATES, TOPICS
+from test_cache_pair_model import TEMPLATES, TOPICS, _ask
 
 from fakes.upstream import FakeUpstream, FakeUsage
 from gateway_harness import config_text
@@ -182,10 +182,3 @@ def test_the_config_key_wires_it_into_a_gateway(trained: Path, tmp_path: Path) -
 
 def _texts(pairs: list[dict[str, object]]) -> list[tuple[str, str]]:
     return [(str(p["query"]), str(p["cached"])) for p in pairs]
-
-
-def _ask(client: openai.OpenAI, text: str) -> str:
-    raw = client.chat.completions.with_raw_response.create(
-        model="fast", messages=[{"role": "user", "content": text}], temperature=0
-    )
-    return raw.headers["x-thrifty-cache"]

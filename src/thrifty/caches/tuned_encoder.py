@@ -34,6 +34,7 @@ import numpy as np
 
 from thrifty.caches.embedders import CachedEmbedder, Embedder, MiniLMEmbedder, bundled_model_path, model_dimensions
 from thrifty.caches.pair_model import MODEL_FILE, TUNED_ENCODER_FORMAT, Floats, calibrated, read_meta
+from thrifty.caches.pair_training import calibrate, fit_logistic
 from thrifty.caches.similarity import DEFAULT_THRESHOLD, Decision, ScorerWeights, guarded
 from thrifty.caches.text_signals import Signals, guard_veto, signals
 from thrifty.errors import ConfigError
@@ -183,8 +184,6 @@ def tune(
 
     Returns the model and the tuned SentenceTransformer (for ``TunedModel.save``); figures in ``info``.
     """
-    from thrifty.caches.pair_training import calibrate
-
     options = options or TuningOptions()
     y = np.asarray(labels, dtype=np.float64)
     if len(pairs) < MIN_PAIRS or len(set(y.tolist())) < 2:
@@ -260,8 +259,6 @@ def _fingerprint(pairs: Sequence[Pair], y: Floats, options: TuningOptions) -> st
 
 def _refit_scorer(encoder: Embedder, pairs: Sequence[Pair], y: Floats) -> ScorerWeights:
     """The bundled scorer's features, the tuned cosine first, fitted on pairs the fine-tuning never saw."""
-    from thrifty.caches.pair_training import fit_logistic
-
     found = [signals(a, b, 0.0) for a, b in pairs]
     judged = [i for i, s in enumerate(found) if not s.identical and not guard_veto(s)]
     if len(judged) < 2 or len(set(y[judged].tolist())) < 2:
