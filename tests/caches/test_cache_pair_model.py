@@ -172,16 +172,11 @@ def test_cli_trains_and_the_config_key_wires_it_into_a_gateway(
     argv = ["cache", "train", "--config", str(config), "--pairs", str(pairs), "--out", str(tmp_path / "model")]
     assert main([*argv, "--hidden", "16"]) == 0
     assert "held-out 120 pairs" in capsys.readouterr().out
-    with FakeUpstream(usage=FakeUsage(input_tokens=100, output_tokens=20)) as up:
-        extra = '\n[cache]\nsemantic = true\nembedder = "hashing"\npair_model = "model"\n'
-        config.write_text(config_text(up, extra=extra))
-        with ServerThread(load_settings(config)) as gw:
-            judge = gw.runtime.gateway.cache.semantic.judge(0.8)  # type: ignore[attr-defined]
-            assert isinstance(judge, PairModelJudge)
-            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
-                assert _ask(client, "How do I bake sourdough bread at home?") == "miss"
-                assert _ask(client, "How can I bake sourdough bread at home?") == "semantic"
-                assert _ask(client, "How do I train a puppy to sit?") == "miss"
+    questions = ["How do I bake sourdough bread at home?", "How can I bake sourdough bread at home?"]
+    questions.append("How do I train a puppy to sit?")
+    judge, answers, _ = served_with_pair_model(config, "model", questions)
+    assert isinstance(judge, PairModelJudge)
+    assert answers == ["miss", "semantic", "miss"]
 
 
 def test_cli_refuses_too_few_pairs_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -192,6 +187,19 @@ def test_cli_refuses_too_few_pairs_with_a_message(tmp_path: Path, capsys: pytest
     argv = ["cache", "train", "--config", str(config), "--pairs", str(pairs), "--out", str(tmp_path / "model")]
     assert main(argv) == 1
     assert "at least 20 labelled pairs" in capsys.readouterr().err and not (tmp_path / "model").exists()
+
+
+def served_with_pair_model(config: Path, pair_model: str, questions: list[str]) -> tuple[object, list[str], int]:
+    """A real gateway with ``[cache] pair_model`` over a fake upstream: its judge, the ``x-thrifty-cache`` header of
+    each question asked in turn through the ``openai`` SDK, and how many requests reached the upstream."""
+    with FakeUpstream(usage=FakeUsage(input_tokens=100, output_tokens=20)) as up:
+        extra = f'\n[cache]\nsemantic = true\nembedder = "hashing"\npair_model = "{pair_model}"\n'
+        config.write_text(config_text(up, extra=extra))
+        with ServerThread(load_settings(config)) as gw:
+            judge = gw.runtime.gateway.cache.semantic.judge(0.8)  # type: ignore[attr-defined]
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                answers = [_ask(client, question) for question in questions]
+        return judge, answers, len(up.requests)
 
 
 def _ask(client: openai.OpenAI, text: str) -> str:

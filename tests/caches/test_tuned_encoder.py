@@ -11,16 +11,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import openai
 import pytest
-from test_cache_pair_model import TEMPLATES, TOPICS, _ask
+from test_cache_pair_model import TEMPLATES, TOPICS, served_with_pair_model
 
-from fakes.upstream import FakeUpstream, FakeUsage
-from gateway_harness import config_text
 from thrifty.cli import main
 from thrifty.errors import ConfigError
-from thrifty.server.run import ServerThread
-from thrifty.settings import load_settings
 
 if os.environ.get("THRIFTY_REQUIRE_SERVICES") != "1":
     pytest.importorskip("sentence_transformers", reason="the semantic extra is not installed")
@@ -166,18 +161,12 @@ def test_broken_folders_are_config_errors(tmp_path: Path, trained: Path) -> None
 
 
 def test_the_config_key_wires_it_into_a_gateway(trained: Path, tmp_path: Path) -> None:
-    with FakeUpstream(usage=FakeUsage(input_tokens=100, output_tokens=20)) as up:
-        config = tmp_path / "thrifty.toml"
-        extra = f'\n[cache]\nsemantic = true\nembedder = "hashing"\npair_model = "{trained}"\n'
-        config.write_text(config_text(up, extra=extra))
-        with ServerThread(load_settings(config)) as gw:
-            judge = gw.runtime.gateway.cache.semantic.judge(0.8)  # type: ignore[attr-defined]
-            assert isinstance(judge, TunedEncoderJudge)
-            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
-                assert _ask(client, "How do I paint a bedroom wall for a child?") == "miss"
-                assert _ask(client, "What is the best way to paint a bedroom wall for a professional?") == "semantic"
-                assert _ask(client, "What is the best way to paint a bedroom wall for a beginner?") == "miss"
-            assert len(up.requests) == 2
+    questions = ["How do I paint a bedroom wall for a child?"]
+    questions += [f"What is the best way to paint a bedroom wall for a {who}?" for who in ("professional", "beginner")]
+    judge, answers, upstream_requests = served_with_pair_model(tmp_path / "thrifty.toml", str(trained), questions)
+    assert isinstance(judge, TunedEncoderJudge)
+    assert answers == ["miss", "semantic", "miss"]
+    assert upstream_requests == 2
 
 
 def _texts(pairs: list[dict[str, object]]) -> list[tuple[str, str]]:

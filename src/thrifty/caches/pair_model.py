@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from thrifty.caches.similarity import DEFAULT_THRESHOLD, Decision, guarded
+from thrifty.caches.similarity import DEFAULT_THRESHOLD, Decision, checked_threshold, guarded, thresholded
 from thrifty.caches.text_signals import Signals, guard_veto, signals
 from thrifty.errors import ConfigError
 
@@ -174,8 +174,7 @@ class PairModelJudge:
     """
 
     def __init__(self, model: PairModel, threshold: float, embedder: Embedder) -> None:
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"the semantic threshold must be in (0, 1], not {threshold}")
+        checked_threshold(threshold)
         if embedder.name != model.embedder or embedder.dimensions != model.dimensions:
             raise ConfigError(
                 f"the cache pair model was trained on {model.embedder} embeddings ({model.dimensions} dimensions); "
@@ -191,12 +190,7 @@ class PairModelJudge:
         vectors = self._embedder.embed([query, candidate])
         text = np.array([found.features()], dtype=np.float64)
         score = float(self.model.scores(pair_features(vectors[:1], vectors[1:], text))[0])
-        verdict = "hit" if score >= self.threshold else "miss"
-        return Decision(
-            score >= self.threshold,
-            score,
-            f"{verdict}: pair model score {score:.3f} vs threshold {self.threshold:.2f} (cosine {cosine:.3f})",
-        )
+        return thresholded(score, self.threshold, "pair model ", f"cosine {cosine:.3f}")
 
 
 def configured_judges(settings: Settings, embedder: Embedder) -> Callable[[float], SimilarityJudge]:

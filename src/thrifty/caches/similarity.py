@@ -67,6 +67,21 @@ class ScorerWeights:
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
 
+def checked_threshold(threshold: float) -> float:
+    """A judge's threshold, refused outside (0, 1]."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"the semantic threshold must be in (0, 1], not {threshold}")
+    return threshold
+
+
+def thresholded(score: float, threshold: float, what: str, detail: str) -> Decision:
+    """A judge's verdict on its score: ``"hit: <what>score 0.912 vs threshold 0.80 (<detail>)"``."""
+    hit = score >= threshold
+    return Decision(
+        hit, score, f"{'hit' if hit else 'miss'}: {what}score {score:.3f} vs threshold {threshold:.2f} ({detail})"
+    )
+
+
 def guarded(found: Signals) -> Decision | None:
     """What the guards settle before any score: identical text is a hit, a vetoed pair a miss; None: score it."""
     if found.identical:
@@ -79,9 +94,7 @@ class GuardedJudge:
     """Guards first, then the calibrated score against the threshold (the gateway's default judge)."""
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, weights: ScorerWeights | None = None) -> None:
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"the semantic threshold must be in (0, 1], not {threshold}")
-        self.threshold = threshold
+        self.threshold = checked_threshold(threshold)
         self.weights = weights if weights is not None else ScorerWeights.bundled()
 
     def decide(self, query: str, candidate: str, cosine: float) -> Decision:
@@ -90,13 +103,8 @@ class GuardedJudge:
         if settled is not None:
             return settled
         score = self.weights.probability(found.features())
-        verdict = "hit" if score >= self.threshold else "miss"
-        return Decision(
-            score >= self.threshold,
-            score,
-            f"{verdict}: score {score:.3f} vs threshold {self.threshold:.2f} "
-            f"(cosine {cosine:.3f}, word overlap {found.word_jaccard:.2f}, unmatched words {found.unmatched})",
-        )
+        detail = f"cosine {cosine:.3f}, word overlap {found.word_jaccard:.2f}, unmatched words {found.unmatched}"
+        return thresholded(score, self.threshold, "", detail)
 
 
 class CosineJudge:

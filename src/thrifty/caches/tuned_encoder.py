@@ -35,7 +35,14 @@ import numpy as np
 from thrifty.caches.embedders import CachedEmbedder, Embedder, MiniLMEmbedder, bundled_model_path, model_dimensions
 from thrifty.caches.pair_model import MODEL_FILE, TUNED_ENCODER_FORMAT, Floats, calibrated, read_meta
 from thrifty.caches.pair_training import calibrate, fit_logistic
-from thrifty.caches.similarity import DEFAULT_THRESHOLD, Decision, ScorerWeights, guarded
+from thrifty.caches.similarity import (
+    DEFAULT_THRESHOLD,
+    Decision,
+    ScorerWeights,
+    checked_threshold,
+    guarded,
+    thresholded,
+)
 from thrifty.caches.text_signals import Signals, guard_veto, signals
 from thrifty.errors import ConfigError
 
@@ -330,9 +337,7 @@ class TunedEncoderJudge:
     """Guards first, then the scorer over the tuned cosine, calibrated, against the threshold."""
 
     def __init__(self, model: TunedModel, threshold: float) -> None:
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"the semantic threshold must be in (0, 1], not {threshold}")
-        self.model, self.threshold = model, threshold
+        self.model, self.threshold = model, checked_threshold(threshold)
 
     def decide(self, query: str, candidate: str, cosine: float) -> Decision:
         found = signals(query, candidate, cosine)
@@ -341,13 +346,7 @@ class TunedEncoderJudge:
             return settled
         tuned = float(self.model.cosines([(query, candidate)])[0])
         score = self.model.score(replace(found, cosine=tuned))
-        verdict = "hit" if score >= self.threshold else "miss"
-        return Decision(
-            score >= self.threshold,
-            score,
-            f"{verdict}: tuned-encoder score {score:.3f} vs threshold {self.threshold:.2f} "
-            f"(tuned cosine {tuned:.3f}, cosine {cosine:.3f})",
-        )
+        return thresholded(score, self.threshold, "tuned-encoder ", f"tuned cosine {tuned:.3f}, cosine {cosine:.3f}")
 
 
 def train_command(pairs_path: Path, out: Path, options: TuningOptions) -> str:
