@@ -27,6 +27,10 @@ MUST_MISS = [
     ("Book a table for Monday", "Book a table for Friday", "dates differ"),
     ("How do I install numpy?", "How do I uninstall numpy?", "opposite words"),
     ("Is Python faster than Java?", "Is Python faster than Rust?", "names differ"),
+    ("Best phone under 15k?", "Best phone under 20k?", "numbers differ"),
+    ("Best phone under 15k?", "Best phone under 20,000?", "numbers differ"),
+    ("Visa rules for Iran", "Visa rules for Iraq", "names differ"),
+    ("Flights to Austria from Berlin", "Flights to Australia from Berlin", "names differ"),
 ]
 
 
@@ -113,6 +117,37 @@ def test_a_comma_groups_thousands_but_also_lists_numbers() -> None:
     grouped = signals("a prize of 1,000,000 dollars", "a prize of 1000000 dollars", 0.9)
     assert grouped.numbers == (frozenset({"1000000"}), frozenset({"1000000"}))
     assert signals("is pi 3.14", "is pi 3.15", 0.9).numbers == (frozenset({"3.14"}), frozenset({"3.15"}))
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("Which is the best phone under 15k?", "Which is the best phone under 15,000?"),
+        ("Which is the best laptop under Rs 60000?", "Which is the best laptop under 60K INR?"),
+        ("Best bike under 1.5 lakh?", "Best bike under 150000?"),
+        ("What is a 401(k) plan?", "What is a 401k plan?"),
+        ("How should one prepare for the IAS exam?", "How do I prepare for the IAS exam?"),
+        (
+            "What are the differences between Chinese and western table manners?",
+            "How do China and the west differ at table?",
+        ),
+        ("Why do people use Google instead of asking?", "Why don't people just search Googling things?"),
+        ("Who won the presidential debate in September?", "Who won the presidential debate?"),
+        ("Best earphones under 1k?", "Best earphones under 1000Rs?"),
+    ],
+)
+def test_what_only_looks_different_is_not_vetoed(judge: GuardedJudge, query: str, cached: str) -> None:
+    """Spelling a number another way, a pronoun "one", a demonym, a month or a currency: not a substitution."""
+    decision = judge.decide(query, cached, HIGH_COSINE)
+    assert not any(word in decision.reason for word in ("numbers differ", "names differ", "dates differ")), (
+        decision.reason
+    )
+
+
+def test_spelled_multipliers_are_values() -> None:
+    assert signals("under 15k", "under 15 K", 0.9).numbers == (frozenset({"15000"}), frozenset({"15000"}))
+    assert signals("a 1.5k budget", "2 lakh", 0.9).numbers == (frozenset({"1500"}), frozenset({"200000"}))
+    assert signals("5 kids", "10k-12k", 0.9).numbers == (frozenset({"5"}), frozenset({"10000", "12000"}))
 
 
 def test_long_pasted_text_is_a_document() -> None:

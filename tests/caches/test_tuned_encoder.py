@@ -28,6 +28,7 @@ from thrifty.caches.tuned_encoder import (
     TuningOptions,
     decision_scores,
     pair_cosines,
+    recalibrated,
     split_pairs,
 )
 
@@ -128,6 +129,23 @@ def test_the_saved_model_reproduces_its_recorded_calibration(trained: Path) -> N
     recorded = json.loads((trained / MODEL_FILE).read_text())["holdout"]
     assert round(float(labels[hits].mean()), 4) == recorded["precision"]
     assert round(float(hits[labels == 1].mean()), 4) == recorded["recall"]
+
+
+def test_recalibrating_the_saved_encoder_refits_on_the_same_held_out_pairs(trained: Path, tmp_path: Path) -> None:
+    """With unchanged code, refitting the scorer and recalibrating a saved encoder gives back the saved scorer and
+    threshold (the same split, the same fit), keeps the fine-tuning's provenance, and saves beside the encoder."""
+    saved = TunedModel.load(trained)
+    fresh = recalibrated(saved, _texts(TRAINING), [float(p["label"]) for p in TRAINING], TuningOptions())
+    assert fresh.encoder is saved.encoder
+    assert fresh.weights.weights == pytest.approx(saved.weights.weights, abs=1e-4)
+    assert fresh.raw_threshold == pytest.approx(saved.raw_threshold, abs=1e-4)
+    assert fresh.info["trained_on"] == saved.info["trained_on"] and fresh.info["holdout"] == saved.info["holdout"]
+    shutil.copytree(trained / "encoder", tmp_path / "encoder")
+    fresh.save_meta(tmp_path)
+    assert TunedModel.load(tmp_path).raw_threshold == pytest.approx(saved.raw_threshold, abs=1e-4)
+    # Another split (another seed) refits on other pairs: the recorded figures say so.
+    other = recalibrated(saved, _texts(TRAINING), [float(p["label"]) for p in TRAINING], TuningOptions(seed=7))
+    assert other.info["scorer_fitted_on"] != fresh.info["scorer_fitted_on"] or other.weights != fresh.weights
 
 
 def test_bad_requests_fail_before_any_fine_tuning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

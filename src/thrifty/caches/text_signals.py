@@ -20,8 +20,11 @@ def _words(text: str) -> frozenset[str]:
 
 
 _TOKEN = re.compile(r"[a-z0-9]+")
-_NUMBER = re.compile(r"\d+(?:,\d{3}(?!\d))*(?:[.:/-]\d+)*")
-"""A comma only groups thousands ("1,000,000"); "500,1000" is a list of two numbers, as in "500 and 1000"."""
+_NUMBER = re.compile(r"\d+(?:,\d{3}(?!\d))*(?:[.:/-]\d+)*(?:\s?(?i:k|lakhs?|lacs?)(?![A-Za-z]))?")
+"""A comma only groups thousands ("1,000,000"); "500,1000" is a list of two numbers, as in "500 and 1000".
+A "k" or "lakh" after a whole number multiplies it: "under 15k" and "under 15,000" name the same price."""
+_RETIREMENT_PLAN = re.compile(r"\b(401|403|457)\s?\(?([kb])\)?", re.IGNORECASE)
+_MULTIPLIERS = {"k": 1_000, "lakh": 100_000, "lakhs": 100_000, "lac": 100_000, "lacs": 100_000}
 _CASED = re.compile(r"[A-Za-z0-9][\w'-]*")
 _SENTENCE_END = re.compile(r"^[.!?:;]")
 _CONTRACTIONS = (
@@ -54,6 +57,9 @@ STOPWORDS = _words(
     "very just also only really get got one ones thing things way ways much many more most someone something "
     "anyone anything good best better use using used make made know need want like s t"
 )
+NOT_NAMES = _words("rs inr usd eur gbp jpy cny aud cad km kg gb mb tb ghz mhz mph kmph")
+"""Capitalised, but currencies and units: "Rs 500" and "500 rupees" ask about the same notes."""
+_NUMBER_SUFFIXES = _words("k st nd rd th s")
 QUESTION_WORDS = ("how", "why", "what", "when", "where", "who", "which", "whose", "whom")
 NEGATIONS = _words("not no never none nobody nothing neither nor without unable")
 _NUMBER_NAMES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
@@ -67,6 +73,7 @@ NUMBER_WORDS = {word: str(value) for value, word in enumerate(_NUMBER_NAMES.spli
     "thousand": "1000",
     "million": "1000000",
 }
+_BEFORE_PRONOUN_ONE = _words("can could should would will must may might does do did shall")
 _MONTH_NAMES = "january february march april june july august september october november december"
 MONTHS = {name: name[:3] for name in _MONTH_NAMES.split()} | {name[:3]: name[:3] for name in _MONTH_NAMES.split()}
 """"may" and "march" are verbs too: "may" only counts next to a number (see ``_dates``); "mar" is not a month."""
@@ -102,8 +109,27 @@ def normalise(text: str) -> str:
 
 
 def _numbers(text: str, words: list[str]) -> frozenset[str]:
-    found = {m.group().replace(",", "") for m in _NUMBER.finditer(text)}
-    return frozenset(found | {NUMBER_WORDS[w] for w in words if w in NUMBER_WORDS})
+    text = _RETIREMENT_PLAN.sub(r"\1_\2", text)  # "401k" and "401(k)" are a plan's name, not 401,000
+    found = {_number_value(m.group()) for m in _NUMBER.finditer(text)}
+    spelled = {NUMBER_WORDS[w] for i, w in enumerate(words) if w in NUMBER_WORDS and not _pronoun(words, i)}
+    return frozenset(found | spelled)
+
+
+def _pronoun(words: list[str], i: int) -> bool:
+    """ "How should one prepare?", "one of the best": "one" that counts nothing."""
+    if words[i] != "one":
+        return False
+    return (i > 0 and words[i - 1] in _BEFORE_PRONOUN_ONE) or words[i + 1 : i + 2] in (["of"], ["another"])
+
+
+def _number_value(number: str) -> str:
+    """ "15,000", "15k" and "15 K" are 15000, "1.5k" is 1500; a range ("10-12k") keeps its text."""
+    unit = number.lstrip("0123456789,.:/- ")
+    digits = number[: len(number) - len(unit)].replace(",", "").strip()
+    if unit and re.fullmatch(r"\d+(?:\.\d+)?", digits):
+        value = float(digits) * _MULTIPLIERS[unit.lower()]
+        return str(int(value)) if value.is_integer() else str(value)
+    return digits
 
 
 def _dates(words: list[str]) -> frozenset[str]:
@@ -126,7 +152,7 @@ def _names(text: str) -> list[str]:
         word = match.group().strip("'-")
         shaped = any(c.isdigit() for c in word) and any(c.isalpha() for c in word)
         shaped = shaped or any(c.isupper() for c in word[1:])
-        ordinary = len(word) < 2 or word.isdigit() or word.lower() in STOPWORDS
+        ordinary = len(word) < 2 or word.lower() in STOPWORDS or _not_a_name(word.lower())
         if not ordinary and (shaped or (word[0].isupper() and not sentence_start)):
             if names and match.start() == previous_end + 1 and text[previous_end] == " ":
                 names[-1].append(word)
@@ -137,17 +163,38 @@ def _names(text: str) -> list[str]:
     return [" ".join(name) for name in names]
 
 
+def _not_a_name(word: str) -> bool:
+    """Currencies, units, months and weekdays (the dates guard compares those), and numbers with a unit or an
+    ordinal suffix ("15k", "2000rs", "12th", "24x7"): capitalised or mixed with digits, but not names."""
+    if word in NOT_NAMES or word in MONTHS or word in DAYS:
+        return True
+    if not word[0].isdigit():
+        return False
+    unit = word.lstrip("0123456789.,")
+    return unit == "" or unit in NOT_NAMES or unit in _NUMBER_SUFFIXES or re.fullmatch(r"x\d+", unit) is not None
+
+
 def _unmatched_names(text: str, other: str, other_words: set[str]) -> frozenset[str]:
     """Names in ``text`` none of whose words (stemmed or not) occur in the other text, nor abbreviate a name there."""
     unmatched = set()
     other_names = [n.lower() for n in _names(other)]
     for name in _names(text):
         words = [w for w in normalise(name).split() if w not in STOPWORDS] or normalise(name).split()
-        if not any(w in other_words or _stem(w) in other_words for w in words):
+        if not any(w in other_words or _stem(w) in other_words or _same_root(w, other_words) for w in words):
             lowered = name.lower()
             if not any(_abbreviates(lowered, n) or _abbreviates(n, lowered) for n in other_names):
                 unmatched.add(lowered)
     return frozenset(unmatched)
+
+
+def _same_root(word: str, other_words: set[str]) -> bool:
+    """ "China" and "Chinese", "Democratic" and "Democrats": the shorter word, its last letter dropped, begins the
+    longer one. Five letters at least, so "Iran" and "Iraq" stay apart (as "Austria" and "Australia" do)."""
+    for other in other_words:
+        short, long = sorted((word, other), key=len)
+        if len(short) >= 5 and long.startswith(short[:-1]):
+            return True
+    return False
 
 
 def _abbreviates(short: str, long: str) -> bool:

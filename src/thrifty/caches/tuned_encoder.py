@@ -95,6 +95,10 @@ class TunedModel:
         """``model``: the tuned SentenceTransformer this model's encoder wraps."""
         folder.mkdir(parents=True, exist_ok=True)
         model.save(str(folder / ENCODER_DIR), create_model_card=False, safe_serialization=True)
+        self.save_meta(folder)
+
+    def save_meta(self, folder: Path) -> None:
+        """The scorer, the calibration and the provenance, beside an encoder already saved in ``folder``."""
         meta = {
             "format": FORMAT,
             "encoder": self.encoder.name,
@@ -195,8 +199,8 @@ def tune(
     y = np.asarray(labels, dtype=np.float64)
     if len(pairs) < MIN_PAIRS or len(set(y.tolist())) < 2:
         raise ValueError(f"fine-tuning needs at least {MIN_PAIRS} labelled pairs of both kinds")
-    fit, refit, held = split_pairs(pairs, options)
-    for part, rows in (("the scorer's", refit), ("the calibration's", held)):
+    fit, refit_rows, held = split_pairs(pairs, options)
+    for part, rows in (("the scorer's", refit_rows), ("the calibration's", held)):
         judged = [i for i in rows if guarded(signals(*pairs[i], 0.0)) is None]
         if len(set(y[judged].tolist())) < 2:
             raise ValueError(f"{part} share of the pairs holds no judged pairs of both kinds: give more pairs")
@@ -214,8 +218,34 @@ def tune(
     seconds = time.perf_counter() - started
     network.max_seq_length = serving_length  # it reads what the bundled model reads, as saved and served
     name = f"{Path(base).name if options.base else 'all-MiniLM-L6-v2'}+tuned-{_fingerprint(pairs, y, options)}"
-    encoder = CachedEmbedder(_Tuned(network, name))
-    weights = _refit_scorer(encoder, [pairs[i] for i in refit], y[refit])
+    model = _fit_scorer(CachedEmbedder(_Tuned(network, name)), pairs, y, refit_rows, held, options)
+    model.info |= {
+        "trained_on": {"pairs": len(fit), "positives": int(y[fit].sum()), "epochs": options.epochs, "steps": steps},
+        "loss": "CoSENT",
+        "training_seconds": round(seconds, 1),
+    }
+    return model, network
+
+
+def recalibrated(
+    model: TunedModel, pairs: Sequence[Pair], labels: Sequence[float], options: TuningOptions
+) -> TunedModel:
+    """The same tuned encoder with its scorer refitted and its threshold recalibrated by this version's code, on
+    the held-out shares of the pairs it was tuned with (the same split: same pairs, same seed). For when the
+    guards or the features changed since the encoder was tuned: the fine-tuning itself never reads them."""
+    y = np.asarray(labels, dtype=np.float64)
+    _, refit_rows, held = split_pairs(pairs, options)
+    kept = {k: v for k, v in model.info.items() if k in ("trained_on", "loss", "training_seconds")}
+    fresh = _fit_scorer(model.encoder, pairs, y, refit_rows, held, options)
+    fresh.info |= kept
+    return fresh
+
+
+def _fit_scorer(
+    encoder: Embedder, pairs: Sequence[Pair], y: Floats, rows: list[int], held: list[int], options: TuningOptions
+) -> TunedModel:
+    """Refit the scorer on ``rows``, calibrate the threshold on ``held``."""
+    weights = _refit_scorer(encoder, [pairs[i] for i in rows], y[rows])
     # Calibrated on raw probabilities: a model whose raw threshold is the default one scores them unshifted.
     model = TunedModel(encoder, weights, DEFAULT_THRESHOLD)
     point = calibrate(decision_scores(model, [pairs[i] for i in held]), y[held], options.precision)
@@ -224,12 +254,9 @@ def tune(
         "precision_target": options.precision,
         "target_reached": point.reached,
         "holdout": {"pairs": len(held), "precision": round(point.precision, 4), "recall": round(point.recall, 4)},
-        "scorer_fitted_on": {"pairs": len(refit)},
-        "trained_on": {"pairs": len(fit), "positives": int(y[fit].sum()), "epochs": options.epochs, "steps": steps},
-        "loss": "CoSENT",
-        "training_seconds": round(seconds, 1),
+        "scorer_fitted_on": {"pairs": len(rows)},
     }
-    return model, network
+    return model
 
 
 def split_pairs(pairs: Sequence[Pair], options: TuningOptions) -> tuple[list[int], list[int], list[int]]:
