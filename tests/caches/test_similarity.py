@@ -134,6 +134,12 @@ def test_a_comma_groups_thousands_but_also_lists_numbers() -> None:
         ("Why do people use Google instead of asking?", "Why don't people just search Googling things?"),
         ("Who won the presidential debate in September?", "Who won the presidential debate?"),
         ("Best earphones under 1k?", "Best earphones under 1000Rs?"),
+        ("Is olive oil good for the face?", "Is olive oil good for the face? Why or why not?"),
+        ("What is the Non-Proliferation Treaty?", "What is the non proliferation treaty?"),
+        (
+            "Will banning Rs 500 and Rs 1000 notes curb black money?",
+            "Will banning the 500/1000 notes curb black money?",
+        ),
     ],
 )
 def test_what_only_looks_different_is_not_vetoed(judge: GuardedJudge, query: str, cached: str) -> None:
@@ -142,6 +148,11 @@ def test_what_only_looks_different_is_not_vetoed(judge: GuardedJudge, query: str
     assert not any(word in decision.reason for word in ("numbers differ", "names differ", "dates differ")), (
         decision.reason
     )
+
+
+def test_a_slash_lists_numbers_but_a_fraction_still_differs(judge: GuardedJudge) -> None:
+    assert "numbers differ" in judge.decide("Why is 2/7 like 1/7 shifted?", "Why is 3/7 like 1/7 shifted?", 0.97).reason
+    assert "opposite words" in judge.decide("Best non violent anime?", "Best violent anime?", 0.97).reason
 
 
 def test_spelled_multipliers_are_values() -> None:

@@ -26,14 +26,15 @@ A "k" or "lakh" after a whole number multiplies it: "under 15k" and "under 15,00
 _RETIREMENT_PLAN = re.compile(r"\b(401|403|457)\s?\(?([kb])\)?", re.IGNORECASE)
 _MULTIPLIERS = {"k": 1_000, "lakh": 100_000, "lakhs": 100_000, "lac": 100_000, "lacs": 100_000}
 _CASED = re.compile(r"[A-Za-z0-9][\w'-]*")
+_NON = re.compile(r"\bnon[\s-]+(?=[a-z])")
 _SENTENCE_END = re.compile(r"^[.!?:;]")
 _CONTRACTIONS = (
     ("can't", "can not"),
     ("cannot", "can not"),
     ("won't", "will not"),
     ("n't", " not"),
-    ("non-", "non"),
-    # Not negations: "whether or not" and "not only" assert nothing is false.
+    # Not negations: "whether or not", "why or why not" and "not only" assert nothing is false.
+    ("or why not", "or why"),
     ("or not", "or"),
     ("not only", "only"),
 )
@@ -105,12 +106,15 @@ def normalise(text: str) -> str:
     lowered = text.lower().replace("’", "'")
     for short, long in _CONTRACTIONS:
         lowered = lowered.replace(short, long)
+    lowered = _NON.sub("non", lowered)  # "non-proliferation", "non proliferation", "nonproliferation"
     return " ".join(_TOKEN.findall(lowered))
 
 
 def _numbers(text: str, words: list[str]) -> frozenset[str]:
     text = _RETIREMENT_PLAN.sub(r"\1_\2", text)  # "401k" and "401(k)" are a plan's name, not 401,000
     found = {_number_value(m.group()) for m in _NUMBER.finditer(text)}
+    # "500/1000" also lists 500 and 1000 (as "500 and 1000" does); "1/7" against "2/7" still differs as a whole.
+    found |= {part for number in found if "/" in number for part in number.split("/") if part}
     spelled = {NUMBER_WORDS[w] for i, w in enumerate(words) if w in NUMBER_WORDS and not _pronoun(words, i)}
     return frozenset(found | spelled)
 
