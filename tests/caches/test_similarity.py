@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from thrifty.caches.similarity import DEFAULT_THRESHOLD, CosineJudge, GuardedJudge, ScorerWeights
-from thrifty.caches.text_signals import Signals, document_payload, signals
+from thrifty.caches.text_signals import Signals, document_payload, guard_veto, normalise, signals
 
 # A cosine as high as MiniLM gives these near-identical pairs: the guard must decide, not the embedding.
 HIGH_COSINE = 0.97
@@ -31,6 +31,15 @@ MUST_MISS = [
     ("Best phone under 15k?", "Best phone under 20,000?", "numbers differ"),
     ("Visa rules for Iran", "Visa rules for Iraq", "names differ"),
     ("Flights to Austria from Berlin", "Flights to Australia from Berlin", "names differ"),
+    ("Best universities in India?", "Best universities in Indiana?", "names differ"),
+    ("Visa rules for Niger?", "Visa rules for Nigeria?", "names differ"),
+    ("Flights to Cuba", "Flights to Colombia", "names differ"),
+    ("Convert 100 USD to EUR", "Convert 100 USD to GBP", "units differ"),
+    ("Is 1 GB of RAM enough?", "Is 1 TB of RAM enough?", "units differ"),
+    ("Will one dose of the vaccine protect me?", "Will two doses of the vaccine protect me?", "numbers differ"),
+    ("Which one of the three options is best?", "Which two of the three options are best?", "numbers differ"),
+    ("How much is 1/4 cup of butter in grams?", "How much is 4 cups of butter in grams?", "numbers differ"),
+    ("Best phone under 15k?", "Best phone under 150k?", "numbers differ"),
 ]
 
 
@@ -159,6 +168,17 @@ def test_spelled_multipliers_are_values() -> None:
     assert signals("under 15k", "under 15 K", 0.9).numbers == (frozenset({"15000"}), frozenset({"15000"}))
     assert signals("a 1.5k budget", "2 lakh", 0.9).numbers == (frozenset({"1500"}), frozenset({"200000"}))
     assert signals("5 kids", "10k-12k", 0.9).numbers == (frozenset({"5"}), frozenset({"10000", "12000"}))
+    assert signals("4.1 lakh", "1,50,000", 0.9).numbers == (frozenset({"410000"}), frozenset({"150000"}))
+    # A range keeps its multiplier's name: "10-12k" is neither "10-12" nor "10-12 lakh".
+    assert signals("10-12k", "10-12 lakh", 0.9).numbers == (frozenset({"10-12k"}), frozenset({"10-12lakh"}))
+    # Whitespace of any kind and digits of any script: values, never a crash.
+    assert signals("under 15\u00a0k", "under 15\tk", 0.9).numbers[0] == frozenset({"15000"})
+    assert "numbers differ" in guard_veto(signals("under ५००", "under ७००", 0.9))
+
+
+def test_contractions_are_whole_words() -> None:
+    assert normalise("Is it for nothing?") == "is it for nothing"
+    assert normalise("Why can't I, or why not?") == "why can not i or why"
 
 
 def test_long_pasted_text_is_a_document() -> None:

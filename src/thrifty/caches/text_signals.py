@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 
 def _words(text: str) -> frozenset[str]:
@@ -20,23 +21,52 @@ def _words(text: str) -> frozenset[str]:
 
 
 _TOKEN = re.compile(r"[a-z0-9]+")
-_NUMBER = re.compile(r"\d+(?:,\d{3}(?!\d))*(?:[.:/-]\d+)*(?:\s?(?i:k|lakhs?|lacs?)(?![A-Za-z]))?")
-"""A comma only groups thousands ("1,000,000"); "500,1000" is a list of two numbers, as in "500 and 1000".
-A "k" or "lakh" after a whole number multiplies it: "under 15k" and "under 15,000" name the same price."""
-_RETIREMENT_PLAN = re.compile(r"\b(401|403|457)\s?\(?([kb])\)?", re.IGNORECASE)
-_MULTIPLIERS = {"k": 1_000, "lakh": 100_000, "lakhs": 100_000, "lac": 100_000, "lacs": 100_000}
+_NUMBER = re.compile(
+    r"(?P<value>\d{1,3}(?:,\d{2})+,\d{3}(?!\d)|\d+(?:,\d{3}(?!\d))*)(?P<rest>(?:[.:/-]\d+)*)"
+    r"(?: ?(?P<unit>(?i:k|lakhs?|lacs?))(?![A-Za-z]))?"
+)
+"""A comma groups thousands ("1,000,000", or lakhs: "1,50,000"); "500,1000" is a list of two numbers, as in
+"500 and 1000". A "k" or "lakh" after a number multiplies it: "under 15k" and "under 15,000" name one price."""
+_RETIREMENT_PLAN = re.compile(r"\b(401|403|457) ?\(?([kb])\)?", re.IGNORECASE)
+_MULTIPLIERS = {"k": 1_000, "lakh": 100_000, "lac": 100_000}
+_UNIT_NAMES = {
+    "inr": "rs inr rupee rupees ₹",
+    "usd": "usd dollar dollars $",
+    "eur": "eur euro euros €",
+    "gbp": "gbp £",
+    "jpy": "jpy yen",
+    "cny": "cny yuan rmb",
+    "kb": "kb kilobyte kilobytes",
+    "mb": "mb megabyte megabytes",
+    "gb": "gb gigabyte gigabytes",
+    "tb": "tb terabyte terabytes",
+    "kg": "kg kgs kilogram kilograms kilo kilos",
+    "lb": "lb lbs",
+    "km": "km kms kilometer kilometers kilometre kilometres",
+    "mile": "mile miles",
+    "ghz": "ghz",
+    "mhz": "mhz",
+    "mph": "mph",
+    "kmph": "kmph",
+}
+UNITS = {name: unit for unit, names in _UNIT_NAMES.items() for name in names.split()}
+"""Currencies and units, each under one name: "Rs" and "rupees" agree, "GB" and "TB" do not (the units guard)."""
+_UNIT = re.compile(r"(?<![a-z])(" + "|".join(sorted(map(re.escape, UNITS), key=len, reverse=True)) + r")(?![a-z])")
 _CASED = re.compile(r"[A-Za-z0-9][\w'-]*")
 _NON = re.compile(r"\bnon[\s-]+(?=[a-z])")
 _SENTENCE_END = re.compile(r"^[.!?:;]")
-_CONTRACTIONS = (
-    ("can't", "can not"),
-    ("cannot", "can not"),
-    ("won't", "will not"),
-    ("n't", " not"),
-    # Not negations: "whether or not", "why or why not" and "not only" assert nothing is false.
-    ("or why not", "or why"),
-    ("or not", "or"),
-    ("not only", "only"),
+_CONTRACTIONS = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"\bcan't\b", "can not"),
+        (r"\bcannot\b", "can not"),
+        (r"\bwon't\b", "will not"),
+        (r"n't\b", " not"),
+        # Not negations: "whether or not", "why or why not" and "not only" assert nothing is false.
+        (r"\bor why not\b", "or why"),
+        (r"\bor not\b", "or"),
+        (r"\bnot only\b", "only"),
+    )
 )
 _ACTION = re.compile(
     r"^\W*(?:please\s+)?(?:summari[sz]e|translate|rewrite|rephrase|paraphrase|proofread|correct|fix|edit|shorten|"
@@ -58,8 +88,9 @@ STOPWORDS = _words(
     "very just also only really get got one ones thing things way ways much many more most someone something "
     "anyone anything good best better use using used make made know need want like s t"
 )
-NOT_NAMES = _words("rs inr usd eur gbp jpy cny aud cad km kg gb mb tb ghz mhz mph kmph")
-"""Capitalised, but currencies and units: "Rs 500" and "500 rupees" ask about the same notes."""
+NOT_NAMES = frozenset(UNITS)
+"""Capitalised, but currencies and units, which the units guard compares: "Rs 500" and "500 rupees" ask about
+the same notes, "1 GB" and "1 TB" do not."""
 _NUMBER_SUFFIXES = _words("k st nd rd th s")
 QUESTION_WORDS = ("how", "why", "what", "when", "where", "who", "which", "whose", "whom")
 NEGATIONS = _words("not no never none nobody nothing neither nor without unable")
@@ -75,6 +106,8 @@ NUMBER_WORDS = {word: str(value) for value, word in enumerate(_NUMBER_NAMES.spli
     "million": "1000000",
 }
 _BEFORE_PRONOUN_ONE = _words("can could should would will must may might does do did shall")
+_TOPS = _words("most best top worst few")
+_ROOT_ENDINGS = _words("n an ian ans ians ns ese ic s es i is ish y ing ed er ers")
 _MONTH_NAMES = "january february march april june july august september october november december"
 MONTHS = {name: name[:3] for name in _MONTH_NAMES.split()} | {name[:3]: name[:3] for name in _MONTH_NAMES.split()}
 """"may" and "march" are verbs too: "may" only counts next to a number (see ``_dates``); "mar" is not a month."""
@@ -104,36 +137,48 @@ def _stem(word: str) -> str:
 
 def normalise(text: str) -> str:
     lowered = text.lower().replace("’", "'")
-    for short, long in _CONTRACTIONS:
-        lowered = lowered.replace(short, long)
+    for pattern, replacement in _CONTRACTIONS:
+        lowered = pattern.sub(replacement, lowered)
     lowered = _NON.sub("non", lowered)  # "non-proliferation", "non proliferation", "nonproliferation"
     return " ".join(_TOKEN.findall(lowered))
 
 
 def _numbers(text: str, words: list[str]) -> frozenset[str]:
-    text = _RETIREMENT_PLAN.sub(r"\1_\2", text)  # "401k" and "401(k)" are a plan's name, not 401,000
-    found = {_number_value(m.group()) for m in _NUMBER.finditer(text)}
-    # "500/1000" also lists 500 and 1000 (as "500 and 1000" does); "1/7" against "2/7" still differs as a whole.
-    found |= {part for number in found if "/" in number for part in number.split("/") if part}
+    text = _RETIREMENT_PLAN.sub(
+        r"\1_\2", text.replace("\u00a0", " ")
+    )  # "401k" and "401(k)" are a plan's name, not 401,000
+    found = {_number_value(m) for m in _NUMBER.finditer(text)}
     spelled = {NUMBER_WORDS[w] for i, w in enumerate(words) if w in NUMBER_WORDS and not _pronoun(words, i)}
     return frozenset(found | spelled)
 
 
 def _pronoun(words: list[str], i: int) -> bool:
-    """ "How should one prepare?", "one of the best": "one" that counts nothing."""
+    """ "How should one prepare?", "What books should one read?", "one of the best", "one another": "one" that
+    counts nothing. "Will one dose do?" (the question's first word) and "Which one of the three?" count one."""
     if words[i] != "one":
         return False
-    return (i > 0 and words[i - 1] in _BEFORE_PRONOUN_ONE) or words[i + 1 : i + 2] in (["of"], ["another"])
+    if i >= 2 and words[i - 1] in _BEFORE_PRONOUN_ONE:
+        return True
+    after = words[i + 1 : i + 4]
+    superlative = len(after) == 3 and after[:2] == ["of", "the"] and (after[2] in _TOPS or after[2].endswith("est"))
+    return superlative or after[:1] == ["another"]
 
 
-def _number_value(number: str) -> str:
-    """ "15,000", "15k" and "15 K" are 15000, "1.5k" is 1500; a range ("10-12k") keeps its text."""
-    unit = number.lstrip("0123456789,.:/- ")
-    digits = number[: len(number) - len(unit)].replace(",", "").strip()
-    if unit and re.fullmatch(r"\d+(?:\.\d+)?", digits):
-        value = float(digits) * _MULTIPLIERS[unit.lower()]
-        return str(int(value)) if value.is_integer() else str(value)
-    return digits
+def _number_value(match: re.Match[str]) -> str:
+    """ "15,000", "15k" and "15 K" are 15000, "1.5k" is 1500, "1,50,000" and "1.5 lakh" are 150000; a range or a
+    date with a multiplier ("10-12k") keeps its text and the multiplier's name."""
+    number = match["value"].replace(",", "") + match["rest"]
+    if match["unit"] is None:
+        return number
+    unit = match["unit"].lower().rstrip("s")
+    if match["rest"] and not re.fullmatch(r"\.\d+", match["rest"]):
+        return number + unit
+    value = Decimal(number) * _MULTIPLIERS[unit]
+    return str(int(value)) if value == value.to_integral_value() else str(value.normalize())
+
+
+def _units(text: str) -> frozenset[str]:
+    return frozenset(UNITS[m.group()] for m in _UNIT.finditer(text.lower()))
 
 
 def _dates(words: list[str]) -> frozenset[str]:
@@ -181,30 +226,46 @@ def _not_a_name(word: str) -> bool:
 def _unmatched_names(text: str, other: str, other_words: set[str]) -> frozenset[str]:
     """Names in ``text`` none of whose words (stemmed or not) occur in the other text, nor abbreviate a name there."""
     unmatched = set()
-    other_names = [n.lower() for n in _names(other)]
+    other_names = _names(other)
+    other_name_words = {w for n in other_names for w in normalise(n).split()}
+    compact = {"".join(normalise(n).split()) for n in other_names}  # "Wi-Fi" and "WiFi", "Times Now" and "TimesNow"
     for name in _names(text):
         words = [w for w in normalise(name).split() if w not in STOPWORDS] or normalise(name).split()
-        if not any(w in other_words or _stem(w) in other_words or _same_root(w, other_words) for w in words):
-            lowered = name.lower()
-            if not any(_abbreviates(lowered, n) or _abbreviates(n, lowered) for n in other_names):
-                unmatched.add(lowered)
+        matched = "".join(normalise(name).split()) in compact
+        matched = matched or any(
+            w in other_words or _stem(w) in other_words or _same_root(w, other_name_words) for w in words
+        )
+        if not matched and not any(_abbreviates(name, n) or _abbreviates(n, name) for n in other_names):
+            unmatched.add(name.lower())
     return frozenset(unmatched)
 
 
-def _same_root(word: str, other_words: set[str]) -> bool:
-    """ "China" and "Chinese", "Democratic" and "Democrats": the shorter word, its last letter dropped, begins the
-    longer one. Five letters at least, so "Iran" and "Iraq" stay apart (as "Austria" and "Australia" do)."""
-    for other in other_words:
+def _same_root(word: str, other_names: set[str]) -> bool:
+    """ "China" and "Chinese", "India" and "Indian", "Democratic" and "Democrats", "Google" and "Googled": one
+    name is the other with a demonym's or an inflection's ending (the shorter one's last letter may be dropped
+    first, and then the ending is longer than one letter). Five letters at least, so "Iran" and "Iraq" stay
+    apart; "Austria" and "Australia", "India" and "Indiana", "Niger" and "Nigeria" differ by more than an
+    ending."""
+    for other in other_names:
         short, long = sorted((word, other), key=len)
-        if len(short) >= 5 and long.startswith(short[:-1]):
+        if len(short) < 5:
+            continue
+        if long.startswith(short) and long[len(short) :] in _ROOT_ENDINGS:
+            return True
+        ending = long[len(short) - 1 :]
+        if long.startswith(short[:-1]) and len(ending) >= 2 and ending in _ROOT_ENDINGS:
             return True
     return False
 
 
 def _abbreviates(short: str, long: str) -> bool:
-    """ "ml" for "machine learning", "us" for "united states", "js" for "javascript": same first letter, then
-    the short form's letters in order."""
+    """ "ML" for "Machine Learning", "USA" for "United States", "js" for "JavaScript": written in capitals (or
+    three letters at most), same first letter, then the short form's letters in order. "India" does not
+    abbreviate "Indiana", nor "Cuba" "Colombia"."""
     letters = short.replace(" ", "")
+    if not (letters.isupper() or len(letters) <= 3):
+        return False
+    letters, long = letters.lower(), long.lower()
     if not 2 <= len(letters) <= 5 or len(long) <= len(letters) or letters[0] != long[0]:
         return False
     rest = iter(long[1:])
@@ -241,6 +302,7 @@ class Signals:
     cosine: float
     identical: bool
     numbers: tuple[frozenset[str], frozenset[str]]
+    units: tuple[frozenset[str], frozenset[str]]
     dates: tuple[frozenset[str], frozenset[str]]
     negated: tuple[bool, bool]
     antonym: tuple[str, str] | None
@@ -298,6 +360,7 @@ def signals(query: str, candidate: str, cosine: float) -> Signals:
         cosine=cosine,
         identical=q_norm == c_norm,
         numbers=(_numbers(query, q_words), _numbers(candidate, c_words)),
+        units=(_units(query), _units(candidate)),
         dates=(_dates(q_words), _dates(c_words)),
         negated=(bool(NEGATIONS.intersection(q_words)), bool(NEGATIONS.intersection(c_words))),
         antonym=_antonym(q_stems - c_stems, c_stems - q_stems),
@@ -333,13 +396,29 @@ def _swapped(sides: tuple[frozenset[str], frozenset[str]]) -> bool:
     return bool(sides[0] - sides[1]) and bool(sides[1] - sides[0])
 
 
+def _numbers_swapped(sides: tuple[frozenset[str], frozenset[str]]) -> bool:
+    """As ``_swapped``, but "500/1000" on one side is matched by 500 and 1000 on the other (a list, as in "500
+    and 1000"), while "1/4" against "4" still differs."""
+    q, c = sides
+    q_only = {n for n in q - c if not _listed(n, c)}
+    c_only = {n for n in c - q if not _listed(n, q)}
+    return bool(q_only) and bool(c_only)
+
+
+def _listed(number: str, other: frozenset[str]) -> bool:
+    parts = [p for p in number.split("/") if p]
+    return len(parts) > 1 and all(p in other for p in parts)
+
+
 def guard_veto(found: Signals) -> str:
     """Why the pair must not hit whatever its score, or "" when no guard objects."""
     q_doc, c_doc = found.documents
     if (q_doc is not None or c_doc is not None) and q_doc != c_doc:
         return "guard: the request carries a document to act on, and the documents differ"
-    if _swapped(found.numbers):
+    if _numbers_swapped(found.numbers):
         return f"guard: numbers differ ({_show(found.numbers[0])} vs {_show(found.numbers[1])})"
+    if _swapped(found.units):
+        return f"guard: units differ ({_show(found.units[0])} vs {_show(found.units[1])})"
     if _swapped(found.dates):
         return f"guard: dates differ ({_show(found.dates[0])} vs {_show(found.dates[1])})"
     if found.antonym is not None:

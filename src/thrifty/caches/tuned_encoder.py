@@ -234,6 +234,11 @@ def recalibrated(
     the held-out shares of the pairs it was tuned with (the same split: same pairs, same seed). For when the
     guards or the features changed since the encoder was tuned: the fine-tuning itself never reads them."""
     y = np.asarray(labels, dtype=np.float64)
+    if not model.encoder.name.endswith(_fingerprint(pairs, y, options)):
+        raise ValueError(
+            "these pairs and options are not the ones the encoder was tuned with (its name carries their "
+            "fingerprint): held-out pairs would not be held out"
+        )
     _, refit_rows, held = split_pairs(pairs, options)
     kept = {k: v for k, v in model.info.items() if k in ("trained_on", "loss", "training_seconds")}
     fresh = _fit_scorer(model.encoder, pairs, y, refit_rows, held, options)
