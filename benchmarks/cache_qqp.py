@@ -18,9 +18,10 @@ Then a pair model (``thrifty cache train``'s code, its defaults) is trained on t
 (``--no-pair-model`` skips it).
 
 ``--finetune``: the encoder is also fine-tuned on the training split (``thrifty cache train --finetune``'s code and
-defaults: 80% tune it, 10% refit the scorer, 10% calibrate), saved under ``.bench/qqp_tuned_encoder/`` and
-reported on the test split beside the rest (about 30 minutes on 2 cores; ``--reuse-tuned`` loads the saved encoder
-and refits its scorer and threshold with this version's guards, a minute).
+defaults: 80% tune it, 10% refit the scorer, 10% calibrate), saved under ``.bench/qqp_tuned_encoder*/`` and
+reported on the test split beside the rest (7 to 12 minutes an epoch here). ``--epochs 4`` at the default
+learning rate is the setting chosen on the training split (``benchmarks/research/qqp_model_selection.py``).
+``--reuse-tuned`` loads the saved encoder and refits its scorer and threshold with this version's guards.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import platform
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -192,24 +194,25 @@ def pair_model_result(u: Vectors, v: Vectors, found: Sequence[Signals], labels: 
 
 
 def tuned_encoder_result(
-    rows: Sequence[dict[str, Any]], labels: Floats, cut: int, reuse: bool, threads: int, epochs: float
+    rows: Sequence[dict[str, Any]], labels: Floats, cut: int, reuse: bool, threads: int, options: TuningOptions
 ) -> dict[str, Any]:
     """Fine-tune the encoder on the training split exactly as ``thrifty cache train --finetune`` does (its defaults),
     report the decision on the test split. Saved under ``.bench/`` (gitignored), never bundled; ``reuse`` loads
     the saved one instead of training again (the figures then say so)."""
     pairs = [(str(r["text_a"]), str(r["text_b"])) for r in rows]
+    epochs, rate = options.epochs, options.learning_rate
     folder = TUNED if epochs == 1 else TUNED.with_name(f"{TUNED.name}_{epochs:g}ep")
+    if rate != TuningOptions().learning_rate:
+        folder = folder.with_name(f"{folder.name}_lr{rate:g}")
     started = time.perf_counter()
     if reuse and (folder / "pair_model.json").exists():
         # The saved encoder, its scorer refitted and recalibrated by this version's guards and features.
-        options = TuningOptions(epochs=epochs)
         model = recalibrated(TunedModel.load(folder, threads=threads), pairs[:cut], labels[:cut].tolist(), options)
         model.save_meta(folder)
         reused = True
     else:
         progress = lambda line: print(f"  fine-tuning: {line}", flush=True)  # noqa: E731
-        options = TuningOptions(epochs=epochs, threads=threads, progress=progress)
-        model, network = tune(pairs[:cut], labels[:cut].tolist(), options)
+        model, network = tune(pairs[:cut], labels[:cut].tolist(), replace(options, threads=threads, progress=progress))
         model.save(folder, network)
         reused = False
     trained_seconds = time.perf_counter() - started
@@ -307,6 +310,7 @@ def main() -> None:
     parser.add_argument("--finetune", action="store_true", help="also fine-tune the encoder (~30 min on 2 cores)")
     parser.add_argument("--reuse-tuned", action="store_true", help="with --finetune: load .bench's tuned encoder")
     parser.add_argument("--epochs", type=float, default=1.0, help="with --finetune: passes over the training pairs")
+    parser.add_argument("--learning-rate", type=float, default=TuningOptions().learning_rate, help="with --finetune")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads to fine-tune with (more than the idle cores thrash)"
     )
@@ -324,7 +328,14 @@ def main() -> None:
         result["pair_model"] = pair_model_result(u, v, found, labels, cut)
         result["methods"]["pair model"] = {k: result["pair_model"][k] for k in ("auc", "curve")}
     if args.finetune:
-        result["tuned_encoder"] = tuned_encoder_result(rows, labels, cut, args.reuse_tuned, args.threads, args.epochs)
+        result["tuned_encoder"] = tuned_encoder_result(
+            rows,
+            labels,
+            cut,
+            args.reuse_tuned,
+            args.threads,
+            TuningOptions(epochs=args.epochs, learning_rate=args.learning_rate),
+        )
         result["methods"]["tuned cosine"] = result["tuned_encoder"]["tuned_cosine"]
         result["methods"]["tuned encoder"] = {k: result["tuned_encoder"][k] for k in ("auc", "curve")}
     result |= {

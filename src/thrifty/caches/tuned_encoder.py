@@ -289,7 +289,7 @@ def split_pairs(pairs: Sequence[Pair], options: TuningOptions) -> tuple[list[int
 
 def _fingerprint(pairs: Sequence[Pair], y: Floats, options: TuningOptions) -> str:
     """Names the tuned encoder after its training data and settings: two different tunings never share vectors."""
-    settings = [options.epochs, options.batch, options.learning_rate, options.scale, options.holdout]
+    settings = [float(options.epochs), options.batch, float(options.learning_rate), options.scale, options.holdout]
     digest = hashlib.sha256(repr([*settings, options.max_length, options.seed, options.base]).encode())
     for (a, b), label in zip(pairs, y.tolist(), strict=True):
         digest.update(f"{a}\x00{b}\x00{label}\x01".encode())
