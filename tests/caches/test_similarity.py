@@ -67,7 +67,7 @@ def test_guards_are_symmetric(judge: GuardedJudge, query: str, cached: str, why:
         ("How do I reset my password?", "How can I reset my password?"),
         ("What is the capital of France?", "What's the capital city of France?"),
         ("Is it possible to learn Python in 2 weeks?", "Can I learn Python in 2 weeks?"),
-        ("Check whether or not the file exists", "Check whether the file exists"),
+        ("Check whether or not the file exists", "Check if the file exists or not"),
         ("What is ML used for?", "What is Machine Learning used for?"),
     ],
 )
@@ -169,8 +169,10 @@ def test_spelled_multipliers_are_values() -> None:
     assert signals("a 1.5k budget", "2 lakh", 0.9).numbers == (frozenset({"1500"}), frozenset({"200000"}))
     assert signals("5 kids", "10k-12k", 0.9).numbers == (frozenset({"5"}), frozenset({"10000", "12000"}))
     assert signals("4.1 lakh", "1,50,000", 0.9).numbers == (frozenset({"410000"}), frozenset({"150000"}))
-    # A range keeps its multiplier's name: "10-12k" is neither "10-12" nor "10-12 lakh".
-    assert signals("10-12k", "10-12 lakh", 0.9).numbers == (frozenset({"10-12k"}), frozenset({"10-12lakh"}))
+    # A range multiplies both ends: "10-12k" is "10k-12k", neither "10-12" nor "10-12 lakh".
+    assert signals("10-12k", "10k-12k", 0.9).numbers == (frozenset({"10000", "12000"}),) * 2
+    assert signals("10-12", "10-12 lakh", 0.9).numbers == (frozenset({"10-12"}), frozenset({"1000000", "1200000"}))
+    assert signals("10-12k", "1/2k", 0.9).numbers == (frozenset({"10000", "12000"}), frozenset({"1/2k"}))
     # Whitespace of any kind and digits of any script: values, never a crash.
     assert signals("under 15\u00a0k", "under 15\tk", 0.9).numbers[0] == frozenset({"15000"})
     assert "numbers differ" in guard_veto(signals("under ५००", "under ७००", 0.9))
@@ -179,6 +181,15 @@ def test_spelled_multipliers_are_values() -> None:
 def test_contractions_are_whole_words() -> None:
     assert normalise("Is it for nothing?") == "is it for nothing"
     assert normalise("Why can't I, or why not?") == "why can not i or why"
+    # Typed without the apostrophe, the same negation; "or not" closing a question, or after "whether", is none;
+    # "fake or not genuine" is one.
+    assert normalise("Why isnt it, and why cant I? I dont know") == "why is not it and why can not i i do not know"
+    assert normalise("Is this a tenant or not?") == "is this a tenant or"
+    assert normalise("a word meaning fake or not genuine") == "a word meaning fake or not genuine"
+    assert normalise("I wonder whether or not to go") == "i wonder whether to go"
+    judge = GuardedJudge()
+    assert "negated" not in judge.decide("Why isnt OF2 an oxide?", "Why isn't OF2 an Oxide?", 0.99).reason
+    assert "negated" in judge.decide("Is OF2 an oxide?", "Why isnt OF2 an oxide?", 0.99).reason
 
 
 def test_long_pasted_text_is_a_document() -> None:

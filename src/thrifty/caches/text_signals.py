@@ -63,9 +63,15 @@ _CONTRACTIONS = tuple(
         (r"\bcannot\b", "can not"),
         (r"\bwon't\b", "will not"),
         (r"n't\b", " not"),
-        # Not negations: "whether or not", "why or why not" and "not only" assert nothing is false.
+        # Typed without the apostrophe ("isnt", "dont", "cant"): the same negations.
+        (r"\bcant\b", "can not"),
+        (r"\bwont\b", "will not"),
+        (r"\b(is|are|was|were|do|does|did|has|have|had|could|would|should|must|need|ai)nt\b", r"\1 not"),
+        # Not negations: "whether or not", "why or why not", "... or not?" and "not only" assert nothing is false
+        # ("fake or not genuine" does).
         (r"\bor why not\b", "or why"),
-        (r"\bor not\b", "or"),
+        (r"\bwhether or not\b", "whether"),
+        (r"\bor not\b(?=\s*(?:[^\w\s]|$))", "or"),
         (r"\bnot only\b", "only"),
     )
 )
@@ -147,7 +153,7 @@ def normalise(text: str) -> str:
 def _numbers(text: str, words: list[str]) -> frozenset[str]:
     # "401k" and "401(k)" are a plan's name, not 401,000.
     text = _RETIREMENT_PLAN.sub(r"\1_\2", text.replace("\u00a0", " "))
-    found = {_number_value(m) for m in _NUMBER.finditer(text)}
+    found = {v for m in _NUMBER.finditer(text) for v in _number_values(m)}
     spelled = {NUMBER_WORDS[w] for i, w in enumerate(words) if w in NUMBER_WORDS and not _pronoun(words, i)}
     return frozenset(found | spelled)
 
@@ -164,15 +170,23 @@ def _pronoun(words: list[str], i: int) -> bool:
     return superlative or after[:1] == ["another"]
 
 
-def _number_value(match: re.Match[str]) -> str:
-    """ "15,000", "15k" and "15 K" are 15000, "1.5k" is 1500, "1,50,000" and "1.5 lakh" are 150000; a range or a
-    date with a multiplier ("10-12k") keeps its text and the multiplier's name."""
+def _number_values(match: re.Match[str]) -> tuple[str, ...]:
+    """ "15,000", "15k" and "15 K" are 15000, "1.5k" is 1500, "1,50,000" and "1.5 lakh" are 150000; a range with
+    a multiplier ("10-12k") is both ends multiplied, as "10k-12k" is; anything else with one ("1/2k") keeps its
+    text and the multiplier's name."""
     number = match["value"].replace(",", "") + match["rest"]
     if match["unit"] is None:
-        return number
+        return (number,)
     unit = match["unit"].lower().rstrip("s")
-    if match["rest"] and not re.fullmatch(r"\.\d+", match["rest"]):
-        return number + unit
+    rest = match["rest"]
+    if re.fullmatch(r"-\d+", rest):
+        return (_multiplied(match["value"].replace(",", ""), unit), _multiplied(rest[1:], unit))
+    if rest and not re.fullmatch(r"\.\d+", rest):
+        return (number + unit,)
+    return (_multiplied(number, unit),)
+
+
+def _multiplied(number: str, unit: str) -> str:
     value = Decimal(number) * _MULTIPLIERS[unit]
     return str(int(value)) if value == value.to_integral_value() else str(value.normalize())
 
