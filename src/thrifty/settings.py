@@ -153,14 +153,14 @@ class CacheRule(_Strict):
 
     exact: bool | None = None
     semantic: bool | None = None
-    semantic_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    semantic_threshold: Annotated[float, Field(gt=0, le=1)] | None = None
     ttl_s: Annotated[float, Field(gt=0)] | None = None
 
 
 class CacheSettings(_Strict):
     exact: bool = False
     semantic: bool = False
-    semantic_threshold: Annotated[float, Field(ge=0, le=1)] = 0.8
+    semantic_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8
     store: Literal["memory", "sqlite", "redis"] = "memory"
     """Where exact entries live: this process, a SQLite file (``url`` is its path), or Redis (``url``)."""
     url: str = ""

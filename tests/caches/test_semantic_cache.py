@@ -10,8 +10,9 @@ from typing import Any
 import openai
 import pytest
 
-from fakes.upstream import FakeUpstream, FakeUsage
+from fakes.upstream import FakeUpstream, FakeUsage, Fault
 from gateway_harness import config_text, ledger_rows
+from thrifty.errors import ConfigError
 from thrifty.keys import create_key
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
@@ -181,3 +182,49 @@ def test_remote_embeddings_through_the_gateway_are_paid_and_recorded(tmp_path: P
     assert {r["model"] for r in embeds} == {"text-embedding-3-small"}
     assert all(r["cost_nusd"] > 0 for r in embeds)
     assert [r.path for r in up.requests].count("/v1/embeddings") == len(embeds)
+
+
+def test_an_image_question_only_matches_the_same_image(tmp_path: Path, up: FakeUpstream) -> None:
+    """The same words about another picture are another question: the attachment is part of the partition."""
+
+    def about(url: str, text: str) -> dict[str, Any]:
+        return {
+            "role": "user",
+            "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}],
+        }
+
+    cat, dog = "data:image/png;base64,Y2F0", "data:image/png;base64,ZG9n"
+    with gateway(tmp_path, up, SEMANTIC.format(embedder="minilm")) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            assert ask(c, SYSTEM, about(cat, "What animal is in this picture?"))[0] == "miss"
+            assert ask(c, SYSTEM, about(dog, "What animal is in this picture?"))[0] == "miss"
+            assert ask(c, SYSTEM, about(dog, "what animal is in this photo?"))[0] == "semantic"
+            assert ask(c, SYSTEM, user("What animal is in this picture?"))[0] == "miss"  # and none at all
+    assert len(up.requests) == 3
+
+
+def test_a_failing_embedder_is_a_miss_and_loses_no_paid_answer(tmp_path: Path, up: FakeUpstream) -> None:
+    """The remote embedding model fails at the lookup and again at the store: the request is answered all the same,
+    its cost is in the ledger, nothing is cached; once the embedder is back, the cache works again."""
+    extra = (
+        '\n[cache]\nsemantic = true\nembedder = "remote"\nembedding_model = "embed"\nembedding_dimensions = 32\n'
+        "semantic_threshold = 0.5\n"
+    )
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            up.script([Fault.status(400), Fault.ok(), Fault.status(400)])  # embed (lookup), chat, embed (store)
+            kind, answer = ask(c, SYSTEM, user("where can I download my invoices"))
+            assert (kind, answer) == ("miss", "echo: where can I download my invoices")
+            assert ask(c, SYSTEM, user("where can I download my invoices please"))[0] == "miss"  # nothing stored
+            assert ask(c, SYSTEM, user("where can I download my invoices, please"))[0] == "semantic"
+        rows = ledger_rows(gw)
+    chats = [r for r in rows if r["endpoint"] == "chat"]
+    assert len(chats) == 3 and all(r["cost_nusd"] > 0 for r in chats[:2]) and chats[2]["cost_nusd"] == 0
+
+
+def test_a_zero_threshold_is_refused_at_start_up(tmp_path: Path, up: FakeUpstream) -> None:
+    (tmp_path / "thrifty.toml").write_text(
+        config_text(up, extra="\n[cache]\nsemantic = true\nsemantic_threshold = 0\n")
+    )
+    with pytest.raises(ConfigError, match="semantic_threshold"):
+        load_settings(tmp_path / "thrifty.toml")

@@ -65,12 +65,16 @@ class SemanticQuery:
 
 
 def semantic_query(request: ChatRequest, principal: Principal, targets: Sequence[Target]) -> SemanticQuery | None:
-    """The partition and the text to embed, or None when the request has no user turn last."""
+    """The partition and the text to embed, or None when the request has no user turn last.
+
+    Only the turn's text is embedded; what else it carries (images, audio, files) joins the partition, so "describe
+    this image" matches only a request about the same image."""
     messages = request.messages
     last = messages[-1]
     if last.get("role") != "user":
         return None
     body = request.body
+    content = last.get("content")
     context = {
         "tenant": principal.tenant,
         "alias": request.model,
@@ -81,7 +85,14 @@ def semantic_query(request: ChatRequest, principal: Principal, targets: Sequence
         },
         "temperature": temperature_bucket(body),
     }
-    return SemanticQuery(_digest(context), text_of(last.get("content")))
+    attachments = [
+        part
+        for part in (content if isinstance(content, list) else [])
+        if not (isinstance(part, dict) and part.get("type", "text") == "text")
+    ]
+    if attachments:  # only then: text-only requests keep the partitions they had before attachments counted
+        context["attachments"] = attachments
+    return SemanticQuery(_digest(context), text_of(content))
 
 
 def temperature_bucket(body: JsonObject) -> str:

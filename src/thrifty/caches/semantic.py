@@ -119,9 +119,15 @@ class SemanticCache:
             judge = self._judges[threshold] = (self._make_judge or GuardedJudge)(threshold)
         return judge
 
-    async def _embed(self, text: str) -> Vector:
-        # Embedding is CPU work of several milliseconds; the model releases the GIL, the event loop goes on.
-        vectors = await asyncio.to_thread(self._embedder.embed, [text])
+    async def _embed(self, text: str, doing: str) -> Vector | None:
+        """The query's vector, or None when the embedder fails: a cache that cannot embed is a miss (or does not
+        store), never a failed request, and never a paid answer lost after the provider call."""
+        try:
+            # Embedding is CPU work of several milliseconds; the model releases the GIL, the event loop goes on.
+            vectors = await asyncio.to_thread(self._embedder.embed, [text])
+        except Exception as exc:  # a remote model's errors and timeouts, a local model's runtime errors
+            log.warning("semantic cache: embedding failed (%s: %s): %s", exc.__class__.__name__, exc, doing)
+            return None
         vector: Vector = vectors[0]
         return vector
 
@@ -136,7 +142,9 @@ class SemanticCache:
         query = self._query(request, principal)
         if query is None:
             return None
-        vector = await self._embed(query.text)
+        vector = await self._embed(query.text, "treated as a miss")
+        if vector is None:
+            return None
         judge = self.judge(threshold)
         try:
             candidates = await self._vectors.search(query.partition, vector, NEIGHBOURS)
@@ -157,7 +165,9 @@ class SemanticCache:
         if query is None or response.usage is None:
             return
         entry = CacheEntry.of(request, principal, response, ttl_s)
-        vector = await self._embed(query.text)
+        vector = await self._embed(query.text, "answer not stored")
+        if vector is None:
+            return
         try:
             nearest = await self._vectors.search(query.partition, vector, 1)
             if nearest and nearest[0][2] == query.text:
