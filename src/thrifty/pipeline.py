@@ -108,7 +108,7 @@ class Gateway:
             cost = self.account(trace, request, response)
             await admission.settle(cost, trace.usage, response.target.model)
         except ThriftyError as exc:
-            self._record_failure(trace, exc)
+            self.record_failure(trace, exc)
             raise
         finally:
             if admission is not None:
@@ -128,6 +128,8 @@ class Gateway:
             cached = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
             if cached is not None:
                 trace.cache = cached.cache
+                if cached.cache == "semantic" and self.verifier is not None:
+                    self.verifier.sample(request, trace.principal, cached)
                 opened = await replay_stream(cached)
             else:
                 optimized = await self.optimizer.optimize(request, trace.principal)  # 4. optimize
@@ -137,7 +139,7 @@ class Gateway:
             stream, admission = ChatStream(self, request, trace, opened, admission), None  # it settles now
             return stream
         except ThriftyError as exc:
-            self._record_failure(trace, exc)
+            self.record_failure(trace, exc)
             raise
         finally:
             if admission is not None:
@@ -155,7 +157,7 @@ class Gateway:
             trace.target, trace.usage = response.target, response.usage
             cost = self.pricer.cost(response.target, response.usage)
         except ThriftyError as exc:
-            self._record_failure(trace, exc)
+            self.record_failure(trace, exc)
             raise
         self.record(self.finished(trace, cost))
         return response, cost
@@ -227,7 +229,7 @@ class Gateway:
         savings = {"routing": -cost.usd} if cost.usd else {}
         self.record(step.entry("escalated", cost, ZERO, error_type=f"check:{check}", savings=savings))
 
-    def _record_failure(self, trace: Trace, exc: ThriftyError) -> None:
+    def record_failure(self, trace: Trace, exc: ThriftyError) -> None:
         cost = self.pricer.cost(trace.target, trace.usage) if trace.target else Cost(Decimal(0))
         self.record(trace.entry("error", cost, cost, error_type=exc.error_type))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 
 from fakes.upstream import FakeUpstream, FakeUsage
 from gateway_harness import config_text, ledger_rows
-from thrifty.caches.prompt_cache import add_cache_breakpoints, lint_prefix, prompt_cache_key
+from thrifty.caches.prompt_cache import PrefixWatch, add_cache_breakpoints, lint_prefix, prompt_cache_key
 from thrifty.ledger import tables
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
@@ -62,6 +63,48 @@ def test_lint_finds_what_breaks_prefix_caching() -> None:
     assert ("messages[0] (system)", "request or session id") in found
     assert ("tools", "tools not in a stable order") in found
     assert lint_prefix([{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "x"}]) == []
+
+
+def test_the_watch_warns_once_per_kind_and_model_while_the_prefix_keeps_changing() -> None:
+    now = [0.0]
+    watch = PrefixWatch(every_s=600, clock=lambda: now[0])
+
+    def body(system: str, tools: tuple[str, ...] = ()) -> dict[str, object]:
+        functions = [{"type": "function", "function": {"name": n}} for n in tools]
+        return {
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
+            "tools": functions,
+        }
+
+    first = watch.check(body("Now: 2026-11-26 15:04:05. Be brief."), "m")
+    assert [(f.where, f.what) for f in first] == [("system prompt", "timestamp"), ("system prompt", "date")]
+    now[0] = 60
+    assert watch.check(body("Now: 2026-11-26 15:05:11. Be brief."), "m") == []  # the same kinds: quiet for a while
+    assert [f.what for f in watch.check(body("Now: 2026-11-26 15:05:12. Be brief."), "other")] == ["timestamp", "date"]
+    now[0] = 700
+    assert len(watch.check(body("Now: 2026-11-26 15:17:00. Be brief."), "m")) == 2  # ... and again after every_s
+    assert watch.check(body("Be brief.", ("search", "add")), "m")[0].what == "tools not in a stable order"
+    assert watch.check(body("Be brief.", ("add", "search")), "m") == []  # stable: nothing to say
+    # The user's own turn and the conversation change by design: never findings.
+    assert watch.check({"messages": [{"role": "user", "content": "It is 2026-11-26 15:04:05"}]}, "m") == []
+
+
+def test_a_volatile_system_prompt_is_logged_by_the_gateway(
+    tmp_path: Path, up: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "thrifty.toml").write_text(config_text(up))
+    with caplog.at_level(logging.WARNING, logger="thrifty.caches.prompt_cache"):
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                for second in range(3):
+                    system = f"Request time 2026-11-26 15:04:0{second}. " + LONG_SYSTEM
+                    client.chat.completions.create(
+                        model="claude",
+                        messages=[{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
+                    )
+    warnings = [r.getMessage() for r in caplog.records if r.name == "thrifty.caches.prompt_cache"]
+    assert len(warnings) == 2, warnings  # a timestamp and a date, each said once for three requests
+    assert all("changes the cached prefix" in w and "claude" in w for w in warnings)
 
 
 @pytest.fixture

@@ -149,9 +149,15 @@ def test_a_sample_of_semantic_hits_is_verified_against_the_model(tmp_path: Path)
                     ask(c, SYSTEM, user("How can I reset my account password?"), extra_headers=headers)[0] == "semantic"
                 )
                 ask(c, SYSTEM, user("How do I export my billing history?"), extra_headers=headers)
-                assert (
-                    ask(c, SYSTEM, user("How can I export my billing history?"), extra_headers=headers)[0] == "semantic"
+                streamed = c.chat.completions.with_raw_response.create(  # a hit served as a stream is sampled too
+                    model="fast",
+                    messages=[SYSTEM, user("How can I export my billing history?")],  # type: ignore[list-item]
+                    temperature=0,
+                    stream=True,
+                    extra_headers=headers,
                 )
+                assert streamed.headers["x-thrifty-cache"] == "semantic"
+                assert "post" in "".join(ch.choices[0].delta.content or "" for ch in streamed.parse() if ch.choices)
             deadline = time.monotonic() + 10
             while len(up.requests) < 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -228,3 +234,20 @@ def test_a_zero_threshold_is_refused_at_start_up(tmp_path: Path, up: FakeUpstrea
     )
     with pytest.raises(ConfigError, match="semantic_threshold"):
         load_settings(tmp_path / "thrifty.toml")
+
+
+def test_a_failed_verification_is_in_the_ledger(tmp_path: Path, up: FakeUpstream) -> None:
+    import time
+
+    extra = SEMANTIC.format(embedder="minilm") + "verify_sample = 1.0\n"
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            up.script([Fault.ok(), Fault.status(400)])  # the first answer, then the verification's call
+            ask(c, SYSTEM, user("How do I reset my account password?"))
+            assert ask(c, SYSTEM, user("How can I reset my account password?"))[0] == "semantic"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not [r for r in ledger_rows(gw) if r["endpoint"] == "verify"]:
+            time.sleep(0.05)
+        rows = ledger_rows(gw)
+    (verify,) = [r for r in rows if r["endpoint"] == "verify"]
+    assert verify["status"] == "error" and verify["error_type"] == "invalid_request_error"

@@ -10,8 +10,11 @@ prompt, and tools sent in a different order each time.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,7 @@ import orjson
 from thrifty.tokens import TiktokenCounter, text_of
 from thrifty.types import JsonObject
 
+log = logging.getLogger(__name__)
 EPHEMERAL = {"type": "ephemeral"}
 MAX_BREAKPOINTS = 4
 # Anthropic's documented minimum cacheable prefix: 2,048 tokens on Haiku models, 1,024 on the others.
@@ -103,14 +107,64 @@ def lint_prefix(messages: Sequence[JsonObject], tools: Sequence[Any] | None = No
     """What in the stable prefix (system prompt and earlier turns) changes between requests."""
     findings = []
     for index, message in enumerate(messages[:-1] if len(messages) > 1 else messages):
-        text = text_of(message.get("content"))
-        for what, pattern in _VOLATILE:
-            match = pattern.search(text)
-            if match:
-                start = max(match.start() - 20, 0)
-                excerpt = text[start : match.end() + 20].replace("\n", " ")
-                findings.append(PrefixFinding(f"messages[{index}] ({message.get('role')})", what, excerpt))
+        findings += _volatile(f"messages[{index}] ({message.get('role')})", text_of(message.get("content")))
+    return findings + _tool_order(tools)
+
+
+def _volatile(where: str, text: str) -> list[PrefixFinding]:
+    findings = []
+    for what, pattern in _VOLATILE:
+        match = pattern.search(text)
+        if match:
+            start = max(match.start() - 20, 0)
+            excerpt = text[start : match.end() + 20].replace("\n", " ")
+            findings.append(PrefixFinding(where, what, excerpt))
+    return findings
+
+
+def _tool_order(tools: Sequence[Any] | None) -> list[PrefixFinding]:
+    findings = []
     names = [str((t.get("function") or t).get("name", "")) for t in tools or [] if isinstance(t, dict)]
     if names != sorted(names):
         findings.append(PrefixFinding("tools", "tools not in a stable order", "sort them by name: " + ", ".join(names)))
     return findings
+
+
+class PrefixWatch:
+    """The lint at run time: a provider with prompt caching on hands it each request, and what in the stable prefix
+    (the system prompt, the tools) would change from one request to the next is logged as a warning, at most once
+    every ``every_s`` per model and kind of finding. Each distinct prefix is read once (an LRU of their digests),
+    so a stable prompt costs one hash a request; a prompt that carries a timestamp is new every time, and read."""
+
+    def __init__(self, every_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s, self._clock = every_s, clock
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._warned: dict[tuple[str, str, str], float] = {}
+
+    def check(self, body: JsonObject, model: str) -> list[PrefixFinding]:
+        """The findings logged now (most calls: none)."""
+        system = [m for m in body.get("messages") or [] if m.get("role") in ("system", "developer")]
+        tools = body.get("tools")
+        digest = hashlib.sha256(orjson.dumps([tools, [m.get("content") for m in system]])).digest()
+        if digest in self._seen:
+            self._seen.move_to_end(digest)
+            return []
+        self._seen[digest] = None
+        if len(self._seen) > 1024:
+            self._seen.popitem(last=False)
+        findings = [f for m in system for f in _volatile("system prompt", text_of(m.get("content")))]
+        findings += _tool_order(tools if isinstance(tools, list) else None)
+        now, logged = self._clock(), []
+        for finding in findings:
+            key = (model, finding.where, finding.what)
+            if now - self._warned.get(key, -self.every_s) >= self.every_s:
+                self._warned[key] = now
+                logged.append(finding)
+                log.warning(
+                    "prompt caching for %s: %s (%s) changes the cached prefix between requests (see thrifty lint): %s",
+                    model,
+                    finding.what,
+                    finding.where,
+                    finding.excerpt,
+                )
+        return logged

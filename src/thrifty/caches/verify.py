@@ -58,6 +58,7 @@ class SemanticVerifier:
             fresh = await gateway.caller.call(request, route, trace)
         except ThriftyError as exc:
             log.warning("verifying a semantic hit failed: %s", exc.message)
+            gateway.record_failure(trace, exc)  # in the ledger like any failed call, with what it cost if anything
             return
         cost: Cost = gateway.account(trace, request, fresh)
         agree = answers_agree(output_text(cached), output_text(fresh))

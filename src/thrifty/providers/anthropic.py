@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator
 
 import orjson
 
-from thrifty.caches.prompt_cache import add_cache_breakpoints
+from thrifty.caches.prompt_cache import PrefixWatch, add_cache_breakpoints
 from thrifty.errors import UpstreamError
 from thrifty.providers.anthropic_format import (
     AnthropicStreamTranslator,
@@ -37,6 +37,7 @@ class AnthropicProvider:
         """With ``cache_counter``, the stable prefix of each request is marked for Anthropic's prompt cache."""
         self.name = name
         self._cache_counter = cache_counter
+        self._watch = PrefixWatch()
         headers = {"anthropic-version": API_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
@@ -45,6 +46,7 @@ class AnthropicProvider:
     def _body(self, request: ChatRequest, model: str) -> JsonObject:
         body = to_anthropic(request.body, model)
         if self._cache_counter is not None:
+            self._watch.check(request.body, model)
             body = add_cache_breakpoints(body, model, self._cache_counter)
         return body
 

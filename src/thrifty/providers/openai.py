@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from thrifty.caches.prompt_cache import PrefixWatch
 from thrifty.caches.prompt_cache import prompt_cache_key as prefix_key
 from thrifty.errors import BadRequest, UpstreamError
 from thrifty.providers.http import HttpClient, Timeouts, parse_json
@@ -78,10 +79,13 @@ class OpenAIProvider:
     ) -> None:
         self.name = name
         self._cache_key = prompt_cache_key
+        self._watch = PrefixWatch()
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = HttpClient(base_url, headers, timeouts)
 
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
+        if self._cache_key:
+            self._watch.check(request.body, model)
         body = to_openai(request.body, model, stream=False, cache_key=self._cache_key)
         raw, upstream_ms = await self._http.post_json("/chat/completions", body)
         body, usage = from_openai(raw)
@@ -89,6 +93,8 @@ class OpenAIProvider:
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncGenerator[StreamChunk, None]:
         done = False
+        if self._cache_key:
+            self._watch.check(request.body, model)
         body = to_openai(request.body, model, stream=True, cache_key=self._cache_key)
         lines = self._http.post_stream("/chat/completions", body)
         async for line in lines:
