@@ -251,3 +251,25 @@ def test_a_failed_verification_is_in_the_ledger(tmp_path: Path, up: FakeUpstream
         rows = ledger_rows(gw)
     (verify,) = [r for r in rows if r["endpoint"] == "verify"]
     assert verify["status"] == "error" and verify["error_type"] == "invalid_request_error"
+
+
+def test_verification_is_paid_from_the_principals_budget(tmp_path: Path, up: FakeUpstream) -> None:
+    """The verification's cost counts against the budget like any call, so verifying cannot overshoot it."""
+    import time
+
+    extra = SEMANTIC.format(embedder="minilm") + "verify_sample = 1.0\n"
+    extra += '\n[[budgets]]\nscope = "tenant"\nid = "default"\nusd = 1\nperiod = "day"\n'
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            ask(c, SYSTEM, user("How do I reset my account password?"))
+            assert ask(c, SYSTEM, user("How can I reset my account password?"))[0] == "semantic"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not [r for r in ledger_rows(gw) if r["endpoint"] == "verify"]:
+            time.sleep(0.05)
+        time.sleep(0.2)  # the settlement follows the ledger row's accounting
+        rows = ledger_rows(gw)
+        metrics = gw.runtime.gateway.metrics.render().decode()
+    spent = sum(int(r["cost_nusd"]) for r in rows)
+    assert [r["endpoint"] for r in rows].count("verify") == 1 and spent > 0
+    (line,) = [m for m in metrics.splitlines() if m.startswith("thrifty_budget_remaining_usd{")]
+    assert float(line.split()[-1]) == pytest.approx(1 - spent / 1e9, abs=1e-12)

@@ -1,10 +1,11 @@
 """Measuring the semantic cache's false hits: a sample of semantic hits is also asked of the model.
 
-The client already has the cached answer; in the background the same request goes to the model, and the two
-answers are compared. Agreement is a word-overlap test (Jaccard of the answers' word sets at least 0.5): cheap,
-and a paraphrase served another question's answer fails it by far. The verification call is a ledger row of its
-own (endpoint ``verify``, ``cache`` = ``verify-agree`` or ``verify-disagree``, its cost charged to the cache
-lever), so the false-hit rate per feature is a query on the ledger, and a metric.
+The client already has the cached answer; in the background the same request goes to the model (the principal's
+budgets pay for it, and refuse it when they cannot), and the two answers are compared. Agreement is a word-overlap
+test (Jaccard of the answers' word sets at least 0.5): cheap, and a paraphrase served another question's answer
+fails it by far. The verification call is a ledger row of its own (endpoint ``verify``, ``cache`` =
+``verify-agree`` or ``verify-disagree``, its cost charged to the cache lever), so the false-hit rate per feature is
+a query on the ledger, and a metric.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import random
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from thrifty.accounting import Trace
@@ -54,13 +56,23 @@ class SemanticVerifier:
         trace = Trace(f"{request.request_id}.verify", "verify", request.model)
         trace.principal = principal
         try:
-            route = gateway.router.route(request, principal)
-            fresh = await gateway.caller.call(request, route, trace)
+            # The principal's budgets pay for it, as for a history summary; rate limits ignore it.
+            admission = await gateway.guard.admit(replace(request, charged_to="cache"), principal)
         except ThriftyError as exc:
-            log.warning("verifying a semantic hit failed: %s", exc.message)
-            gateway.record_failure(trace, exc)  # in the ledger like any failed call, with what it cost if anything
+            log.info("semantic hit not verified: %s", exc.message)  # a budget that cannot pay: no verification
             return
-        cost: Cost = gateway.account(trace, request, fresh)
+        try:
+            try:
+                route = gateway.router.route(request, principal)
+                fresh = await gateway.caller.call(request, route, trace)
+            except ThriftyError as exc:
+                log.warning("verifying a semantic hit failed: %s", exc.message)
+                gateway.record_failure(trace, exc)  # in the ledger like any failed call, with what it cost if anything
+                return
+            cost: Cost = gateway.account(trace, request, fresh)
+            await admission.settle(cost, trace.usage, fresh.target.model)
+        finally:
+            await admission.settle(ZERO)  # a no-op once settled; releases the reservation otherwise
         agree = answers_agree(output_text(cached), output_text(fresh))
         trace.cache = "verify-agree" if agree else "verify-disagree"
         savings = {"cache": -cost.usd} if cost.usd else {}
