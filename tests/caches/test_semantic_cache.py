@@ -12,6 +12,7 @@ import pytest
 
 from fakes.upstream import FakeUpstream, FakeUsage, Fault
 from gateway_harness import config_text, ledger_rows
+from thrifty.cli import main
 from thrifty.errors import ConfigError
 from thrifty.keys import create_key
 from thrifty.server.run import ServerThread
@@ -110,7 +111,9 @@ def test_a_stream_is_served_from_the_semantic_cache(tmp_path: Path, up: FakeUpst
     assert len(up.requests) == 1
 
 
-def test_replicas_share_a_pgvector_semantic_cache(tmp_path: Path, up: FakeUpstream, pgvector_url: str) -> None:
+def test_replicas_share_a_pgvector_semantic_cache(
+    tmp_path: Path, up: FakeUpstream, pgvector_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     extra = SEMANTIC.format(embedder="minilm") + f'semantic_store = "pgvector"\nsemantic_url = "{pgvector_url}"\n'
     with gateway(tmp_path, up, extra, "a") as a, gateway(tmp_path, up, extra, "b") as b:
         with (
@@ -119,7 +122,13 @@ def test_replicas_share_a_pgvector_semantic_cache(tmp_path: Path, up: FakeUpstre
         ):
             assert ask(ca, SYSTEM, user("Where can I download my invoices?"))[0] == "miss"
             assert ask(cb, SYSTEM, user("Where can I download my invoices"))[0] == "semantic"
-    assert len(up.requests) == 1
+            # The CLI purges the shared table directly (no --gateway, no model loaded): both replicas miss.
+            assert (
+                main(["cache", "purge", "--config", str(tmp_path / "a" / "thrifty.toml"), "--tenant", "default"]) == 0
+            )
+            assert "purged 1 entries from the pgvector semantic store" in capsys.readouterr().out
+            assert ask(cb, SYSTEM, user("Where can I download my invoices"))[0] == "miss"
+    assert len(up.requests) == 2
 
 
 def test_a_sample_of_semantic_hits_is_verified_against_the_model(tmp_path: Path) -> None:

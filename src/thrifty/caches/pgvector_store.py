@@ -128,6 +128,23 @@ class _VectorDumper(Dumper):
         return struct.pack(">HH", obj.shape[0], 0) + floats
 
 
+def purge_every_table(url: str, scope: PurgeScope) -> int:
+    """Purge the semantic entries of every embedder (one table per vector size) without knowing which embedder is
+    configured: ``thrifty cache purge`` must not load a model to delete rows."""
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE tablename ~ '^thrifty_semantic_d[0-9]+$'")
+            ).scalars()
+            where, params = _where(scope)
+            return sum(conn.execute(text(f"DELETE FROM {table}{where}"), params).rowcount for table in list(tables))
+    except DBAPIError as exc:
+        raise ConfigError(f"cannot purge the pgvector semantic cache: {exc.orig}") from exc
+    finally:
+        engine.dispose()
+
+
 def _engine(url: str) -> Engine:
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]

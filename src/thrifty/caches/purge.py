@@ -24,27 +24,51 @@ def parse_age(text: str) -> float:
 def purge_from_cli(
     settings: Settings, args: dict[str, str | None], *, gateway_url: str | None, admin_key: str | None
 ) -> str:
+    """Shared stores directly (the exact cache's SQLite or Redis, the semantic cache's pgvector: no model is
+    loaded), a running gateway's in-process caches through ``gateway_url``."""
     older = args.get("older_than")
     scope = PurgeScope(args.get("tenant"), args.get("feature"), args.get("model"), parse_age(older) if older else None)
-    lines = []
-    if settings.cache.store in ("sqlite", "redis"):
-        from thrifty.assembly import build_cache
+    config = settings.cache
+    rules = [*config.models.values(), *config.features.values()]
+    lines, in_process = [], []
+    if config.store in ("sqlite", "redis"):
+        lines.append(f"purged {asyncio.run(_purge_entries(settings, scope))} entries from the {config.store} store")
+    else:
+        in_process.append("exact")
+    if config.semantic or any(r.semantic for r in rules):
+        if config.semantic_store == "pgvector":
+            from thrifty.caches.pgvector_store import purge_every_table
 
-        cache = build_cache(
-            settings.model_copy(update={"cache": settings.cache.model_copy(update={"exact": True})}), {}
-        )
-
-        async def run() -> int:
-            purged: int = await cache.purge(scope)  # type: ignore[attr-defined]
-            await cache.aclose()  # type: ignore[attr-defined]
-            return purged
-
-        lines.append(f"purged {asyncio.run(run())} entries from the {settings.cache.store} store")
-    elif gateway_url is None:
-        lines.append("the cache lives in the gateway process ([cache] store = 'memory'): pass --gateway URL")
+            purged = purge_every_table(config.semantic_url or settings.ledger_url(), scope)
+            lines.append(f"purged {purged} entries from the pgvector semantic store")
+        else:
+            in_process.append("semantic")
     if gateway_url is not None:
         lines.append(f"purged {_purge_remote(gateway_url, scope, admin_key)} entries in {gateway_url}")
+    elif in_process and config.store == "memory":
+        lines.append(f"the {' and '.join(in_process)} cache lives in the gateway process: pass --gateway URL")
+    elif "semantic" in in_process:
+        lines.append("the semantic cache lives in the gateway process (semantic_store = 'memory'): pass --gateway URL")
     return "\n".join(lines)
+
+
+async def _purge_entries(settings: Settings, scope: PurgeScope) -> int:
+    from thrifty.caches.entries import EntryStore
+
+    config = settings.cache
+    store: EntryStore
+    if config.store == "sqlite":
+        from thrifty.caches.shared_stores import SqliteStore
+
+        store = SqliteStore(settings.path(config.url or "cache.sqlite"), config.max_entries)
+    else:
+        from thrifty.caches.shared_stores import RedisStore
+
+        store = RedisStore(config.url or "redis://127.0.0.1:6379/0")
+    try:
+        return await store.purge(scope)
+    finally:
+        await store.aclose()
 
 
 def _purge_remote(url: str, scope: PurgeScope, admin_key: str | None) -> int:
