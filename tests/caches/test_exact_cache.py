@@ -322,3 +322,37 @@ def test_cli_purges_a_sqlite_store(tmp_path: Path, up: FakeUpstream) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "purged 1 entries from the sqlite store" in done.stdout
+
+
+def test_a_feature_ttl_bounds_the_age_of_what_it_is_served(tmp_path: Path, up: FakeUpstream) -> None:
+    """The exact key is the same for every feature; an entry stored under the default day-long TTL is still too old
+    for a feature whose TTL is 0.3 s."""
+    cache = MEMORY + "[cache.features.news]\nttl_s = 0.3\n"
+    news = {"x-thrifty-feature": "news"}
+
+    def kind(headers: dict[str, str]) -> str:
+        raw = c.chat.completions.with_raw_response.create(
+            model="fast", messages=HI, temperature=0, extra_headers=headers
+        )
+        return raw.headers["x-thrifty-cache"]
+
+    with gateway(tmp_path, up, cache) as gw, client(gw) as c:
+        assert kind({}) == "miss"
+        assert kind(news) == "exact"  # fresh enough for news too
+        time.sleep(0.5)
+        assert kind({}) == "exact"
+        assert kind(news) == "miss"  # 0.5 s old: older than news allows
+        assert kind(news) == "exact"
+    assert len(up.requests) == 2
+
+
+async def test_sqlite_store_evicts_the_least_recently_used(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "cache.sqlite", max_entries=200)
+    for i in range(255):
+        await store.put(f"k{i}", entry("t", "f", "a"))
+    assert await store.get("k0") is not None  # the oldest write, read just now
+    await store.put("k255", entry("t", "f", "a"))  # the 256th write: eviction runs, 56 entries over the limit
+    assert await store.get("k0") is not None and await store.get("k255") is not None
+    assert await store.get("k1") is None and await store.get("k100") is not None
+    assert await store.purge(PurgeScope()) == 200
+    await store.aclose()

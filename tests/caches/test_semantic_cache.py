@@ -3,6 +3,7 @@ conversations and the known false-hit patterns miss; streams are served from it;
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -282,3 +283,38 @@ def test_verification_is_paid_from_the_principals_budget(tmp_path: Path, up: Fak
     assert [r["endpoint"] for r in rows].count("verify") == 1 and spent > 0
     (line,) = [m for m in metrics.splitlines() if m.startswith("thrifty_budget_remaining_usd{")]
     assert float(line.split()[-1]) == pytest.approx(1 - spent / 1e9, abs=1e-12)
+
+
+def test_an_alias_rule_turns_the_semantic_cache_on_for_that_alias_only(tmp_path: Path, up: FakeUpstream) -> None:
+    extra = '\n[cache]\nembedder = "minilm"\n[cache.models.fast]\nsemantic = true\nsemantic_threshold = 0.5\n'
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            assert ask(c, SYSTEM, user("How do I reset my account password?"))[0] == "miss"
+            assert ask(c, SYSTEM, user("How can I reset my account password?"))[0] == "semantic"
+            for question in ("How do I reset my account password?", "How can I reset my account password?"):
+                raw = c.chat.completions.with_raw_response.create(
+                    model="resilient", messages=[SYSTEM, user(question)], temperature=0
+                )
+                assert raw.headers["x-thrifty-cache"] == "miss"
+
+
+def test_changing_an_alias_targets_changes_its_semantic_partition() -> None:
+    from thrifty.caches.keys import semantic_query
+    from thrifty.types import ChatRequest, Principal, Target
+
+    request = ChatRequest({"model": "fast", "messages": [SYSTEM, user("hi")]}, "r1")
+    principal = Principal("default")
+    mini = semantic_query(request, principal, [Target("up", "gpt-4o-mini")])
+    big = semantic_query(request, principal, [Target("up", "gpt-4o")])
+    assert mini is not None and big is not None and mini.partition != big.partition and mini.text == big.text
+
+
+def test_a_feature_ttl_bounds_the_age_of_semantic_hits(tmp_path: Path, up: FakeUpstream) -> None:
+    extra = SEMANTIC.format(embedder="minilm") + "[cache.features.news]\nttl_s = 0.3\n"
+    news = {"x-thrifty-feature": "news"}
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            assert ask(c, SYSTEM, user("How do I reset my account password?"))[0] == "miss"
+            time.sleep(0.5)
+            assert ask(c, SYSTEM, user("How can I reset my account password?"), extra_headers=news)[0] == "miss"
+            assert ask(c, SYSTEM, user("How can I reset my account password?"))[0] == "semantic"

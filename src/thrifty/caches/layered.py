@@ -6,6 +6,7 @@ requested model would have charged for the same tokens), so the cache's savings 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -53,7 +54,9 @@ class CachePolicy:
 class SemanticLayer(Protocol):
     """Near-duplicate questions in the same context (``caches.semantic``)."""
 
-    async def lookup(self, request: ChatRequest, principal: Principal, threshold: float) -> ChatResponse | None: ...
+    async def lookup(
+        self, request: ChatRequest, principal: Principal, threshold: float, max_age_s: float
+    ) -> ChatResponse | None: ...
     async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float) -> None: ...
     async def purge(self, scope: PurgeScope) -> int: ...
 
@@ -79,10 +82,11 @@ class LayeredCache:
             return None
         if rule.exact:
             entry = await self.entries.get(exact_key(request, principal, self._aliases[request.model]))
-            if entry is not None:
+            # An entry stored under another feature's longer TTL is too old for this one's.
+            if entry is not None and time.time() - entry.created_at <= rule.ttl_s:
                 return hit(entry, request, "exact")
         if rule.semantic and self.semantic is not None:
-            return await self.semantic.lookup(request, principal, rule.semantic_threshold)
+            return await self.semantic.lookup(request, principal, rule.semantic_threshold, rule.ttl_s)
         return None
 
     async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None:

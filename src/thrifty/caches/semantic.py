@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -138,7 +139,11 @@ class SemanticCache:
         # Vectors of different embedders are not comparable, even with the same number of dimensions.
         return SemanticQuery(f"{self._embedder.name}:{query.partition}", query.text)
 
-    async def lookup(self, request: ChatRequest, principal: Principal, threshold: float) -> ChatResponse | None:
+    async def lookup(
+        self, request: ChatRequest, principal: Principal, threshold: float, max_age_s: float = math.inf
+    ) -> ChatResponse | None:
+        """The first candidate the judge accepts among those younger than ``max_age_s`` (the asking feature's
+        TTL: another feature's entries may live longer)."""
         query = self._query(request, principal)
         if query is None:
             return None
@@ -151,7 +156,10 @@ class SemanticCache:
         except (OSError, SQLAlchemyError) as exc:
             log.warning("semantic cache unavailable (%s): treated as a miss", exc.__class__.__name__)
             return None
+        oldest = time.time() - max_age_s
         for _key, cosine, text, entry in candidates:
+            if entry.created_at < oldest:
+                continue
             if self._make_judge is None:  # the bundled scorer: microseconds, on the loop
                 decision = judge.decide(query.text, text, cosine)
             else:  # a pair model reads both embeddings and may have to embed the candidate again: off the loop
