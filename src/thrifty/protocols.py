@@ -50,6 +50,8 @@ class ResponseCache(Protocol):
 
     async def lookup(self, request: ChatRequest, principal: Principal) -> ChatResponse | None: ...
     async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None: ...
+    def release(self, request: ChatRequest, principal: Principal) -> None:
+        """Called when a request that missed ends, answered or not (identical requests may be waiting on it)."""
 
 
 class Optimizer(Protocol):

@@ -163,22 +163,43 @@ def test_changing_an_alias_targets_invalidates_its_entries(tmp_path: Path, up: F
         assert raw.headers["x-thrifty-cache"] == "exact"
 
 
-def test_concurrent_identical_requests_all_get_the_answer(tmp_path: Path, up: FakeUpstream) -> None:
+def burst(gw: ServerThread, count: int, **kwargs: object) -> list[str]:
+    async def run() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as ac:
+
+            async def one() -> str:
+                try:
+                    reply = await ac.chat.completions.create(model="fast", messages=HI, temperature=0, **kwargs)  # type: ignore[call-overload]
+                except openai.APIStatusError as exc:
+                    return f"error {exc.status_code}"
+                return reply.choices[0].message.content or ""
+
+            return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    return asyncio.run(run())
+
+
+def test_concurrent_identical_requests_are_coalesced_into_one_call(tmp_path: Path, up: FakeUpstream) -> None:
+    """Twenty identical requests at once while the model takes 0.3 s: one call, nineteen exact hits at cost 0."""
+    up.mode = Fault.delay(0.3)
     with gateway(tmp_path, up, MEMORY) as gw:
-
-        async def burst() -> list[str]:
-            async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as ac:
-                replies = await asyncio.gather(
-                    *(ac.chat.completions.create(model="fast", messages=HI, temperature=0) for _ in range(20))
-                )
-            return [r.choices[0].message.content or "" for r in replies]
-
-        answers = asyncio.run(burst())
+        answers = burst(gw, 20)
         rows = ledger_rows(gw)
-    assert set(answers) == {"echo: What is the capital of France?"}
-    paid = [r for r in rows if not r["cache"]]
-    assert len(rows) == 20 and len(paid) == len(up.requests)
-    assert all(r["cost_nusd"] == 0 for r in rows if r["cache"])
+        coalesced = gw.runtime.gateway.cache.coalesced  # type: ignore[attr-defined]
+    assert answers == ["echo: What is the capital of France?"] * 20
+    assert len(up.requests) == 1 and coalesced >= 1
+    assert len(rows) == 20 and sum(1 for r in rows if r["cache"] == "exact") == 19
+    assert all(r["cost_nusd"] == 0 and r["baseline_cost_nusd"] > 0 for r in rows if r["cache"])
+
+
+def test_when_the_call_everyone_waits_for_fails_each_asks_for_itself(tmp_path: Path, up: FakeUpstream) -> None:
+    up.mode = Fault.delay(0.2)
+    with gateway(tmp_path, up, MEMORY) as gw:
+        up.script([Fault.status(400)])  # the first call fails; the others are answered after 0.2 s
+        answers = burst(gw, 5)
+    assert answers.count("error 400") == 1
+    assert answers.count("echo: What is the capital of France?") == 4
+    assert 2 <= len(up.requests) <= 5  # the failed call, then one or more of the waiters (one leads again)
 
 
 def entry(tenant: str, feature: str, alias: str, age_s: float = 0, ttl_s: float = 60) -> CacheEntry:

@@ -2,10 +2,16 @@
 
 A hit is an answer someone already paid for: the ledger records it at cost 0 beside its baseline (what the
 requested model would have charged for the same tokens), so the cache's savings are sums of rows.
+
+Identical requests that arrive together are coalesced (in each process): the first to miss the exact cache asks
+the model, the others wait for its answer and are served it as exact hits. If that answer cannot be cached, or
+the call fails, each waiter asks for itself. A streamed request never leads (its answer is stored only at the end
+of the stream), but may wait for one that does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +23,8 @@ from thrifty.settings import CacheSettings
 from thrifty.types import ChatRequest, ChatResponse, Principal, Target
 
 BYPASS = "bypass"
+COALESCE_WAIT_S = 300.0
+"""How long a request waits for an identical one already asking the model before asking for itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,9 @@ class LayeredCache:
     ) -> None:
         self.policy, self.entries, self.semantic = policy, store, semantic
         self._aliases = aliases
+        self._inflight: dict[str, tuple[str, asyncio.Future[CacheEntry | None]]] = {}
+        """Exact key -> (the request id asking the model for it, its answer to come)."""
+        self.coalesced = 0
 
     def _applies(self, request: ChatRequest) -> bool:
         settings = self.policy.settings
@@ -81,13 +92,43 @@ class LayeredCache:
         if not (rule.exact or rule.semantic) or not self._applies(request):
             return None
         if rule.exact:
-            entry = await self.entries.get(exact_key(request, principal, self._aliases[request.model]))
+            key = exact_key(request, principal, self._aliases[request.model])
+            entry = await self.entries.get(key)
             # An entry stored under another feature's longer TTL is too old for this one's.
             if entry is not None and time.time() - entry.created_at <= rule.ttl_s:
+                return hit(entry, request, "exact")
+            entry = await self._coalesce(key, request)
+            if entry is not None:
+                self.coalesced += 1
                 return hit(entry, request, "exact")
         if rule.semantic and self.semantic is not None:
             return await self.semantic.lookup(request, principal, rule.semantic_threshold, rule.ttl_s)
         return None
+
+    async def _coalesce(self, key: str, request: ChatRequest) -> CacheEntry | None:
+        """Wait for an identical request already asking the model; else, unless streamed, become the one asking."""
+        found = self._inflight.get(key)
+        if found is None:
+            if not request.body.get("stream"):
+                self._inflight[key] = (request.request_id, asyncio.get_running_loop().create_future())
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(found[1]), COALESCE_WAIT_S)
+        except TimeoutError:
+            return None
+
+    def release(self, request: ChatRequest, principal: Principal) -> None:
+        """After the request that asked the model ended, stored or not: its waiters stop waiting."""
+        if not self._inflight:
+            return
+        self._resolve(exact_key(request, principal, self._aliases.get(request.model, ())), request, None)
+
+    def _resolve(self, key: str, request: ChatRequest, entry: CacheEntry | None) -> None:
+        found = self._inflight.get(key)
+        if found is not None and found[0] == request.request_id:
+            del self._inflight[key]
+            if not found[1].done():
+                found[1].set_result(entry)
 
     async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None:
         rule = self.policy.rule(request.model, principal.feature)
@@ -97,7 +138,11 @@ class LayeredCache:
             return
         if rule.exact:
             entry = CacheEntry.of(request, principal, response, rule.ttl_s)
-            await self.entries.put(exact_key(request, principal, self._aliases[request.model]), entry)
+            key = exact_key(request, principal, self._aliases[request.model])
+            try:
+                await self.entries.put(key, entry)
+            finally:  # after the write, so that no identical request can miss between the two
+                self._resolve(key, request, entry)
         if rule.semantic and self.semantic is not None:
             await self.semantic.store(request, principal, response, rule.ttl_s)
 

@@ -11,3 +11,6 @@ class NoCache:
 
     async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None:
         return None
+
+    def release(self, request: ChatRequest, principal: Principal) -> None:
+        return None
