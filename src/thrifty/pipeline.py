@@ -111,9 +111,10 @@ class Gateway:
             self.record_failure(trace, exc)
             raise
         finally:
+            if trace.principal is not None:
+                self.cache.release(request, trace.principal)  # identical requests waiting on this one go on
             if admission is not None:
                 await admission.settle(ZERO)  # a no-op once settled; releases the reservation otherwise
-                self.cache.release(request, trace.principal)  # identical requests waiting on this one go on
         self.record(self.finished(trace, cost, request, output_text(response)))  # 7. record
         return replace(response, route=trace.route_header()), cost
 

@@ -7,6 +7,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from thrifty.caches.shared_stores import RedisStore, SqliteStore
 from thrifty.keys import create_key
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
-from thrifty.types import Target, Usage
+from thrifty.types import ChatRequest, ChatResponse, Principal, Target, Usage
 
 HI = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is the capital of France?"}]
 
@@ -377,3 +378,41 @@ async def test_sqlite_store_evicts_the_least_recently_used(tmp_path: Path) -> No
     assert await store.get("k1") is None and await store.get("k100") is not None
     assert await store.purge(PurgeScope()) == 200
     await store.aclose()
+
+
+def layered(store: object) -> tuple[object, ChatRequest, Principal]:
+    from thrifty.caches.layered import CachePolicy, LayeredCache
+    from thrifty.settings import CacheSettings
+
+    cache = LayeredCache(CachePolicy(CacheSettings(exact=True)), store, {"fast": (Target("up", "m"),)})  # type: ignore[arg-type]
+    body = {"model": "fast", "messages": HI, "temperature": 0}
+    return cache, ChatRequest(body, "req_1"), Principal("acme")
+
+
+async def test_a_leader_that_never_releases_stalls_its_waiters_once_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thrifty.caches import layered as layered_module
+
+    monkeypatch.setattr(layered_module, "COALESCE_WAIT_S", 0.05)
+    cache, request, principal = layered(MemoryStore())
+    assert await cache.lookup(request, principal) is None  # type: ignore[attr-defined]  # leads, never releases
+    started = time.monotonic()
+    assert await cache.lookup(replace(request, request_id="req_2"), principal) is None  # type: ignore[attr-defined]
+    assert time.monotonic() - started >= 0.05  # waited, then gave up on it
+    started = time.monotonic()
+    assert await cache.lookup(replace(request, request_id="req_3"), principal) is None  # type: ignore[attr-defined]
+    assert time.monotonic() - started < 0.05  # the stale slot is gone: this one leads at once
+
+
+async def test_a_store_that_fails_neither_raises_nor_strands_waiters() -> None:
+    class Broken(MemoryStore):
+        async def put(self, key: str, entry: CacheEntry) -> None:
+            raise ConnectionError("redis went away")
+
+    cache, request, principal = layered(Broken())
+    assert await cache.lookup(request, principal) is None  # type: ignore[attr-defined]
+    waiter = asyncio.ensure_future(cache.lookup(replace(request, request_id="req_2"), principal))  # type: ignore[attr-defined]
+    await asyncio.sleep(0.01)
+    answer = {"choices": [{"message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}]}
+    await cache.store(request, principal, ChatResponse(answer, Usage(10, 2), Target("up", "m"), 5.0))  # type: ignore[attr-defined]
+    served = await asyncio.wait_for(waiter, 1)
+    assert served is not None and served.cache == "exact" and served.body["choices"][0]["message"]["content"] == "Paris"

@@ -12,6 +12,7 @@ of the stream), but may wait for one that does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from thrifty.caches.keys import cacheable_request, cacheable_response, exact_key
 from thrifty.settings import CacheSettings
 from thrifty.types import ChatRequest, ChatResponse, Principal, Target
 
+log = logging.getLogger("thrifty.cache")
 BYPASS = "bypass"
-COALESCE_WAIT_S = 300.0
+COALESCE_WAIT_S = 60.0
 """How long a request waits for an identical one already asking the model before asking for itself."""
 
 
@@ -81,6 +83,8 @@ class LayeredCache:
         self._aliases = aliases
         self._inflight: dict[str, tuple[str, asyncio.Future[CacheEntry | None]]] = {}
         """Exact key -> (the request id asking the model for it, its answer to come)."""
+        self._leading: dict[str, str] = {}
+        """Request id -> the exact key it leads for."""
         self.coalesced = 0
 
     def _applies(self, request: ChatRequest) -> bool:
@@ -93,58 +97,65 @@ class LayeredCache:
             return None
         if rule.exact:
             key = exact_key(request, principal, self._aliases[request.model])
-            entry = await self.entries.get(key)
-            # An entry stored under another feature's longer TTL is too old for this one's.
-            if entry is not None and time.time() - entry.created_at <= rule.ttl_s:
-                return hit(entry, request, "exact")
-            entry = await self._coalesce(key, request)
-            if entry is not None:
-                self.coalesced += 1
-                return hit(entry, request, "exact")
+            waiting = self._inflight.get(key)
+            if waiting is not None:  # an identical request is asking the model: its answer, unless it fails
+                entry = await self._wait(key, waiting)
+                if entry is not None:
+                    self.coalesced += 1
+                    return hit(entry, request, "exact")
+            else:
+                if not request.body.get("stream"):  # lead before reading: no identical request misses in between
+                    self._inflight[key] = (request.request_id, asyncio.get_running_loop().create_future())
+                    self._leading[request.request_id] = key
+                entry = await self.entries.get(key)
+                # An entry stored under another feature's longer TTL is too old for this one's.
+                if entry is not None and time.time() - entry.created_at <= rule.ttl_s:
+                    self._resolve(request, entry)
+                    return hit(entry, request, "exact")
         if rule.semantic and self.semantic is not None:
             return await self.semantic.lookup(request, principal, rule.semantic_threshold, rule.ttl_s)
         return None
 
-    async def _coalesce(self, key: str, request: ChatRequest) -> CacheEntry | None:
-        """Wait for an identical request already asking the model; else, unless streamed, become the one asking."""
-        found = self._inflight.get(key)
-        if found is None:
-            if not request.body.get("stream"):
-                self._inflight[key] = (request.request_id, asyncio.get_running_loop().create_future())
-            return None
+    async def _wait(self, key: str, waiting: tuple[str, asyncio.Future[CacheEntry | None]]) -> CacheEntry | None:
         try:
-            return await asyncio.wait_for(asyncio.shield(found[1]), COALESCE_WAIT_S)
+            return await asyncio.wait_for(asyncio.shield(waiting[1]), COALESCE_WAIT_S)
         except TimeoutError:
+            if self._inflight.get(key) is waiting:  # a leader that never released: nobody waits on it again
+                del self._inflight[key]
+                self._leading.pop(waiting[0], None)
+                waiting[1].set_result(None)
             return None
 
     def release(self, request: ChatRequest, principal: Principal) -> None:
-        """After the request that asked the model ended, stored or not: its waiters stop waiting."""
-        if not self._inflight:
-            return
-        self._resolve(exact_key(request, principal, self._aliases.get(request.model, ())), request, None)
+        """After a request that led ended, its answer stored or not: whoever still waits on it asks for itself."""
+        self._resolve(request, None)
 
-    def _resolve(self, key: str, request: ChatRequest, entry: CacheEntry | None) -> None:
-        found = self._inflight.get(key)
-        if found is not None and found[0] == request.request_id:
-            del self._inflight[key]
-            if not found[1].done():
-                found[1].set_result(entry)
+    def _resolve(self, request: ChatRequest, entry: CacheEntry | None) -> None:
+        key = self._leading.pop(request.request_id, None)
+        if key is None:
+            return
+        found = self._inflight.pop(key, None)
+        if found is not None and not found[1].done():
+            found[1].set_result(entry)
 
     async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None:
+        """Never raises: the answer was paid for, and a cache that cannot keep it must not lose its cost."""
         rule = self.policy.rule(request.model, principal.feature)
         if response.cache or not (rule.exact or rule.semantic) or not self._applies(request):
             return
         if response.usage is None or not cacheable_response(response.body, self.policy.settings.cache_tool_calls):
             return
-        if rule.exact:
-            entry = CacheEntry.of(request, principal, response, rule.ttl_s)
-            key = exact_key(request, principal, self._aliases[request.model])
-            try:
-                await self.entries.put(key, entry)
-            finally:  # after the write, so that no identical request can miss between the two
-                self._resolve(key, request, entry)
-        if rule.semantic and self.semantic is not None:
-            await self.semantic.store(request, principal, response, rule.ttl_s)
+        try:
+            if rule.exact:
+                entry = CacheEntry.of(request, principal, response, rule.ttl_s)
+                try:
+                    await self.entries.put(exact_key(request, principal, self._aliases[request.model]), entry)
+                finally:  # after the write, so that no identical request can miss between the two
+                    self._resolve(request, entry)
+            if rule.semantic and self.semantic is not None:
+                await self.semantic.store(request, principal, response, rule.ttl_s)
+        except Exception as exc:  # a store's own errors (Redis, SQLite, pgvector) and anything else
+            log.warning("cache: answer not stored (%s: %s)", exc.__class__.__name__, exc)
 
     async def purge(self, scope: PurgeScope) -> int:
         purged = await self.entries.purge(scope)

@@ -135,7 +135,10 @@ def purge_every_table(url: str, scope: PurgeScope) -> int:
     try:
         with engine.connect() as conn:
             tables = conn.execute(
-                text("SELECT tablename FROM pg_tables WHERE tablename ~ '^thrifty_semantic_d[0-9]+$'")
+                text(
+                    "SELECT tablename FROM pg_tables "
+                    "WHERE schemaname = current_schema() AND tablename ~ '^thrifty_semantic_d[0-9]+$'"
+                )
             ).scalars()
             where, params = _where(scope)
             return sum(conn.execute(text(f"DELETE FROM {table}{where}"), params).rowcount for table in list(tables))

@@ -160,11 +160,12 @@ class PrefixWatch:
             if now - self._warned.get(key, -self.every_s) >= self.every_s:
                 self._warned[key] = now
                 logged.append(finding)
+                # Not the excerpt: a system prompt may hold what the payload settings keep out of logs.
                 log.warning(
-                    "prompt caching for %s: %s (%s) changes the cached prefix between requests (see thrifty lint): %s",
+                    "prompt caching for %s: a %s in the %s changes the cached prefix between requests "
+                    "(thrifty lint on the prompt shows where)",
                     model,
                     finding.what,
                     finding.where,
-                    finding.excerpt,
                 )
         return logged

@@ -39,6 +39,8 @@ from sqlalchemy.exc import SQLAlchemyError
 log = logging.getLogger("thrifty.cache")
 
 NEIGHBOURS = 1
+EMBED_WARNING_EVERY_S = 60.0
+"""An embedder that keeps failing is logged once a minute, not at every lookup and store."""
 """Only the nearest stored question is judged: falling through to the next ones adds more false hits than
 correct ones (GPTCache's data: 606/31 against 604/23 at the default threshold)."""
 
@@ -107,6 +109,7 @@ class SemanticCache:
         self._embedder, self._vectors, self._aliases = embedder, vectors, aliases
         self._judges: dict[float, SimilarityJudge] = dict(judges or {})
         self._make_judge = make_judge
+        self._warned_at = -math.inf
 
     @property
     def embedder(self) -> Embedder:
@@ -127,7 +130,10 @@ class SemanticCache:
             # Embedding is CPU work of several milliseconds; the model releases the GIL, the event loop goes on.
             vectors = await asyncio.to_thread(self._embedder.embed, [text])
         except Exception as exc:  # a remote model's errors and timeouts, a local model's runtime errors
-            log.warning("semantic cache: embedding failed (%s: %s): %s", exc.__class__.__name__, exc, doing)
+            now = time.monotonic()
+            if now - self._warned_at >= EMBED_WARNING_EVERY_S:  # an embedder that is down fails every request
+                self._warned_at = now
+                log.warning("semantic cache: embedding failed (%s: %s): %s", exc.__class__.__name__, exc, doing)
             return None
         vector: Vector = vectors[0]
         return vector

@@ -62,14 +62,15 @@ class SemanticVerifier:
             log.info("semantic hit not verified: %s", exc.message)  # a budget that cannot pay: no verification
             return
         try:
+            asked = replace(admission.request, charged_to="")  # as admitted: a budget may have capped max_tokens
             try:
-                route = gateway.router.route(request, principal)
-                fresh = await gateway.caller.call(request, route, trace)
+                route = gateway.router.route(asked, principal)
+                fresh = await gateway.caller.call(asked, route, trace)
             except ThriftyError as exc:
                 log.warning("verifying a semantic hit failed: %s", exc.message)
                 gateway.record_failure(trace, exc)  # in the ledger like any failed call, with what it cost if anything
                 return
-            cost: Cost = gateway.account(trace, request, fresh)
+            cost: Cost = gateway.account(trace, asked, fresh)
             await admission.settle(cost, trace.usage, fresh.target.model)
         finally:
             await admission.settle(ZERO)  # a no-op once settled; releases the reservation otherwise
