@@ -378,7 +378,7 @@ def build_semantic(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -
     if config.semantic_store == "pgvector":
         from thrifty.caches.pgvector_store import PgVectorStore
 
-        vectors = PgVectorStore(config.semantic_url or settings.ledger_url(), embedder.dimensions)
+        vectors = PgVectorStore(config.semantic_url or settings.ledger_url(), embedder.dimensions, config.max_entries)
     else:
         vectors = MemoryVectors(embedder.dimensions, config.max_entries)
     from thrifty.caches.pair_model import configured_judges

@@ -165,3 +165,15 @@ def test_a_server_without_pgvector_is_a_config_error(pg_url: str) -> None:
             pytest.skip("this PostgreSQL has pgvector")
     with pytest.raises(ConfigError, match="vector"):
         PgVectorStore(pg_url, DIMENSIONS)
+
+
+async def test_a_size_bound_keeps_the_newest_rows_at_each_sweep(pgvector_url: str) -> None:
+    store = PgVectorStore(pgvector_url, DIMENSIONS, max_entries=100)
+    try:
+        for i in range(SWEEP_EVERY_ADDS):
+            await store.add("p", f"k{i:04d}", unit(1, 1, i, 1), "q", entry(age_s=SWEEP_EVERY_ADDS - i, ttl_s=3600))
+        # The sweep ran on the last add: the 100 newest rows are left.
+        assert await store.purge(PurgeScope(older_than_s=101)) == 0  # the older ones went at the sweep
+        assert await store.purge(PurgeScope()) == 100
+    finally:
+        await store.aclose()

@@ -52,11 +52,18 @@ class PgVectorStore:
     table and indexes (a role allowed to ``CREATE EXTENSION vector``, or an administrator beforehand); later ones
     find the table and only read and write rows."""
 
-    def __init__(self, url: str, dimensions: int) -> None:
+    def __init__(self, url: str, dimensions: int, max_entries: int | None = None) -> None:
+        """``max_entries``: a bound on the table's rows, kept at each sweep (the oldest go first; between sweeps
+        it may be exceeded by up to ``SWEEP_EVERY_ADDS`` rows per replica)."""
         self._dimensions = dimensions
+        self._max_entries = max_entries
         self._table = f"thrifty_semantic_d{dimensions}"
         self._engine = _engine(url)
         self._insert, self._search, self._sweep = _statements(self._table)
+        self._trim = text(
+            f"DELETE FROM {self._table} WHERE key IN "
+            f"(SELECT key FROM {self._table} ORDER BY created_at DESC OFFSET :keep)"
+        )
         self._adds = 0
         try:
             with self._engine.connect() as conn:
@@ -87,6 +94,8 @@ class PgVectorStore:
             conn.execute(self._insert, row)
             if sweep:
                 conn.execute(self._sweep, {"now": time.time()})
+                if self._max_entries is not None:
+                    conn.execute(self._trim, {"keep": self._max_entries})
 
     async def search(self, partition: str, vector: NDArray[np.float32], k: int) -> list[Found]:
         params = {"partition": partition, "now": time.time(), "query": self._checked(vector), "k": k}
