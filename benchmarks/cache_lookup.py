@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/cache_lookup.py [--sizes 10000,100000,1000000] [--queries 300] [--ann-max-rows N]
 
 Entries are random unit vectors of 384 dimensions in one partition (the worst case: a partition is one tenant's
-one context). Half the queries are near-duplicates of a stored entry (cosine about 0.9: what a hit looks like),
+one context; random vectors are also the hardest case for the graph), or with ``--vectors qqp`` real questions'
+MiniLM embeddings (QQP's, up to about 100k; paraphrases as near-duplicates, unstored questions as misses).
+Half the queries are near-duplicates of a stored entry (cosine about 0.9: what a hit looks like),
 half are fresh random vectors (misses). Exact search (one float32 matrix-vector product) is measured at every
 size; the HNSW candidate graph (usearch) where it is enabled, with its recall of the exact nearest neighbour.
 Embedding time is MiniLM on one question at a time (the gateway embeds one request at a time), with torch's
@@ -54,11 +56,44 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def measure_size(n: int, queries: int, rng: np.random.Generator, ann_max_rows: int) -> list[dict[str, Any]]:
+def random_vectors(n: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stored rows, probes (near-duplicates first, then misses), and the row each near-duplicate was made from."""
     rows = unit_rows(rng, n)
     targets = rng.integers(0, n, queries // 2)
     near = rows[targets] + unit_rows(rng, len(targets)) * 0.45
     probes = np.vstack([near / np.linalg.norm(near, axis=1, keepdims=True), unit_rows(rng, queries - len(targets))])
+    return rows, probes, targets
+
+
+def qqp_vectors(n: int, queries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real questions: MiniLM embeddings of QQP's questions (the cache ``benchmarks/cache_qqp.py`` fills). Stored:
+    ``n`` questions; probes: the labelled duplicates of stored ones (their exact nearest stored row is the target),
+    then questions that are not stored (misses)."""
+    from cache_qqp import load_pairs, pair_vectors
+
+    pairs = load_pairs()
+    u, v = pair_vectors(pairs, pairs)
+    vectors = {r["text_a"]: a for r, a in zip(pairs, u, strict=True)} | {
+        r["text_b"]: b for r, b in zip(pairs, v, strict=True)
+    }
+    duplicates = [pairs[i] for i in rng.permutation(len(pairs)) if pairs[i]["label"] == 1][: queries // 2]
+    held = {r["text_b"] for r in duplicates}
+    texts = [t for t in vectors if t not in held]
+    order = rng.permutation(len(texts))
+    stored = [texts[i] for i in order[:n]]
+    if len(stored) < n:
+        raise SystemExit(f"QQP has {len(stored)} questions to store, fewer than {n}")
+    misses = [texts[i] for i in order[n : n + queries - len(duplicates)]]
+    rows = np.stack([vectors[t] for t in stored]).astype(np.float32)
+    near = np.stack([vectors[r["text_b"]] for r in duplicates]).astype(np.float32)
+    probes = np.vstack([near, np.stack([vectors[t] for t in misses]).astype(np.float32)])
+    return rows, probes, np.argmax(near @ rows.T, axis=1)
+
+
+def measure_size(
+    n: int, queries: int, rng: np.random.Generator, ann_max_rows: int, vectors: str = "random"
+) -> list[dict[str, Any]]:
+    rows, probes, targets = (qqp_vectors if vectors == "qqp" else random_vectors)(n, queries, rng)
     results = []
     for mode in ("exact", "hnsw") if n <= ann_max_rows else ("exact",):
         index = NumpyVectorIndex(DIMENSIONS, ann_rows=None if mode == "exact" else n - 1)
@@ -133,10 +168,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--embedding-queries", type=int, default=200)
     parser.add_argument("--ann-max-rows", type=int, default=ANN_MAX_ROWS, help="build the HNSW graph up to this size")
+    parser.add_argument(
+        "--vectors", choices=("random", "qqp"), default="random", help="qqp: real question embeddings (up to ~100k)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rng = np.random.default_rng(7)
     lookups = [
-        row for n in map(int, args.sizes.split(",")) for row in measure_size(n, args.queries, rng, args.ann_max_rows)
+        row
+        for n in map(int, args.sizes.split(","))
+        for row in measure_size(n, args.queries, rng, args.ann_max_rows, args.vectors)
     ]
     embeddings = embedding_times(args.embedding_queries)
     max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -149,8 +190,9 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    result["vectors"] = args.vectors
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
