@@ -111,8 +111,7 @@ class Gateway:
             self.record_failure(trace, exc)
             raise
         finally:
-            if trace.principal is not None:
-                self.cache.release(request, trace.principal)  # identical requests waiting on this one go on
+            self.cache.release(request, trace.principal)  # identical requests waiting on this one go on
             if admission is not None:
                 await admission.settle(ZERO)  # a no-op once settled; releases the reservation otherwise
         self.record(self.finished(trace, cost, request, output_text(response)))  # 7. record
