@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from thrifty.caches.entries import EntryStore
 from thrifty.caches.layered import SemanticLayer
 from thrifty.caches.none import NoCache
 from thrifty.errors import ConfigError
@@ -343,22 +344,26 @@ def build_cache(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> R
     rules = [*config.models.values(), *config.features.values()]
     if not (config.exact or config.semantic or any(r.exact or r.semantic for r in rules)):
         return NoCache()
-    from thrifty.caches.entries import EntryStore, MemoryStore
     from thrifty.caches.layered import CachePolicy, LayeredCache
 
-    store: EntryStore
+    semantic = build_semantic(settings, aliases) if config.semantic or any(r.semantic for r in rules) else None
+    return LayeredCache(CachePolicy(config), build_entry_store(settings), aliases, semantic)
+
+
+def build_entry_store(settings: Settings) -> EntryStore:
+    """Where the exact cache's entries live, as configured (also what ``thrifty cache purge`` opens)."""
+    from thrifty.caches.entries import MemoryStore
+
+    config = settings.cache
     if config.store == "sqlite":
         from thrifty.caches.shared_stores import SqliteStore
 
-        store = SqliteStore(settings.path(config.url or "cache.sqlite"), config.max_entries)
-    elif config.store == "redis":
+        return SqliteStore(settings.path(config.url or "cache.sqlite"), config.max_entries)
+    if config.store == "redis":
         from thrifty.caches.shared_stores import RedisStore
 
-        store = RedisStore(config.url or "redis://127.0.0.1:6379/0")
-    else:
-        store = MemoryStore(config.max_entries)
-    semantic = build_semantic(settings, aliases) if config.semantic or any(r.semantic for r in rules) else None
-    return LayeredCache(CachePolicy(config), store, aliases, semantic)
+        return RedisStore(config.url or "redis://127.0.0.1:6379/0")
+    return MemoryStore(config.max_entries)
 
 
 def build_semantic(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> SemanticLayer:

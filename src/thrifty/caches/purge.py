@@ -53,18 +53,9 @@ def purge_from_cli(
 
 
 async def _purge_entries(settings: Settings, scope: PurgeScope) -> int:
-    from thrifty.caches.entries import EntryStore
+    from thrifty.assembly import build_entry_store
 
-    config = settings.cache
-    store: EntryStore
-    if config.store == "sqlite":
-        from thrifty.caches.shared_stores import SqliteStore
-
-        store = SqliteStore(settings.path(config.url or "cache.sqlite"), config.max_entries)
-    else:
-        from thrifty.caches.shared_stores import RedisStore
-
-        store = RedisStore(config.url or "redis://127.0.0.1:6379/0")
+    store = build_entry_store(settings)
     try:
         return await store.purge(scope)
     finally:
