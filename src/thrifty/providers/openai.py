@@ -83,19 +83,20 @@ class OpenAIProvider:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = HttpClient(base_url, headers, timeouts)
 
-    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
+    def _body(self, request: ChatRequest, model: str, *, stream: bool) -> JsonObject:
         if self._cache_key:
             self._watch.check(request.body, model)
-        body = to_openai(request.body, model, stream=False, cache_key=self._cache_key)
+        return to_openai(request.body, model, stream=stream, cache_key=self._cache_key)
+
+    async def chat(self, request: ChatRequest, model: str) -> ChatResponse:
+        body = self._body(request, model, stream=False)
         raw, upstream_ms = await self._http.post_json("/chat/completions", body)
         body, usage = from_openai(raw)
         return ChatResponse(body, usage, Target(self.name, model), upstream_ms, raw=raw)
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncGenerator[StreamChunk, None]:
         done = False
-        if self._cache_key:
-            self._watch.check(request.body, model)
-        body = to_openai(request.body, model, stream=True, cache_key=self._cache_key)
+        body = self._body(request, model, stream=True)
         lines = self._http.post_stream("/chat/completions", body)
         async for line in lines:
             if not line.startswith(b"data:"):
