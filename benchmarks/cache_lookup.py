@@ -7,7 +7,9 @@ one context; random vectors are also the hardest case for the graph), or with ``
 MiniLM embeddings (QQP's, up to about 100k; paraphrases as near-duplicates, unstored questions as misses).
 Half the queries are near-duplicates of a stored entry (cosine about 0.9: what a hit looks like),
 half are fresh random vectors (misses). Exact search (one float32 matrix-vector product) is measured at every
-size; the HNSW candidate graph (usearch) where it is enabled, with its recall of the exact nearest neighbour.
+size; the HNSW candidate graph (usearch) where it is enabled, with its recall of the exact nearest neighbour
+(``--graph-dtypes i8,f16`` measures the graph with each vector type in one run: the machine's speed drifts
+between runs, so compare within one).
 Embedding time is MiniLM on one question at a time (the gateway embeds one request at a time), with torch's
 default threads and with one thread, and a repeat served from the embedding LRU. The machine is shared: run it
 when it is quiet, and read the exact and ANN figures of one run side by side. Prints a table, writes
@@ -21,15 +23,16 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from thrifty.caches.embedders import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
-from thrifty.caches.vector_index import NumpyVectorIndex
+from thrifty.caches.vector_index import GRAPH_DTYPE, NumpyVectorIndex
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "cache_lookup.json"
@@ -91,12 +94,18 @@ def qqp_vectors(n: int, queries: int, rng: np.random.Generator) -> tuple[np.ndar
 
 
 def measure_size(
-    n: int, queries: int, rng: np.random.Generator, ann_max_rows: int, vectors: str = "random"
+    n: int,
+    queries: int,
+    rng: np.random.Generator,
+    ann_max_rows: int,
+    vectors: str = "random",
+    graph_dtypes: Sequence[str] = (GRAPH_DTYPE,),
 ) -> list[dict[str, Any]]:
     rows, probes, targets = (qqp_vectors if vectors == "qqp" else random_vectors)(n, queries, rng)
     results = []
-    for mode in ("exact", "hnsw") if n <= ann_max_rows else ("exact",):
-        index = NumpyVectorIndex(DIMENSIONS, ann_rows=None if mode == "exact" else n - 1)
+    graphs = [("hnsw", dtype) for dtype in graph_dtypes] if n <= ann_max_rows else []
+    for mode, dtype in [("exact", ""), *graphs]:
+        index = NumpyVectorIndex(DIMENSIONS, ann_rows=None if mode == "exact" else n - 1, graph_dtype=dtype or "i8")
         build_s, _ = timed(lambda index=index: [index.add("p", str(i), rows[i]) for i in range(n)])
         graph_s, _ = timed(index.wait_for_graphs)
         if mode == "hnsw" and not index.has_graph("p"):
@@ -111,6 +120,7 @@ def measure_size(
             {
                 "entries": n,
                 "mode": mode,
+                **({"graph_dtype": dtype} if dtype else {}),
                 **percentiles_ms(samples),
                 "near_duplicate_found": round(
                     float(np.mean([f == str(t) for f, t in zip(found, targets, strict=False)])), 4
@@ -149,10 +159,11 @@ def _per_query(embed: Callable[[list[str]], Any], questions: list[str]) -> dict[
 
 def print_report(lookups: list[dict[str, Any]], embeddings: list[dict[str, Any]], max_rss_mb: float) -> None:
     header = ("entries", "mode", "p50 ms", "p99 ms", "found", "matrix MB", "graph MB", "store s")
-    print("{:>9} {:<6} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}".format(*header))
+    print("{:>9} {:<9} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}".format(*header))
     for r in lookups:
         print(
-            f"{r['entries']:>9} {r['mode']:<6} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
+            f"{r['entries']:>9} {r['mode'] + ' ' + r.get('graph_dtype', ''):<9} "
+            f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
             f"{r['near_duplicate_found']:>6.3f} {r['matrix_mb']:>10.1f} {r['graph_mb']:>9.1f} {r['store_s']:>8.1f}"
         )
     print(f"{'embedder (one question per call)':<34} {'p50 ms':>8} {'p99 ms':>8}")
@@ -171,18 +182,24 @@ def main() -> None:
     parser.add_argument(
         "--vectors", choices=("random", "qqp"), default="random", help="qqp: real question embeddings (up to ~100k)"
     )
+    parser.add_argument(
+        "--graph-dtypes",
+        default=GRAPH_DTYPE,
+        help=f"the graph's vector types to measure side by side, e.g. i8,f16 (the gateway's: {GRAPH_DTYPE})",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rng = np.random.default_rng(7)
     lookups = [
         row
         for n in map(int, args.sizes.split(","))
-        for row in measure_size(n, args.queries, rng, args.ann_max_rows, args.vectors)
+        for row in measure_size(n, args.queries, rng, args.ann_max_rows, args.vectors, args.graph_dtypes.split(","))
     ]
     embeddings = embedding_times(args.embedding_queries)
     max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_report(lookups, embeddings, max_rss_mb)
     result = {
+        "command": " ".join([".venv/bin/python benchmarks/cache_lookup.py", *sys.argv[1:]]),
         "lookups": lookups,
         "embedding": embeddings,
         "peak_rss_mb": round(max_rss_mb),
