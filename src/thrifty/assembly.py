@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from thrifty.caches.entries import EntryStore
@@ -33,6 +33,9 @@ from thrifty.routers.static import StaticRouter
 from thrifty.settings import CapsSettings, CascadeSettings, OptimizeSettings, ProviderSettings, Settings
 from thrifty.tokens import TiktokenCounter
 from thrifty.types import Caller, ChatRequest, ChatResponse, LedgerEntry, Principal, Target
+
+if TYPE_CHECKING:
+    from thrifty.caches.embedders import CachedEmbedder
 
 
 @dataclass
@@ -366,9 +369,9 @@ def build_entry_store(settings: Settings) -> EntryStore:
     return MemoryStore(config.max_entries)
 
 
-def build_semantic(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> SemanticLayer:
+def build_embedder(settings: Settings) -> CachedEmbedder:
+    """The semantic cache's embedder as configured, behind its LRU; a remote one still needs ``bind``."""
     from thrifty.caches.embedders import CachedEmbedder, Embedder, HashingEmbedder, MiniLMEmbedder, RemoteEmbedder
-    from thrifty.caches.semantic import MemoryVectors, SemanticCache, VectorStore
 
     config = settings.cache
     inner: Embedder
@@ -378,7 +381,14 @@ def build_semantic(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -
         inner = RemoteEmbedder(config.embedding_model, config.embedding_dimensions)
     else:
         inner = MiniLMEmbedder(threads=1) if config.embedder == "minilm" else HashingEmbedder()
-    embedder = CachedEmbedder(inner)
+    return CachedEmbedder(inner)
+
+
+def build_semantic(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> SemanticLayer:
+    from thrifty.caches.semantic import MemoryVectors, SemanticCache, VectorStore
+
+    config = settings.cache
+    embedder = build_embedder(settings)
     vectors: VectorStore
     if config.semantic_store == "pgvector":
         from thrifty.caches.pgvector_store import PgVectorStore

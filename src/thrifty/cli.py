@@ -288,7 +288,8 @@ def cmd_eval_router(args: argparse.Namespace) -> int:
 def cmd_eval_cache(args: argparse.Namespace) -> int:
     from thrifty.caches.evaluate_cli import eval_cache_command
 
-    print(eval_cache_command(_settings(args), Path(args.pairs), Path(args.decisions) if args.decisions else None))
+    decisions = Path(args.decisions) if args.decisions else None
+    print(eval_cache_command(_settings(args), Path(args.pairs), decisions, args.model or "", args.feature or ""))
     return 0
 
 
@@ -414,6 +415,8 @@ def _parser() -> argparse.ArgumentParser:
     e = esub.add_parser("cache", parents=[config], help="the configured semantic cache decision on labelled pairs")
     e.add_argument("--pairs", required=True, help='JSON lines: {"query", "cached", "label"} (+ contexts)')
     e.add_argument("--decisions", help="write each pair back with its hit and score")
+    e.add_argument("--model", help="decide as for requests to this alias (its [cache.models.ALIAS] rule)")
+    e.add_argument("--feature", help="decide as for this feature (its [cache.features.NAME] rule)")
     e.set_defaults(run=cmd_eval_cache)
 
     p = sub.add_parser("report", parents=[config], help="requests, tokens and spend from the ledger")

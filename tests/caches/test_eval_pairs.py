@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,9 +117,6 @@ def test_read_pairs_checks_every_line(tmp_path: Path) -> None:
 
 
 def test_eval_cache_cli_on_a_pair_file(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     pairs = [
         {"query": "How do I reset my password?", "cached": "How can I reset my password?", "label": 1},
         {"query": "How do I enable 2FA?", "cached": "How do I disable 2FA?", "label": 0},
@@ -153,3 +152,69 @@ def test_eval_cache_cli_on_a_pair_file(tmp_path: Path) -> None:
     assert "3 pairs, 1 labelled duplicates" in done.stdout
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [d["hit"] for d in out] == [True, False, False]
+
+
+def test_the_exact_cache_answers_only_the_same_request_when_the_semantic_cache_is_off() -> None:
+    pairs = [
+        {"query": "How do I reset my password?", "cached": "How do I reset my password?", "label": 1},
+        {"query": "How do I reset my password?", "cached": "How can I reset my password?", "label": 1},
+        {"query": "Paris?", "cached": "Paris?", "label": 0, "context_query": CONTEXT},
+    ]
+    out = list(evaluate_pairs(pairs, None, None, exact=True))
+    assert [o["hit"] for o in out] == [True, False, False]
+    assert out[0]["reason"] == "exact: the same request" and "semantic cache is off" in out[1]["reason"]
+    # Neither cache on: nothing hits, not even the same request.
+    assert not any(o["hit"] for o in evaluate_pairs(pairs, None, None, exact=False))
+
+
+def _eval_cli(tmp_path: Path, config: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "thrifty.toml").write_text(config)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "thrifty.cli",
+            "eval",
+            "cache",
+            "--config",
+            str(tmp_path / "thrifty.toml"),
+            "--pairs",
+            str(tmp_path / "pairs.jsonl"),
+            "--decisions",
+            str(tmp_path / "out.jsonl"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_eval_cache_follows_the_alias_and_feature_rules(tmp_path: Path) -> None:
+    """The gateway decides per alias and feature: so does the evaluation, given ``--model`` / ``--feature``."""
+    pairs = [
+        {"query": "How do I reset my password?", "cached": "How do I reset my password?", "label": 1},
+        {"query": "How do I reset my password?", "cached": "How can I reset my password?", "label": 1},
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    config = (
+        '[providers.up]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        '[models.fast]\ntargets = ["up::gpt-4o-mini"]\n'
+        '[cache]\nexact = true\nembedder = "hashing"\n'
+        "[cache.models.fast]\nsemantic = true\nsemantic_threshold = 0.1\n"
+        "[cache.features.news]\nexact = false\n"
+    )
+
+    def hits(*extra: str) -> tuple[list[bool], str]:
+        done = _eval_cli(tmp_path, config, *extra)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["hit"] for line in (tmp_path / "out.jsonl").read_text().splitlines()], done.stdout
+
+    found, printed = hits()
+    assert found == [True, False] and "semantic cache off" in printed
+    found, printed = hits("--model", "fast")
+    assert found == [True, True] and "threshold 0.1" in printed and "embedder hashing" in printed
+    found, printed = hits("--feature", "news")
+    assert found == [False, False] and "caching is off" in printed
+    done = _eval_cli(tmp_path, config, "--model", "slow")
+    assert done.returncode != 0 and "'slow' is not a configured model alias" in done.stderr

@@ -200,6 +200,39 @@ def test_remote_embeddings_through_the_gateway_are_paid_and_recorded(tmp_path: P
     assert [r.path for r in up.requests].count("/v1/embeddings") == len(embeds)
 
 
+def test_eval_cache_with_the_remote_embedder_pays_and_records_its_calls(
+    tmp_path: Path, up: FakeUpstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``thrifty eval cache`` with ``embedder = "remote"`` starts the configured gateway for the run: the embedding
+    calls go through it, priced, into the configured ledger, and the summary says what they cost."""
+    import json
+    from decimal import Decimal
+
+    from sqlalchemy import create_engine, select
+
+    from thrifty.ledger import tables
+
+    extra = '\n[cache]\nsemantic = true\nembedder = "remote"\nembedding_model = "embed"\nembedding_dimensions = 32\n'
+    (tmp_path / "thrifty.toml").write_text(config_text(up, extra=extra))
+    pairs = [
+        {"query": "where can I download my invoices", "cached": "where can I download my invoices please", "label": 1},
+        {"query": "how do I enable 2FA", "cached": "how do I disable 2FA", "label": 0},
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    config = str(tmp_path / "thrifty.toml")
+    assert main(["eval", "cache", "--config", config, "--pairs", str(tmp_path / "pairs.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert "embedder remote:embed" in printed and "remote embeddings: 1 call, $" in printed
+    engine = create_engine(load_settings(tmp_path / "thrifty.toml").ledger_url())
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(select(tables.requests)).mappings()]
+    engine.dispose()
+    assert [(r["endpoint"], r["tenant"], r["feature"]) for r in rows] == [("embeddings", "thrifty", "semantic-cache")]
+    assert rows[0]["cost_nusd"] > 0
+    assert f"1 call, ${Decimal(rows[0]['cost_nusd']) / 10**9:f}, in the ledger" in printed
+    assert [r.path for r in up.requests] == ["/v1/embeddings"]
+
+
 def test_an_image_question_only_matches_the_same_image(tmp_path: Path, up: FakeUpstream) -> None:
     """The same words about another picture are another question: the attachment is part of the partition."""
 

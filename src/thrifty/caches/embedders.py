@@ -19,6 +19,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -227,6 +228,11 @@ class RemoteEmbedder:
         self._alias, self._dimensions = alias, dimensions
         self._gateway: Any = None
         self._loop: Any = None
+        self.calls = 0
+        self.spent_usd = Decimal(0)
+        self.unpriced_calls = 0
+        """What this embedder's calls cost (each is also a ledger row): for offline commands' summaries."""
+        self._count_lock = threading.Lock()
 
     @property
     def dimensions(self) -> int:
@@ -246,7 +252,13 @@ class RemoteEmbedder:
         body = {"model": self._alias, "input": list(texts), "encoding_format": "float"}
         principal = Principal("thrifty", feature="semantic-cache")
         call = self._gateway.embed(EmbeddingRequest(body, new_request_id()), Caller(), principal)
-        response, _ = asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=60)
+        response, cost = asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=60)
+        with self._count_lock:
+            self.calls += 1
+            if cost.usd is None:
+                self.unpriced_calls += 1
+            else:
+                self.spent_usd += cost.usd
         rows = sorted(response.body["data"], key=lambda item: item.get("index", 0))
         matrix = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
         if matrix.shape != (len(texts), self._dimensions):

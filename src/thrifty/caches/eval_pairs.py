@@ -59,17 +59,25 @@ def _problem(pair: object) -> str:
 
 
 def evaluate_pairs(
-    pairs: Iterable[dict[str, Any]], decide_fn: DecideFn, embedder: Embedder
+    pairs: Iterable[dict[str, Any]], decide_fn: DecideFn | None, embedder: Embedder | None, *, exact: bool = False
 ) -> Iterator[dict[str, Any]]:
-    """Each pair with the decision the gateway would make for it, in input order."""
+    """Each pair with the decision the gateway would make for it, in input order.
+
+    ``exact``: the exact cache is on, so a query that is the cached request itself hits before any embedding is
+    read. ``decide_fn`` (with ``embedder``) is the semantic decision; None when the semantic cache is off.
+    """
     iterator = iter(pairs)
     while batch := list(islice(iterator, BATCH)):
-        cosines = _cosines(embedder, batch)
+        cosines = _cosines(embedder, batch) if embedder is not None and decide_fn is not None else [0.0] * len(batch)
         for pair, cosine in zip(batch, cosines, strict=True):
             if not same_context(pair):
                 decision = Decision(False, 0.0, "contexts differ: a different partition, never compared")
-            else:
+            elif exact and pair["query"] == pair["cached"]:
+                decision = Decision(True, 1.0, "exact: the same request")
+            elif decide_fn is not None:
                 decision = decide_fn(pair["query"], pair["cached"], cosine)
+            else:
+                decision = Decision(False, 0.0, "not the same request, and the semantic cache is off")
             yield {**pair, "hit": decision.hit, "score": round(decision.score, 6), "reason": decision.reason}
 
 

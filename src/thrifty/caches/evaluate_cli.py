@@ -1,12 +1,20 @@
 """``thrifty eval cache --pairs FILE.jsonl``: the decision the gateway would make, on anyone's labelled pairs.
 
-Uses the configured embedder and semantic threshold (the default tenant's settings); pairs whose contexts
-differ never hit, as in the gateway's partitions.
+The decision is the cache stage's for a request of the default tenant (``--model`` / ``--feature`` apply that
+alias's and that feature's ``[cache.models.*]`` / ``[cache.features.*]`` rules): the exact cache answers a
+pair whose query is the cached request itself; the semantic cache, if it is on, judges the rest with the
+configured embedder, decision and threshold; pairs whose contexts differ never hit, as in the gateway's
+partitions. A remote embedder is called through a gateway started for the run, so its calls are paid, priced
+and recorded in the configured ledger like the gateway's own (tenant ``thrifty``, feature ``semantic-cache``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,35 +23,90 @@ from thrifty.errors import ConfigError
 from thrifty.settings import Settings
 
 if TYPE_CHECKING:
-    from thrifty.caches.embedders import Embedder
+    from thrifty.caches.embedders import CachedEmbedder, Embedder
 
 
-def configured_embedder(settings: Settings) -> Embedder:
-    """The embedder of ``[cache] embedder`` for offline work (a remote one needs a running gateway)."""
-    from thrifty.caches.embedders import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
+@contextmanager
+def configured_embedder(settings: Settings) -> Iterator[Embedder]:
+    """The embedder of ``[cache] embedder``; a remote one works through a gateway that lives as long as this."""
+    from thrifty.assembly import build_embedder
 
-    if settings.cache.embedder == "remote":
-        raise ConfigError("offline cache commands need an in-process embedder: set [cache] embedder to minilm")
-    inner: Embedder = MiniLMEmbedder(threads=1) if settings.cache.embedder == "minilm" else HashingEmbedder()
-    return CachedEmbedder(inner)
+    embedder = build_embedder(settings)
+    if settings.cache.embedder != "remote":
+        yield embedder
+        return
+    with _bound(settings, embedder):
+        yield embedder
 
 
-def eval_cache_command(settings: Settings, pairs: Path, decisions_out: Path | None) -> str:
+@contextmanager
+def _bound(settings: Settings, embedder: CachedEmbedder) -> Iterator[None]:
+    """Start the configured gateway (ledger, budgets, providers) on an event loop of its own and bind the remote
+    embedder to it; close it all, the ledger flushed, afterwards."""
+    from thrifty.assembly import build_runtime
+    from thrifty.caches.embedders import RemoteEmbedder
+
+    if not isinstance(embedder.inner, RemoteEmbedder):
+        raise TypeError("only a remote embedder calls through a gateway")
+    runtime = build_runtime(settings)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="thrifty-eval-gateway", daemon=True)
+    runtime.start()
+    thread.start()
+    try:
+        embedder.inner.bind(runtime.gateway, loop)
+        yield
+    finally:
+        asyncio.run_coroutine_threadsafe(runtime.aclose(), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def eval_cache_command(
+    settings: Settings, pairs: Path, decisions_out: Path | None, alias: str = "", feature: str = ""
+) -> str:
+    from thrifty.caches.layered import CachePolicy
     from thrifty.caches.pair_model import configured_judges
 
-    config = settings.cache
-    embedder = configured_embedder(settings)
-    judge = configured_judges(settings, embedder)(config.semantic_threshold)
-    decisions = list(evaluate_pairs(read_pairs(pairs), judge.decide, embedder))
+    if alias and alias not in settings.models:
+        raise ConfigError(f"--model {alias!r} is not a configured model alias ({', '.join(sorted(settings.models))})")
+    rule = CachePolicy(settings.cache).rule(alias, feature)
+    with ExitStack() as stack:
+        embedder = stack.enter_context(configured_embedder(settings)) if rule.semantic else None
+        judge = configured_judges(settings, embedder)(rule.semantic_threshold) if embedder is not None else None
+        decisions = list(
+            evaluate_pairs(read_pairs(pairs), None if judge is None else judge.decide, embedder, exact=rule.exact)
+        )
+        spend = _spend_line(embedder)
     if decisions_out is not None:
         decisions_out.write_text("".join(json.dumps(d) + "\n" for d in decisions), encoding="utf-8")
     summary = summarize(decisions)
     auc = summary.get("auc")
-    return "\n".join(
-        [
-            f"{summary['pairs']} pairs, {summary['positives']} labelled duplicates; embedder {embedder.name}, "
-            f"threshold {config.semantic_threshold}, decision: {config.pair_model or 'the bundled scorer'}",
-            f"hits {summary['hits']} (false {summary['false_hits']}): precision {summary['precision']}, "
-            f"recall {summary['recall']}, ROC AUC {'n/a' if auc is None else round(float(auc), 4)}",
-        ]
+    if embedder is not None:
+        decision = settings.cache.pair_model or "the bundled scorer"
+        how = f"semantic: embedder {embedder.name}, threshold {rule.semantic_threshold}, decision: {decision}"
+    else:
+        how = "semantic cache off for this request: only the same request hits"
+    caches = f"exact cache {'on' if rule.exact else 'off'}; {how}"
+    if not (rule.exact or rule.semantic):
+        caches = "caching is off for this request ([cache] exact and semantic, and the alias's and feature's rules)"
+    lines = [
+        f"{summary['pairs']} pairs, {summary['positives']} labelled duplicates; {caches}",
+        f"hits {summary['hits']} (false {summary['false_hits']}): precision {summary['precision']}, "
+        f"recall {summary['recall']}, ROC AUC {'n/a' if auc is None else round(float(auc), 4)}",
+    ]
+    return "\n".join([*lines, spend] if spend else lines)
+
+
+def _spend_line(embedder: Embedder | None) -> str:
+    from thrifty.caches.embedders import RemoteEmbedder
+
+    inner = getattr(embedder, "inner", None)
+    if not isinstance(inner, RemoteEmbedder):
+        return ""
+    unpriced = f" + {inner.unpriced_calls} unpriced calls" if inner.unpriced_calls else ""
+    return (
+        f"remote embeddings: {inner.calls} call{'' if inner.calls == 1 else 's'}, ${inner.spent_usd:f}{unpriced}, "
+        "in the ledger (tenant thrifty, feature semantic-cache)"
     )

@@ -267,12 +267,12 @@ def train_command(settings: Settings, pairs_path: Path, out: Path, options: Trai
     from thrifty.caches.eval_pairs import read_pairs, same_context
     from thrifty.caches.evaluate_cli import configured_embedder
 
-    embedder = configured_embedder(settings)
-    try:
-        pairs = [p for p in read_pairs(pairs_path) if "label" in p and same_context(p)]
-        model = train_pair_model(PairData.embed(embedder, pairs), embedder.name, options)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot train on {pairs_path}: {exc}") from exc
+    with configured_embedder(settings) as embedder:
+        try:
+            pairs = [p for p in read_pairs(pairs_path) if "label" in p and same_context(p)]
+            model = train_pair_model(PairData.embed(embedder, pairs), embedder.name, options)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot train on {pairs_path}: {exc}") from exc
     model.save(out)
     held = model.info["holdout"]
     return "\n".join(
