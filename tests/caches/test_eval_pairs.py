@@ -129,25 +129,7 @@ def test_eval_cache_cli_on_a_pair_file(tmp_path: Path) -> None:
         },
     ]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    (tmp_path / "thrifty.toml").write_text('[cache]\nsemantic = true\nembedder = "minilm"\n')
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "thrifty.cli",
-            "eval",
-            "cache",
-            "--config",
-            str(tmp_path / "thrifty.toml"),
-            "--pairs",
-            str(tmp_path / "pairs.jsonl"),
-            "--decisions",
-            str(tmp_path / "out.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _eval_cli(tmp_path, '[cache]\nsemantic = true\nembedder = "minilm"\n')
     assert done.returncode == 0, done.stderr
     assert "3 pairs, 1 labelled duplicates" in done.stdout
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
