@@ -365,7 +365,7 @@ def build_entry_store(settings: Settings) -> EntryStore:
     if config.store == "redis":
         from thrifty.caches.shared_stores import RedisStore
 
-        return RedisStore(config.url or "redis://127.0.0.1:6379/0")
+        return RedisStore(config.url or "redis://127.0.0.1:6379/0", config.max_entries)
     return MemoryStore(config.max_entries)
 
 

@@ -17,7 +17,7 @@ import pytest
 from fakes.upstream import FakeUpstream, FakeUsage, Fault
 from gateway_harness import config_text, ledger_rows
 from thrifty.caches.entries import CacheEntry, MemoryStore, PurgeScope
-from thrifty.caches.shared_stores import RedisStore, SqliteStore
+from thrifty.caches.shared_stores import REDIS_LRU, REDIS_PREFIX, RedisStore, SqliteStore
 from thrifty.keys import create_key
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
@@ -237,22 +237,47 @@ async def test_sqlite_store_purges(tmp_path: Path) -> None:
     await store.aclose()
 
 
-async def test_redis_store_is_shared_and_purges() -> None:
-    url = os.environ.get("THRIFTY_TEST_REDIS", "redis://127.0.0.1:6379/15")
-    one, two = RedisStore(url), RedisStore(url)
+async def reachable(*stores: RedisStore) -> None:
+    """Skip (or, where CI requires every backend, fail) when the test Redis is not running."""
     try:
-        await one._redis.ping()
+        await stores[0]._redis.ping()
     except Exception as exc:
-        await one.aclose()
-        await two.aclose()
+        for store in stores:
+            await store.aclose()
         if os.environ.get("THRIFTY_REQUIRE_SERVICES") == "1":
             raise
         pytest.skip(f"Redis not reachable: {exc}")
+
+
+async def test_redis_store_is_shared_and_purges() -> None:
+    url = os.environ.get("THRIFTY_TEST_REDIS", "redis://127.0.0.1:6379/15")
+    one, two = RedisStore(url), RedisStore(url)
+    await reachable(one, two)
     prefix = "test-" + secrets.token_hex(4) + "-"
     await one._redis.flushdb()
     await one.put(prefix + "shared", entry("acme", "f", "fast"))
     assert await two.get(prefix + "shared") is not None  # another replica sees it
     await check_store(two, prefix)
+    assert await two._redis.zcard(REDIS_LRU) == 1  # purged and expired keys left the LRU order too
+    await one.aclose()
+    await two.aclose()
+
+
+async def test_redis_store_keeps_max_entries_across_replicas_least_recently_used_first() -> None:
+    url = os.environ.get("THRIFTY_TEST_REDIS", "redis://127.0.0.1:6379/15")
+    one, two = RedisStore(url, max_entries=3), RedisStore(url, max_entries=3)
+    await reachable(one, two)
+    await one._redis.flushdb()
+    for name in "abc":
+        await one.put(name, entry("t", "f", "fast"))
+    assert await two.get("a") is not None  # read on another replica: a is now the most recently used
+    await two.put("d", entry("t", "f", "fast"))
+    assert [await one.get(name) is not None for name in "abcd"] == [True, False, True, True]
+    assert await one._redis.zcard(REDIS_LRU) == 3
+    for i in range(20):
+        await (one if i % 2 else two).put(f"n{i}", entry("t", "f", "fast"))
+    keys = [k async for k in one._redis.scan_iter(match=REDIS_PREFIX + "*")]
+    assert len(keys) == 3 and await one._redis.zcard(REDIS_LRU) == 3
     await one.aclose()
     await two.aclose()
 

@@ -1,8 +1,9 @@
 """Exact-cache stores outside the process: a SQLite file (one host) and Redis (shared by replicas).
 
 SQLite is used through the standard library directly: a primary-key lookup is tens of microseconds, cheaper
-than a hop to a thread, so it runs on the event loop. Redis keeps one string per entry with its TTL; Redis'
-own ``maxmemory`` policy bounds its size.
+than a hop to a thread, so it runs on the event loop. Redis keeps one string per entry with its TTL, and a
+sorted set of the keys by last use: past ``max_entries`` the least recently used are dropped (shared by every
+replica, so the limit is the cache's, not one process's). Redis' own ``maxmemory`` still bounds its memory.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from thrifty.caches.entries import CacheEntry, PurgeScope
 
 REDIS_PREFIX = "thrifty:cache:"
+REDIS_LRU = "thrifty:cache-lru"
+"""The sorted set of entry keys by last use (outside ``REDIS_PREFIX``: a purge scans entries only)."""
 
 
 class SqliteStore:
@@ -94,24 +97,47 @@ def _where(scope: PurgeScope) -> tuple[str, list[Any]]:
 
 
 class RedisStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_entries: int = 100_000) -> None:
         try:
             import redis.asyncio as redis_asyncio
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise ImportError("the Redis cache needs the 'redis' extra: pip install 'thrifty[redis]'") from exc
         self._redis = redis_asyncio.Redis.from_url(url)
+        self._max = max_entries
 
     async def get(self, key: str) -> CacheEntry | None:
-        raw = await self._redis.get(REDIS_PREFIX + key)
+        name = REDIS_PREFIX + key
+        # One round trip: read the entry and mark it used (XX: only a key already in the set).
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(name)
+        pipe.zadd(REDIS_LRU, {name: time.time()}, xx=True)
+        raw, _ = await pipe.execute()
         if raw is None:
+            await self._redis.zrem(REDIS_LRU, name)  # expired by Redis: its place in the order goes too
             return None
         entry = CacheEntry.from_bytes(_as_bytes(raw))
         return entry if entry.expires_at > time.time() else None
 
     async def put(self, key: str, entry: CacheEntry) -> None:
         ttl_ms = int((entry.expires_at - time.time()) * 1000)
-        if ttl_ms > 0:
-            await self._redis.set(REDIS_PREFIX + key, entry.to_bytes(), px=ttl_ms)
+        if ttl_ms <= 0:
+            return
+        name = REDIS_PREFIX + key
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(name, entry.to_bytes(), px=ttl_ms)
+        pipe.zadd(REDIS_LRU, {name: time.time()})
+        pipe.zcard(REDIS_LRU)
+        *_, count = await pipe.execute()
+        if count > self._max:
+            await self._evict(int(count) - self._max)
+
+    async def _evict(self, over: int) -> None:
+        """Drop the ``over`` least recently used keys (expired ones are among the oldest). ZPOPMIN is atomic, so
+        replicas evicting at once never pop the same key."""
+        popped = await self._redis.zpopmin(REDIS_LRU, over)  # [(member, score), ...]
+        names = [_as_bytes(m[0]) for m in popped if isinstance(m[0], bytes | str)]
+        if names:
+            await self._redis.delete(*names)
 
     async def purge(self, scope: PurgeScope) -> int:
         now, purged = time.time(), 0
@@ -119,6 +145,7 @@ class RedisStore:
             raw = await self._redis.get(name)
             if raw is not None and scope.matches(CacheEntry.from_bytes(_as_bytes(raw)), now):
                 purged += await self._redis.delete(name)
+                await self._redis.zrem(REDIS_LRU, name)
         return purged
 
     async def aclose(self) -> None:
