@@ -258,7 +258,7 @@ async def test_redis_store_is_shared_and_purges() -> None:
     await one.put(prefix + "shared", entry("acme", "f", "fast"))
     assert await two.get(prefix + "shared") is not None  # another replica sees it
     await check_store(two, prefix)
-    assert await two._redis.zcard(REDIS_LRU) == 1  # purged and expired keys left the LRU order too
+    assert await two._redis.zcard(REDIS_LRU) == 1  # purged keys left the LRU order too
     await one.aclose()
     await two.aclose()
 
@@ -278,6 +278,12 @@ async def test_redis_store_keeps_max_entries_across_replicas_least_recently_used
         await (one if i % 2 else two).put(f"n{i}", entry("t", "f", "fast"))
     keys = [k async for k in one._redis.scan_iter(match=REDIS_PREFIX + "*")]
     assert len(keys) == 3 and await one._redis.zcard(REDIS_LRU) == 3
+    # A key Redis expired leaves the order when it is next read (and is not served).
+    await one.put("short", entry("t", "f", "fast", ttl_s=0.15))
+    assert await one._redis.zscore(REDIS_LRU, REDIS_PREFIX + "short") is not None
+    await asyncio.sleep(0.3)
+    assert await two.get("short") is None
+    assert await one._redis.zscore(REDIS_LRU, REDIS_PREFIX + "short") is None
     await one.aclose()
     await two.aclose()
 

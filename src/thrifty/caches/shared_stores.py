@@ -96,6 +96,33 @@ def _where(scope: PurgeScope) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+_GET = """
+local value = redis.call('GET', KEYS[1])
+if value then
+    local now = redis.call('TIME')
+    redis.call('ZADD', KEYS[2], 'XX', now[1] + now[2] / 1e6, KEYS[1])
+else
+    redis.call('ZREM', KEYS[2], KEYS[1])
+end
+return value
+"""
+"""Read an entry and move it to the recent end of the order, or drop a vanished key from it: atomic, so a
+replica storing the same key in between is never undone, and timed by the server's clock, not each replica's."""
+
+_PUT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[2], now[1] + now[2] / 1e6, KEYS[1])
+return redis.call('ZCARD', KEYS[2])
+"""
+
+_DROP = """
+local dropped = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+return dropped
+"""
+
+
 class RedisStore:
     def __init__(self, url: str, max_entries: int = 100_000) -> None:
         try:
@@ -104,16 +131,12 @@ class RedisStore:
             raise ImportError("the Redis cache needs the 'redis' extra: pip install 'thrifty[redis]'") from exc
         self._redis = redis_asyncio.Redis.from_url(url)
         self._max = max_entries
+        self._get, self._put = self._redis.register_script(_GET), self._redis.register_script(_PUT)
+        self._drop = self._redis.register_script(_DROP)
 
     async def get(self, key: str) -> CacheEntry | None:
-        name = REDIS_PREFIX + key
-        # One round trip: read the entry and mark it used (XX: only a key already in the set).
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.get(name)
-        pipe.zadd(REDIS_LRU, {name: time.time()}, xx=True)
-        raw, _ = await pipe.execute()
+        raw = await self._get(keys=[REDIS_PREFIX + key, REDIS_LRU])
         if raw is None:
-            await self._redis.zrem(REDIS_LRU, name)  # expired by Redis: its place in the order goes too
             return None
         entry = CacheEntry.from_bytes(_as_bytes(raw))
         return entry if entry.expires_at > time.time() else None
@@ -122,18 +145,14 @@ class RedisStore:
         ttl_ms = int((entry.expires_at - time.time()) * 1000)
         if ttl_ms <= 0:
             return
-        name = REDIS_PREFIX + key
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.set(name, entry.to_bytes(), px=ttl_ms)
-        pipe.zadd(REDIS_LRU, {name: time.time()})
-        pipe.zcard(REDIS_LRU)
-        *_, count = await pipe.execute()
-        if count > self._max:
+        count = await self._put(keys=[REDIS_PREFIX + key, REDIS_LRU], args=[entry.to_bytes(), ttl_ms])
+        if int(count) > self._max:
             await self._evict(int(count) - self._max)
 
     async def _evict(self, over: int) -> None:
-        """Drop the ``over`` least recently used keys (expired ones are among the oldest). ZPOPMIN is atomic, so
-        replicas evicting at once never pop the same key."""
+        """Drop the ``over`` least recently used keys. ZPOPMIN is atomic, so replicas evicting at once never pop
+        the same key. Keys that expired unread keep their place until they are the oldest (the order learns of
+        an expiry only when the key is read again)."""
         popped = await self._redis.zpopmin(REDIS_LRU, over)  # [(member, score), ...]
         names = [_as_bytes(m[0]) for m in popped if isinstance(m[0], bytes | str)]
         if names:
@@ -144,8 +163,7 @@ class RedisStore:
         async for name in self._redis.scan_iter(match=REDIS_PREFIX + "*", count=1000):
             raw = await self._redis.get(name)
             if raw is not None and scope.matches(CacheEntry.from_bytes(_as_bytes(raw)), now):
-                purged += await self._redis.delete(name)
-                await self._redis.zrem(REDIS_LRU, name)
+                purged += int(await self._drop(keys=[name, REDIS_LRU]))
         return purged
 
     async def aclose(self) -> None:
