@@ -105,7 +105,9 @@ def measure_size(
     results = []
     graphs = [("hnsw", dtype) for dtype in graph_dtypes] if n <= ann_max_rows else []
     for mode, dtype in [("exact", ""), *graphs]:
-        index = NumpyVectorIndex(DIMENSIONS, ann_rows=None if mode == "exact" else n - 1, graph_dtype=dtype or "i8")
+        index = NumpyVectorIndex(
+            DIMENSIONS, ann_rows=None if mode == "exact" else n - 1, graph_dtype=dtype or GRAPH_DTYPE
+        )
         build_s, _ = timed(lambda index=index: [index.add("p", str(i), rows[i]) for i in range(n)])
         graph_s, _ = timed(index.wait_for_graphs)
         if mode == "hnsw" and not index.has_graph("p"):

@@ -214,13 +214,18 @@ def test_eval_cache_with_the_remote_embedder_pays_and_records_its_calls(
 
     extra = '\n[cache]\nsemantic = true\nembedder = "remote"\nembedding_model = "embed"\nembedding_dimensions = 32\n'
     (tmp_path / "thrifty.toml").write_text(config_text(up, extra=extra))
+    tool_turn = [{"role": "tool", "tool_call_id": "1", "content": "42"}]
     pairs = [
         {"query": "where can I download my invoices", "cached": "where can I download my invoices please", "label": 1},
         {"query": "how do I enable 2FA", "cached": "how do I disable 2FA", "label": 0},
+        # Settled before any embedding, so never paid for: different contexts, a conversation with tool results.
+        {"query": "and in Paris?", "cached": "and in Paris?", "label": 0, "context_query": [user("Rome?")]},
+        {"query": "so?", "cached": "so what?", "label": 0, "context_query": tool_turn, "context_cached": tool_turn},
     ]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     config = str(tmp_path / "thrifty.toml")
-    assert main(["eval", "cache", "--config", config, "--pairs", str(tmp_path / "pairs.jsonl")]) == 0
+    pairs_file, decisions = str(tmp_path / "pairs.jsonl"), str(tmp_path / "out.jsonl")
+    assert main(["eval", "cache", "--config", config, "--pairs", pairs_file, "--decisions", decisions]) == 0
     printed = capsys.readouterr().out
     assert "embedder remote:embed" in printed and "remote embeddings: 1 call, $" in printed
     engine = create_engine(load_settings(tmp_path / "thrifty.toml").ledger_url())
@@ -231,6 +236,31 @@ def test_eval_cache_with_the_remote_embedder_pays_and_records_its_calls(
     assert rows[0]["cost_nusd"] > 0
     assert f"1 call, ${Decimal(rows[0]['cost_nusd']) / 10**9:f}, in the ledger" in printed
     assert [r.path for r in up.requests] == ["/v1/embeddings"]
+    assert len(up.requests[0].json["input"]) == 4
+    decided = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [d["reason"].split(":")[0] for d in decided[2:]] == ["contexts differ", "never cached"]
+
+
+def test_cache_train_with_the_remote_embedder_sends_its_texts_in_batches(
+    tmp_path: Path, up: FakeUpstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Providers cap the inputs of one embeddings request: a training file goes in batches, each paid."""
+    import json
+
+    from thrifty.caches.embedders import REMOTE_BATCH
+
+    extra = '\n[cache]\nsemantic = true\nembedder = "remote"\nembedding_model = "embed"\nembedding_dimensions = 32\n'
+    (tmp_path / "thrifty.toml").write_text(config_text(up, extra=extra))
+    pairs = [
+        {"query": f"how do I export report {i} to pdf", "cached": f"exporting report {i} as a pdf", "label": i % 2}
+        for i in range(200)
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    config, out = str(tmp_path / "thrifty.toml"), str(tmp_path / "model")
+    assert main(["cache", "train", "--config", config, "--pairs", str(tmp_path / "pairs.jsonl"), "--out", out]) == 0
+    sizes = [len(r.json["input"]) for r in up.requests if r.path == "/v1/embeddings"]
+    assert sum(sizes) == 400 and max(sizes) <= REMOTE_BATCH and len(sizes) == 2
+    assert "remote embeddings: 2 calls, $" in capsys.readouterr().out
 
 
 def test_an_image_question_only_matches_the_same_image(tmp_path: Path, up: FakeUpstream) -> None:

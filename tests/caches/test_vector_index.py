@@ -123,3 +123,8 @@ def test_large_partitions_search_through_the_graph_and_stay_exact_in_scores() ->
         assert cosine == pytest.approx(1.0, abs=1e-5)  # rescored from the float32 matrix
     assert all(key != "7" for key, _ in index.search("p", rows[7], 5))
     assert index.search("other", rows[1], 1) == []
+
+
+def test_an_unknown_graph_type_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="graph_dtype must be one of"):
+        NumpyVectorIndex(DIM, graph_dtype="int4")

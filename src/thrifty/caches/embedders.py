@@ -218,6 +218,10 @@ class CachedEmbedder:
                 self._vectors.popitem(last=False)
 
 
+REMOTE_BATCH = 256
+"""Texts per ``/v1/embeddings`` call."""
+
+
 class RemoteEmbedder:
     """Embeddings from a ``/v1/embeddings`` model through the gateway's own providers, so their cost is in the
     ledger (tenant ``thrifty``, feature ``semantic-cache``). ``embed`` is called from a worker thread (see
@@ -242,13 +246,21 @@ class RemoteEmbedder:
         self._gateway, self._loop = gateway, loop
 
     def embed(self, texts: Sequence[str]) -> Vectors:
+        if self._gateway is None:
+            raise ConfigError("the remote embedder is not bound to a running gateway")
+        if not texts:
+            return np.zeros((0, self._dimensions), dtype=np.float32)
+        # Providers cap the inputs of one request (OpenAI: 2048), and a call waits at most a minute: offline
+        # commands embedding a whole file send it in batches.
+        parts = [self._embed_batch(texts[i : i + REMOTE_BATCH]) for i in range(0, len(texts), REMOTE_BATCH)]
+        return np.vstack(parts)
+
+    def _embed_batch(self, texts: Sequence[str]) -> Vectors:
         import asyncio
 
         from thrifty.accounting import new_request_id
         from thrifty.types import Caller, EmbeddingRequest, Principal
 
-        if self._gateway is None:
-            raise ConfigError("the remote embedder is not bound to a running gateway")
         body = {"model": self._alias, "input": list(texts), "encoding_format": "float"}
         principal = Principal("thrifty", feature="semantic-cache")
         call = self._gateway.embed(EmbeddingRequest(body, new_request_id()), Caller(), principal)
@@ -262,5 +274,5 @@ class RemoteEmbedder:
         rows = sorted(response.body["data"], key=lambda item: item.get("index", 0))
         matrix = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
         if matrix.shape != (len(texts), self._dimensions):
-            raise ConfigError(f"{self._alias} returned {matrix.shape[1]} dimensions, not {self._dimensions}")
+            raise ConfigError(f"{self._alias} returned {matrix.shape} vectors, not {(len(texts), self._dimensions)}")
         return normalise_rows(matrix)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.caches.embedders import Embedder
+from thrifty.caches.keys import cacheable_request
 from thrifty.caches.similarity import Decision
 
 DecideFn = Callable[[str, str, float], Decision]
@@ -64,21 +65,37 @@ def evaluate_pairs(
     """Each pair with the decision the gateway would make for it, in input order.
 
     ``exact``: the exact cache is on, so a query that is the cached request itself hits before any embedding is
-    read. ``decide_fn`` (with ``embedder``) is the semantic decision; None when the semantic cache is off.
+    read. ``decide_fn`` (with ``embedder``) is the semantic decision; None when the semantic cache is off. Only
+    the pairs that reach it are embedded (a remote embedder is paid per text).
     """
     iterator = iter(pairs)
     while batch := list(islice(iterator, BATCH)):
-        cosines = _cosines(embedder, batch) if embedder is not None and decide_fn is not None else [0.0] * len(batch)
-        for pair, cosine in zip(batch, cosines, strict=True):
-            if not same_context(pair):
-                decision = Decision(False, 0.0, "contexts differ: a different partition, never compared")
-            elif exact and pair["query"] == pair["cached"]:
-                decision = Decision(True, 1.0, "exact: the same request")
+        settled = [_settled(pair, exact, decide_fn is not None) for pair in batch]
+        judged = [pair for pair, decision in zip(batch, settled, strict=True) if decision is None]
+        cosines = iter(_cosines(embedder, judged) if judged and embedder is not None else [])
+        for pair, early in zip(batch, settled, strict=True):
+            if early is not None:
+                decision = early
             elif decide_fn is not None:
-                decision = decide_fn(pair["query"], pair["cached"], cosine)
-            else:
-                decision = Decision(False, 0.0, "not the same request, and the semantic cache is off")
+                decision = decide_fn(pair["query"], pair["cached"], next(cosines))
+            else:  # _settled decides every pair when there is no semantic decision
+                raise RuntimeError("a pair reached a semantic decision that is off")
             yield {**pair, "hit": decision.hit, "score": round(decision.score, 6), "reason": decision.reason}
+
+
+def _settled(pair: dict[str, Any], exact: bool, semantic: bool) -> Decision | None:
+    """The decisions made before any embedding; None: the semantic decision's to make."""
+    if not same_context(pair):
+        return Decision(False, 0.0, "contexts differ: a different partition, never compared")
+    # Pairs carry no sampling parameters: judged as requests the gateway may cache (temperature 0).
+    conversation = [*(pair.get("context_query") or []), {"role": "user", "content": pair["query"]}]
+    if not cacheable_request({"messages": conversation, "temperature": 0}, 0.0):
+        return Decision(False, 0.0, "never cached: the conversation carries tool results")
+    if exact and pair["query"] == pair["cached"]:
+        return Decision(True, 1.0, "exact: the same request")
+    if not semantic:
+        return Decision(False, 0.0, "not the same request, and the semantic cache is off")
+    return None
 
 
 def same_context(pair: dict[str, Any]) -> bool:

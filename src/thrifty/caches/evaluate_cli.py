@@ -41,23 +41,26 @@ def configured_embedder(settings: Settings) -> Iterator[Embedder]:
 
 @contextmanager
 def _bound(settings: Settings, embedder: CachedEmbedder) -> Iterator[None]:
-    """Start the configured gateway (ledger, budgets, providers) on an event loop of its own and bind the remote
-    embedder to it; close it all, the ledger flushed, afterwards."""
+    """Start the configured gateway (ledger, budgets, providers; its own cache off: nothing here reads it) on an
+    event loop of its own and bind the remote embedder to it; close it all, the ledger flushed, afterwards."""
     from thrifty.assembly import build_runtime
     from thrifty.caches.embedders import RemoteEmbedder
+    from thrifty.settings import CacheSettings
 
     if not isinstance(embedder.inner, RemoteEmbedder):
         raise TypeError("only a remote embedder calls through a gateway")
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings.model_copy(update={"cache": CacheSettings()}))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="thrifty-eval-gateway", daemon=True)
-    runtime.start()
     thread.start()
     try:
-        embedder.inner.bind(runtime.gateway, loop)
-        yield
+        runtime.start()
+        try:
+            embedder.inner.bind(runtime.gateway, loop)
+            yield
+        finally:
+            asyncio.run_coroutine_threadsafe(runtime.aclose(), loop).result(timeout=60)
     finally:
-        asyncio.run_coroutine_threadsafe(runtime.aclose(), loop).result(timeout=60)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
@@ -78,7 +81,7 @@ def eval_cache_command(
         decisions = list(
             evaluate_pairs(read_pairs(pairs), None if judge is None else judge.decide, embedder, exact=rule.exact)
         )
-        spend = _spend_line(embedder)
+        spend = spend_line(embedder)
     if decisions_out is not None:
         decisions_out.write_text("".join(json.dumps(d) + "\n" for d in decisions), encoding="utf-8")
     summary = summarize(decisions)
@@ -99,7 +102,8 @@ def eval_cache_command(
     return "\n".join([*lines, spend] if spend else lines)
 
 
-def _spend_line(embedder: Embedder | None) -> str:
+def spend_line(embedder: Embedder | None) -> str:
+    """What a remote embedder's calls cost, for a command's summary; empty for a local one."""
     from thrifty.caches.embedders import RemoteEmbedder
 
     inner = getattr(embedder, "inner", None)

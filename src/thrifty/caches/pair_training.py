@@ -265,7 +265,7 @@ def _log_loss(p: Floats, y: Floats) -> float:
 def train_command(settings: Settings, pairs_path: Path, out: Path, options: TrainingOptions) -> str:
     """Embed the labelled pairs with the configured embedder, train, calibrate, save; a summary to print."""
     from thrifty.caches.eval_pairs import read_pairs, same_context
-    from thrifty.caches.evaluate_cli import configured_embedder
+    from thrifty.caches.evaluate_cli import configured_embedder, spend_line
 
     with configured_embedder(settings) as embedder:
         try:
@@ -273,6 +273,7 @@ def train_command(settings: Settings, pairs_path: Path, out: Path, options: Trai
             model = train_pair_model(PairData.embed(embedder, pairs), embedder.name, options)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot train on {pairs_path}: {exc}") from exc
+        spend = spend_line(embedder)
     model.save(out)
     held = model.info["holdout"]
     return "\n".join(
@@ -284,5 +285,6 @@ def train_command(settings: Settings, pairs_path: Path, out: Path, options: Trai
             + ("" if model.info["target_reached"] else ": not reached, this is the most precise point found")
             + ")",
             f'wrote {out}; use it with [cache] pair_model = "{out}"',
+            *([spend] if spend else []),
         ]
     )
