@@ -1,7 +1,7 @@
 """Precision and recall of the semantic hit decision on labelled Quora question pairs (QQP).
 
     .venv/bin/python benchmarks/cache_qqp.py [--max-pairs N] [--train] [--threshold T] [--no-pair-model]
-        [--finetune [--reuse-tuned]]
+        [--finetune [--reuse-tuned]] [--train-share S --out FILE]
 
 The pairs (``../shared/datasets/gptcache/similiar_qqp_full.json``, Quora's terms: non-commercial research) are
 shuffled with a fixed seed; the first 40% are the training split, the rest the test split, and every number
@@ -24,6 +24,11 @@ learning rate is the setting chosen on the training split (``benchmarks/research
 ``--reuse-tuned`` loads the saved encoder and refits its scorer and threshold with this version's guards.
 Without ``--finetune`` the previous results file's tuned-encoder figures are kept, marked
 ``measured_in_an_earlier_run``.
+
+``--train-share 0.8 --out benchmarks/results/cache_qqp_split80.json``: a learning-curve point, the same
+shuffle with the first 80% as the training split (twice the labelled pairs to tune on) and the last 20% as the
+test split (a subset of the default test split, so the bundled scorer, fitted on the first 40%, has still never
+seen it). Models trained this way are saved under names ending ``_split80``.
 """
 
 from __future__ import annotations
@@ -173,7 +178,9 @@ def evaluate(found: Sequence[Signals], labels: Floats, judge: GuardedJudge) -> d
     }
 
 
-def pair_model_result(u: Vectors, v: Vectors, found: Sequence[Signals], labels: Floats, cut: int) -> dict[str, Any]:
+def pair_model_result(
+    u: Vectors, v: Vectors, found: Sequence[Signals], labels: Floats, cut: int, suffix: str = ""
+) -> dict[str, Any]:
     """Train a pair model on the training split exactly as ``thrifty cache train`` does, report on the test split.
 
     The model is saved under ``.bench/`` (gitignored): weights fitted on QQP are never bundled (non-commercial).
@@ -181,7 +188,8 @@ def pair_model_result(u: Vectors, v: Vectors, found: Sequence[Signals], labels: 
     data = PairData(u[:cut], v[:cut], found[:cut], labels[:cut])
     started = time.perf_counter()
     model = train_pair_model(data, MiniLMEmbedder.name, TrainingOptions())
-    model.save(PAIR_MODEL)
+    saved = PAIR_MODEL.with_name(PAIR_MODEL.name + suffix)
+    model.save(saved)
     seconds = time.perf_counter() - started
     scores = decisions_for(model, found[cut:], u[cut:], v[cut:])
     test = labels[cut:]
@@ -191,12 +199,18 @@ def pair_model_result(u: Vectors, v: Vectors, found: Sequence[Signals], labels: 
         "curve": curve(scores, test, RECALLS),
         "at_default_threshold": {"precision": round(precision, 4), "recall": round(recall, 4)},
         "threshold_sweep": [_sweep_point(scores, test, t) for t in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)],
-        "training": model.info | {"seconds": round(seconds, 1), "saved_to": str(PAIR_MODEL.relative_to(ROOT))},
+        "training": model.info | {"seconds": round(seconds, 1), "saved_to": str(saved.relative_to(ROOT))},
     }
 
 
 def tuned_encoder_result(
-    rows: Sequence[dict[str, Any]], labels: Floats, cut: int, reuse: bool, threads: int, options: TuningOptions
+    rows: Sequence[dict[str, Any]],
+    labels: Floats,
+    cut: int,
+    reuse: bool,
+    threads: int,
+    options: TuningOptions,
+    suffix: str = "",
 ) -> dict[str, Any]:
     """Fine-tune the encoder on the training split exactly as ``thrifty cache train --finetune`` does (its defaults),
     report the decision on the test split. Saved under ``.bench/`` (gitignored), never bundled; ``reuse`` loads
@@ -206,6 +220,7 @@ def tuned_encoder_result(
     folder = TUNED if epochs == 1 else TUNED.with_name(f"{TUNED.name}_{epochs:g}ep")
     if rate != TuningOptions().learning_rate:
         folder = folder.with_name(f"{folder.name}_lr{rate:g}")
+    folder = folder.with_name(folder.name + suffix)
     started = time.perf_counter()
     if reuse and (folder / "pair_model.json").exists():
         # The saved encoder, its scorer refitted and recalibrated by this version's guards and features.
@@ -316,20 +331,31 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads to fine-tune with (more than the idle cores thrash)"
     )
+    parser.add_argument("--train-share", type=float, default=TRAIN_SHARE, help="share of the shuffled pairs that train")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
     args = parser.parse_args()
+    if not 0.0 < args.train_share < 1.0:
+        parser.error("--train-share must lie strictly between 0 and 1")
+    if args.train_share != TRAIN_SHARE and args.out == RESULTS:
+        parser.error(
+            f"--train-share {args.train_share:g} needs its own --out (the default file is the {TRAIN_SHARE:g} split)"
+        )
+    if args.train and args.train_share != TRAIN_SHARE:
+        parser.error("--train refits the bundled weights, which are fitted on the default split only")
+    suffix = "" if args.train_share == TRAIN_SHARE else f"_split{round(args.train_share * 100)}"
     everything = load_pairs()
     rows = everything[: args.max_pairs] if args.max_pairs else everything
     started = time.perf_counter()
     u, v = pair_vectors(everything, rows)
     found = all_signals(rows, np.einsum("ij,ij->i", u, v).astype(np.float64))
     labels = np.array([float(r["label"]) for r in rows])
-    cut = int(len(rows) * TRAIN_SHARE)
+    cut = int(len(rows) * args.train_share)
     weights = train(found[:cut], labels[:cut]) if args.train else ScorerWeights.bundled()
     result = evaluate(found[cut:], labels[cut:], GuardedJudge(args.threshold, weights))
     if not args.no_pair_model:
-        result["pair_model"] = pair_model_result(u, v, found, labels, cut)
+        result["pair_model"] = pair_model_result(u, v, found, labels, cut, suffix)
         result["methods"]["pair model"] = {k: result["pair_model"][k] for k in ("auc", "curve")}
-    earlier = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+    earlier = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     if args.finetune:
         result["tuned_encoder"] = tuned_encoder_result(
             rows,
@@ -338,6 +364,7 @@ def main() -> None:
             args.reuse_tuned,
             args.threads,
             TuningOptions(epochs=args.epochs, learning_rate=args.learning_rate),
+            suffix,
         )
     elif "tuned_encoder" in earlier and earlier.get("test_pairs") == len(rows) - cut:
         # Not re-measured (it takes a fine-tuning): the previous run's figures, marked as such.
@@ -347,7 +374,7 @@ def main() -> None:
         result["methods"]["tuned encoder"] = {k: result["tuned_encoder"][k] for k in ("auc", "curve")}
     result |= {
         "data": "similiar_qqp_full.json",
-        "split": f"seed {SEED}; first {TRAIN_SHARE:.0%} of the shuffled pairs train, the rest test",
+        "split": f"seed {SEED}; first {args.train_share:.0%} of the shuffled pairs train, the rest test",
         "train_pairs": cut,
         "test_pairs": len(rows) - cut,
         "test_duplicates": int(labels[cut:].sum()),
@@ -357,8 +384,8 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
     }
     print_report(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
