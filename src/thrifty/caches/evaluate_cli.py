@@ -93,7 +93,10 @@ def eval_cache_command(
         how = "semantic cache off for this request: only the same request hits"
     caches = f"exact cache {'on' if rule.exact else 'off'}; {how}"
     if not (rule.exact or rule.semantic):
-        caches = "caching is off for this request ([cache] exact and semantic, and the alias's and feature's rules)"
+        caches = (
+            "caching is off for this request: nothing hits (switch it on with [cache] exact / semantic = true, "
+            "or in the alias's or feature's rule)"
+        )
     lines = [
         f"{summary['pairs']} pairs, {summary['positives']} labelled duplicates; {caches}",
         f"hits {summary['hits']} (false {summary['false_hits']}): precision {summary['precision']}, "
