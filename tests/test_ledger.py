@@ -135,3 +135,45 @@ def test_postgres_migrations_are_idempotent(pg_url: str) -> None:
     assert migrate(engine) == len(STEPS)
     assert migrate(engine) == len(STEPS)
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_takes_overlong_and_nul_fields_cut_to_their_columns(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL refuses a string longer than its column (SQLite keeps it): such a row must not stall the
+    writer, and the rows behind it must go in."""
+    ledger = SqlLedger(pg_url, tmp_path / "journal", 10)
+    ledger.start()
+    try:
+        long_model = "m" * 5000  # an unknown alias of any length is recorded as a failed request
+        ledger.record(entry(1, requested_model=long_model, principal=Principal("acme", "k", "u\x00ser", "f", "s")))
+        ledger.record(entry(2))
+        assert ledger.flush(10)
+        with ledger.engine.connect() as conn:
+            rows = conn.execute(select(tables.requests.c.requested_model, tables.requests.c.user_id)).all()
+        assert sorted(rows) == sorted([("m" * 256, "u\ufffdser"), ("fast", "u1")])
+    finally:
+        ledger.close()
+
+
+@pytest.mark.postgres
+def test_postgres_sets_aside_a_refused_row_and_writes_the_rest(pg_url: str, tmp_path: Path) -> None:
+    url_engine = make_engine(pg_url)
+    migrate(url_engine)
+    url_engine.dispose()
+    first = SqlLedger(pg_url, tmp_path / "journal", 10)  # never started: rows a previous process left behind
+    for n in range(6):
+        row = row_of(entry(n))
+        if n == 3:
+            row["input_tokens"] = "not a number"  # what no database column takes
+        first._journal.append(row)
+    first._journal.close()
+    second = SqlLedger(pg_url, tmp_path / "journal", 10)
+    second.start()
+    try:
+        second.record(entry(10))
+        assert second.flush(10)
+        assert count(second) == 6
+        rejected = (tmp_path / "journal" / "rejected.jsonl").read_text().splitlines()
+        assert len(rejected) == 1 and '"req_000003"' in rejected[0]
+    finally:
+        second.close()

@@ -2,7 +2,9 @@
 
 If the database is down the thread keeps the batch and retries with back-off while the gateway goes on serving;
 the journal holds the rows across a crash. Inserts ignore request ids the database already has, so replaying a
-journal after a crash never counts a request twice.
+journal after a crash never counts a request twice. A row the database refuses for its content (not for being
+unreachable) must not hold up the rows behind it forever: strings are cut to their columns' lengths, and a row
+still refused is set aside, whole, in the journal folder's ``rejected.jsonl`` with an error in the log.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, String, create_engine, text
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from thrifty.ledger import tables
 from thrifty.ledger.journal import Journal
@@ -233,32 +235,81 @@ class SqlLedger:
         return batch, False
 
     def _insert(self, rows: list[Row]) -> bool:
+        """Whether the rows are settled: written (or set aside as refused); False to retry later."""
         try:
-            with self.engine.begin() as conn:
-                insert = _insert_ignoring_duplicates(conn.dialect.name)
-                conn.execute(insert(tables.requests), [_request_columns(row) for row in rows])
-                savings = [
-                    {"request_id": row["request_id"], "lever": lever, "savings_nusd": nusd}
-                    for row in rows
-                    for lever, nusd in (row.get("savings") or {}).items()
-                ]
-                if savings:
-                    conn.execute(insert(tables.savings), savings)
-                payloads = [{"request_id": row["request_id"], **row["payload"]} for row in rows if row.get("payload")]
-                if payloads:
-                    conn.execute(insert(tables.payloads), payloads)
+            self._write(rows)
+        except (DataError, IntegrityError) as exc:
+            if len(rows) == 1:
+                self._reject(rows[0], exc)
+                return True
+            middle = len(rows) // 2  # find the refused rows by halves; the rest go in
+            return self._insert(rows[:middle]) and self._insert(rows[middle:])
         except SQLAlchemyError as exc:
             log.warning("ledger write failed (%s); will retry", exc.__class__.__name__)
             return False
         return True
+
+    def _write(self, rows: list[Row]) -> None:
+        with self.engine.begin() as conn:
+            insert = _insert_ignoring_duplicates(conn.dialect.name)
+            conn.execute(insert(tables.requests), [_request_columns(row) for row in rows])
+            savings = [
+                {"request_id": _clamped("request_id", row["request_id"]), "lever": lever, "savings_nusd": nusd}
+                for row in rows
+                for lever, nusd in (row.get("savings") or {}).items()
+            ]
+            if savings:
+                conn.execute(insert(tables.savings), savings)
+            payloads = [
+                {
+                    **{k: _no_nul(v) for k, v in row["payload"].items()},
+                    "request_id": _clamped("request_id", row["request_id"]),
+                }
+                for row in rows
+                if row.get("payload")
+            ]
+            if payloads:
+                conn.execute(insert(tables.payloads), payloads)
+
+    def _reject(self, row: Row, exc: Exception) -> None:
+        path = self._journal.folder / "rejected.jsonl"
+        with path.open("ab") as file:
+            file.write(orjson.dumps(row) + b"\n")
+        log.error(
+            "the ledger database refused request %s (%s); the row is kept in %s",
+            row.get("request_id"),
+            exc.__class__.__name__,
+            path,
+        )
 
 
 # Columns added after the first release: rows journaled by an older version lack them.
 LATER_COLUMNS: Row = {"finish_reason": None, "max_output_tokens": None}
 
 
+LENGTHS: dict[str, int] = {
+    column.name: column.type.length
+    for column in tables.requests.columns
+    if isinstance(column.type, String) and column.type.length
+}
+
+
 def _request_columns(row: Row) -> Row:
-    return {**LATER_COLUMNS, **{key: value for key, value in row.items() if key not in ("savings", "payload")}}
+    columns = {key: _clamped(key, value) for key, value in row.items() if key not in ("savings", "payload")}
+    return {**LATER_COLUMNS, **columns}
+
+
+def _clamped(column: str, value: Any) -> Any:
+    """A string cut to its column's length (PostgreSQL refuses a longer one; SQLite would keep it) and without NUL
+    characters, which PostgreSQL's text types cannot hold."""
+    if not isinstance(value, str):
+        return value
+    limit = LENGTHS.get(column)
+    return _no_nul(value if limit is None else value[:limit])
+
+
+def _no_nul(value: Any) -> Any:
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
 
 
 def _insert_ignoring_duplicates(dialect: str) -> Any:
