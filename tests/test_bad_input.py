@@ -71,6 +71,39 @@ def error_of(response: httpx.Response) -> dict[str, object]:
         (b'{"model": "fast", "messages": [{"role": "user", "content": "x"}], "stop": [1]}', 400, "stop", ""),
         (b'{"model": "ghost", "messages": [{"role": "user", "content": "x"}]}', 404, "model", "not configured"),
         (b'{"model": "fast", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, None, "UTF-8"),
+        (
+            b'{"model": "fast", "messages": [{"role": "user", "content": "x"}],'
+            b' "response_format": {"type": "json_schema", "json_schema": "s"}}',
+            400,
+            "response_format.json_schema",
+            "object",
+        ),
+        (
+            b'{"model": "fast", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": 1}}',
+            400,
+            "response_format.type",
+            "string",
+        ),
+        (
+            b'{"model": "fast", "messages": [{"role": "assistant", "content": null, "tool_calls": "abc"}]}',
+            400,
+            "messages[0].tool_calls",
+            "array of objects",
+        ),
+        (
+            b'{"model": "fast", "messages": [{"role": "assistant", "content": "x",'
+            b' "tool_calls": [{"function": "f"}]}]}',
+            400,
+            "messages[0].tool_calls",
+            "array of objects",
+        ),
+        (b'{"model": "fast", "messages": [{"role": "user", "content": "x"}], "tools": ["t"]}', 400, "tools[0]", ""),
+        (
+            b'{"model": "fast", "messages": [{"role": "user", "content": "x"}], "user": "' + b"u" * 257 + b'"}',
+            400,
+            "x-thrifty-user",
+            "at most 256",
+        ),
     ],
 )
 def test_malformed_requests_get_openai_errors(
@@ -82,6 +115,16 @@ def test_malformed_requests_get_openai_errors(
     assert error["param"] == param
     assert words in str(error["message"])
     assert up.requests == []
+
+
+def test_overlong_attribution_headers_are_refused(gw: ServerThread, up: FakeUpstream) -> None:
+    body = b'{"model": "fast", "messages": [{"role": "user", "content": "x"}]}'
+    for header, limit in (("x-thrifty-feature", 128), ("x-thrifty-session", 256), ("x-thrifty-user", 256)):
+        response = httpx.post(gw.base_url + "/v1/chat/completions", content=body, headers={header: "f" * (limit + 1)})
+        assert response.status_code == 400 and error_of(response)["param"] == header
+        ok = httpx.post(gw.base_url + "/v1/chat/completions", content=body, headers={header: "f" * limit})
+        assert ok.status_code == 200
+    assert len(up.requests) == 3
 
 
 def test_body_over_the_limit_is_413(tmp_path: Path, up: FakeUpstream) -> None:

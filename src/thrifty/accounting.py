@@ -6,12 +6,16 @@ still becomes exactly one ledger row with whatever is known about it (tokens pai
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from thrifty.protocols import Admission
 from thrifty.types import Cost, JsonObject, LedgerEntry, Payload, Principal, Route, Status, Target, Usage
+
+log = logging.getLogger("thrifty")
 
 
 def new_request_id() -> str:
@@ -37,6 +41,10 @@ class Trace:
     saved_tokens: tuple[tuple[str, int], ...] = ()
     finish_reason: str | None = None
     max_output_tokens: int | None = None
+    escalated_usd: Decimal = Decimal(0)
+    """What the cascade steps before the answer cost (each has its own ledger row); budgets are charged for them."""
+    escalated_usage: Usage | None = None
+    escalations: int = 0
 
     def answered(self, request: JsonObject, answer: JsonObject) -> None:
         """Note how a complete answer ended and the output cap its request carried."""
@@ -134,3 +142,25 @@ def split_savings(cost: Cost, baseline: Cost, here: Counterfactual, cache: str, 
         **here.optimized,
     }
     return {lever: amount for lever, amount in parts.items() if amount}
+
+
+def with_escalations(cost: Cost, trace: Trace) -> Cost:
+    """What a request cost in all: its answer and the cascade steps before it (each step has its own row)."""
+    if trace.escalated_usage is None:
+        return cost
+    return Cost((cost.usd or Decimal(0)) + trace.escalated_usd)
+
+
+async def settle(admission: Admission, cost: Cost, trace: Trace, model: str = "") -> None:
+    """Settle a request's budget holds and limits to what it cost, cascade steps included; ``model`` names who
+    answered (no model: nothing was answered, and only escalated steps were paid for).
+
+    Never raises: by now the call is in the ledger, and a budget store that is down must not turn a paid answer
+    into an error that the client would retry and pay for twice."""
+    usage = trace.usage if model else None
+    if trace.escalated_usage is not None:
+        usage = trace.escalated_usage if usage is None else usage + trace.escalated_usage
+    try:
+        await admission.settle(with_escalations(cost, trace), usage, model)
+    except Exception:
+        log.exception("could not settle the budgets of %s; the ledger has its cost", trace.request_id)

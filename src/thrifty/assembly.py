@@ -72,6 +72,8 @@ class Runtime:
             embedder.bind(self.gateway, loop)
 
     async def aclose(self) -> None:
+        if self.gateway.verifier is not None:
+            await self.gateway.verifier.drain()
         for provider in self.gateway.providers.values():
             await provider.aclose()
         summarizer = getattr(self.gateway.optimizer, "summarizer", None)

@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from thrifty.accounting import Trace
-from thrifty.completions import chunks_of
 from thrifty.errors import ThriftyError, UpstreamError
 from thrifty.protocols import Provider
 from thrifty.providers.http import first_item
 from thrifty.routers.cooldown import Cooldowns
-from thrifty.streaming import OpenedStream
+from thrifty.streaming import OpenedStream, replay
 from thrifty.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Route, Target
 
 log = logging.getLogger("thrifty")
@@ -77,10 +76,9 @@ class ProviderCaller:
     async def open(self, request: ChatRequest, route: Route, trace: Trace) -> OpenedStream:
         if route.cascade is not None:
             # A cascade judges whole answers: the chosen one is then streamed to the client.
-            response = await self.call(request, route, trace)
-            chunks = chunks_of(response)
+            opened = await replay(await self.call(request, route, trace))
             trace.ttft_ms = trace.elapsed_ms()
-            return OpenedStream(response.target, await anext(chunks), chunks)
+            return opened
         last: ThriftyError | None = None
         for target in self.cooldowns.order(route.targets):
             started = time.perf_counter()

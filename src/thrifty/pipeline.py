@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
 
-from thrifty.accounting import Counterfactual, Trace, split_savings, without_cache
+from thrifty.accounting import Counterfactual, Trace, settle, split_savings, with_escalations, without_cache
 from thrifty.caches.verify import SemanticVerifier
 from thrifty.calling import ProviderCaller
 from thrifty.errors import ThriftyError
+from thrifty.guards.estimate import prompt_tokens
 from thrifty.observe.metrics import GatewayMetrics
 from thrifty.protocols import (
     Admission,
@@ -32,7 +33,7 @@ from thrifty.protocols import (
 )
 from thrifty.routers.cooldown import Cooldowns
 from thrifty.routers.static import unknown_model
-from thrifty.streaming import ChatStream, replay_stream
+from thrifty.streaming import ChatStream, replay
 from thrifty.tokens import TiktokenCounter, message_text
 from thrifty.types import (
     Caller,
@@ -91,31 +92,41 @@ class Gateway:
         authenticating is for the gateway's own calls (a history summary, charged to its lever)."""
         trace = Trace(request.request_id, "chat", request.model)
         admission: Admission | None = None
+        cost: Cost | None = None
+        answered_by = ""
         try:
-            trace.principal = principal or self.authenticator.authenticate(caller)  # 1. authenticate
-            self.check_model(request.model)
-            admission = await self.guard.admit(request, trace.principal)  # 2. guard
-            request = admission.request
-            response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
-            if response is None:
-                optimized = await self.optimizer.optimize(request, trace.principal)  # 4. optimize
-                trace.saved_tokens = optimized.saved_tokens
-                route = trace.route = self.router.route(optimized, trace.principal)  # 5. route
-                response = await self.caller.call(optimized, route, trace)  # 6. call provider
+            try:
+                trace.principal = principal or self.authenticator.authenticate(caller)  # 1. authenticate
+                self.check_model(request.model)
+                admission = await self.guard.admit(request, trace.principal)  # 2. guard
+                request = sent = admission.request
+                response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
+                fresh = response is None
+                if response is None:
+                    sent = await self.optimizer.optimize(request, trace.principal)  # 4. optimize
+                    trace.saved_tokens = sent.saved_tokens
+                    route = trace.route = self.router.route(sent, trace.principal)  # 5. route
+                    response = await self.caller.call(sent, route, trace)  # 6. call provider
+                cost, answered_by = self.account(trace, sent, response), response.target.model
+                # 7. record, before anything else can fail or be cancelled: the call is paid for.
+                self.record(self.finished(trace, cost, request, output_text(response)))
+            except ThriftyError as exc:
+                if cost is None:
+                    self.record_failure(trace, exc.error_type)
+                raise
+            except Exception:
+                if cost is None:  # a fault of ours still leaves the row of what was paid for
+                    self.record_failure(trace, "internal_error")
+                raise
+            if fresh:
                 await self.cache.store(request, trace.principal, response)
             elif response.cache == "semantic" and self.verifier is not None:
                 self.verifier.sample(request, trace.principal, response)
-            cost = self.account(trace, request, response)
-            await admission.settle(cost, trace.usage, response.target.model)
-        except ThriftyError as exc:
-            self.record_failure(trace, exc)
-            raise
         finally:
             self.cache.release(request, trace.principal)  # identical requests waiting on this one go on
-            if admission is not None:
-                await admission.settle(ZERO)  # a no-op once settled; releases the reservation otherwise
-        self.record(self.finished(trace, cost, request, output_text(response)))  # 7. record
-        return replace(response, route=trace.route_header()), cost
+            if admission is not None:  # to the cost, or to zero (releasing the reservation) if none was paid
+                await settle(admission, cost or ZERO, trace, answered_by)
+        return replace(response, route=trace.route_header()), with_escalations(cost, trace)
 
     async def open_stream(self, request: ChatRequest, caller: Caller) -> ChatStream:
         """Stages 1-6 of a streamed completion, up to its first chunk; the stream records itself when it ends."""
@@ -127,24 +138,28 @@ class Gateway:
             admission = await self.guard.admit(request, trace.principal)  # 2. guard
             request = admission.request
             cached = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
+            sent = request
             if cached is not None:
                 trace.cache = cached.cache
                 if cached.cache == "semantic" and self.verifier is not None:
                     self.verifier.sample(request, trace.principal, cached)
-                opened = await replay_stream(cached)
+                opened = await replay(cached)
             else:
-                optimized = await self.optimizer.optimize(request, trace.principal)  # 4. optimize
-                trace.saved_tokens = optimized.saved_tokens
-                route = trace.route = self.router.route(optimized, trace.principal)  # 5. route
-                opened = await self.caller.open(optimized, route, trace)  # 6. call provider
-            stream, admission = ChatStream(self, request, trace, opened, admission), None  # it settles now
+                sent = await self.optimizer.optimize(request, trace.principal)  # 4. optimize
+                trace.saved_tokens = sent.saved_tokens
+                route = trace.route = self.router.route(sent, trace.principal)  # 5. route
+                opened = await self.caller.open(sent, route, trace)  # 6. call provider
+            stream, admission = ChatStream(self, request, sent, trace, opened, admission), None  # it settles now
             return stream
         except ThriftyError as exc:
-            self.record_failure(trace, exc)
+            self.record_failure(trace, exc.error_type)
+            raise
+        except Exception:
+            self.record_failure(trace, "internal_error")
             raise
         finally:
             if admission is not None:
-                await admission.settle(ZERO)
+                await settle(admission, ZERO, trace)
 
     async def embed(
         self, request: EmbeddingRequest, caller: Caller, principal: Principal | None = None
@@ -158,7 +173,7 @@ class Gateway:
             trace.target, trace.usage = response.target, response.usage
             cost = self.pricer.cost(response.target, response.usage)
         except ThriftyError as exc:
-            self.record_failure(trace, exc)
+            self.record_failure(trace, exc.error_type)
             raise
         self.record(self.finished(trace, cost))
         return response, cost
@@ -175,15 +190,17 @@ class Gateway:
             raise unknown_model(model, self.aliases)
 
     def estimate_usage(self, request: ChatRequest, target: Target, output: str) -> Usage:
-        """Usage counted offline, when the provider reported none (marked estimated in the ledger)."""
+        """Usage counted offline, when the provider reported none (marked estimated in the ledger); ``request`` is
+        the one sent (after the optimizers), not the client's."""
         return Usage(
-            input_tokens=self.counter.count_messages(target.model, request.messages),
+            input_tokens=prompt_tokens(self.counter, request, target.model),
             output_tokens=self.counter.count_text(target.model, output),
             estimated=True,
         )
 
     def account(self, trace: Trace, request: ChatRequest, response: ChatResponse) -> Cost:
-        """Who answered, the tokens (counted offline if the provider gave none), and the cost: 0 from the cache."""
+        """Who answered, the tokens (counted offline if the provider gave none), and the cost: 0 from the cache.
+        ``request`` is the one sent to the provider (or the client's, for a cache hit)."""
         trace.target, trace.cache = response.target, response.cache
         trace.answered(request.body, response.body)
         trace.usage = response.usage or self.estimate_usage(request, response.target, output_text(response))
@@ -219,7 +236,8 @@ class Gateway:
         """A cascade step whose answer failed a check: paid for, so recorded, and charged to routing."""
         usage = response.usage or self.estimate_usage(request, response.target, output_text(response))
         cost = self.pricer.cost(response.target, usage)
-        step = Trace(f"{trace.request_id}.{response.target.model}", trace.endpoint, trace.requested_model)
+        trace.escalations += 1  # the step's id stays short whatever the model's name (ids are 64 characters at most)
+        step = Trace(f"{trace.request_id}.e{trace.escalations}", trace.endpoint, trace.requested_model)
         step.principal, step.target, step.usage, step.started_at = (
             trace.principal,
             response.target,
@@ -228,11 +246,13 @@ class Gateway:
         )
         step.upstream_ms = response.upstream_ms
         savings = {"routing": -cost.usd} if cost.usd else {}
+        trace.escalated_usd += cost.usd or Decimal(0)
+        trace.escalated_usage = usage if trace.escalated_usage is None else trace.escalated_usage + usage
         self.record(step.entry("escalated", cost, ZERO, error_type=f"check:{check}", savings=savings))
 
-    def record_failure(self, trace: Trace, exc: ThriftyError) -> None:
+    def record_failure(self, trace: Trace, error_type: str) -> None:
         cost = self.pricer.cost(trace.target, trace.usage) if trace.target else Cost(Decimal(0))
-        self.record(trace.entry("error", cost, cost, error_type=exc.error_type))
+        self.record(trace.entry("error", cost, cost, error_type=error_type))
 
 
 def output_text(response: ChatResponse) -> str:

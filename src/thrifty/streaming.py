@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from thrifty.accounting import Trace, max_output_tokens_of
+from thrifty.accounting import Trace, max_output_tokens_of, settle
 from thrifty.completions import assemble, chunks_of
 from thrifty.errors import ThriftyError
 from thrifty.protocols import Admission
@@ -31,22 +31,33 @@ class OpenedStream:
     target: Target
     first: StreamChunk
     rest: AsyncGenerator[StreamChunk, None]
+    usage: Usage | None = None
+    """Known before the first chunk when a whole answer is replayed (a cache hit, a cascade's chosen answer): it
+    was paid for in full, however little of it the client stays to read."""
 
 
-async def replay_stream(cached: ChatResponse) -> OpenedStream:
-    """A cached answer, opened as if a provider were streaming it."""
-    chunks = chunks_of(cached)
-    return OpenedStream(cached.target, await anext(chunks), chunks)
+async def replay(response: ChatResponse) -> OpenedStream:
+    """A whole answer, opened as if a provider were streaming it."""
+    chunks = chunks_of(response)
+    return OpenedStream(response.target, await anext(chunks), chunks, response.usage)
 
 
 class ChatStream:
     def __init__(
-        self, gateway: Gateway, request: ChatRequest, trace: Trace, opened: OpenedStream, admission: Admission
+        self,
+        gateway: Gateway,
+        request: ChatRequest,
+        sent: ChatRequest,
+        trace: Trace,
+        opened: OpenedStream,
+        admission: Admission,
     ) -> None:
-        self._gateway, self._request, self._trace = gateway, request, trace
+        """``request`` is the client's (the cache's key), ``sent`` what the provider was sent (after the
+        optimizers: what its tokens are counted from, if they must be)."""
+        self._gateway, self._request, self._sent, self._trace = gateway, request, sent, trace
         self._opened, self._admission = opened, admission
         self._payloads: list[bytes] = []
-        self._usage: Usage | None = None
+        self._usage: Usage | None = opened.usage
         self.cost: Cost | None = None
         self.error: ThriftyError | None = None
         trace.target = opened.target
@@ -120,19 +131,21 @@ class ChatStream:
 
     async def _finish(self, status: Status, error_type: str) -> None:
         trace = self._trace
-        trace.max_output_tokens = max_output_tokens_of(self._request.body)
+        trace.max_output_tokens = max_output_tokens_of(self._sent.body)
         trace.finish_reason = trace.finish_reason or last_finish_reason(self._payloads)
         trace.upstream_ms = 0.0 if trace.cache else trace.elapsed_ms()
         text = streamed_text(self._payloads) if self._usage is None or self._gateway.capture_payloads else ""
-        trace.usage = self._usage or self._gateway.estimate_usage(self._request, self.target, text)
+        trace.usage = self._usage or self._gateway.estimate_usage(self._sent, self.target, text)
         cost = Cost(Decimal(0)) if trace.cache else self._gateway.pricer.cost(self.target, trace.usage)
-        self.cost = cost
-        await self._admission.settle(cost, trace.usage, self.target.model)
         if status == "ok":
             entry = self._gateway.finished(trace, cost, self._request, text)
         else:
             entry = trace.entry(status, cost, cost, error_type=error_type or "client_disconnected")
-        self._gateway.record(entry)
+        self.cost = cost
+        try:
+            self._gateway.record(entry)  # before settling: a budget store that fails must not lose the row
+        finally:
+            await settle(self._admission, cost, trace, self.target.model)
 
 
 def streamed_text(payloads: list[bytes]) -> str:

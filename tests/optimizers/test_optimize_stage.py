@@ -6,13 +6,17 @@ import json
 from pathlib import Path
 
 import openai
+import pytest
 from sqlalchemy import select
 
-from fakes.upstream import FakeUpstream
+from fakes.upstream import FakeUpstream, Fault
 from gateway_harness import config_text, ledger_rows
+from thrifty.guards.estimate import prompt_tokens
 from thrifty.ledger import tables
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
+from thrifty.tokens import TiktokenCounter
+from thrifty.types import ChatRequest
 
 
 def problems() -> list[str]:
@@ -43,6 +47,30 @@ def test_pruned_prompt_and_savings_by_lever(tmp_path: Path) -> None:
     assert problems()[7][:40] in sent_text  # the problem the question is about survives
     assert savings["prune"] > 0
     assert row["baseline_cost_nusd"] - row["cost_nusd"] == sum(savings.values())
+
+
+def test_a_stream_cut_short_is_counted_from_the_prompt_that_was_sent(tmp_path: Path) -> None:
+    """No usage came (the stream broke): the tokens are counted offline from the pruned prompt the provider
+    received, not from the client's, which would make up a cost and count the pruned tokens twice."""
+    optimize = "\n[optimize.prune]\nbudget_tokens = 600\n"
+    context = "\n\n".join(problems())
+    question = problems()[7].split(".")[0] + ". What is the answer?"
+    original = [{"role": "user", "content": f"<context>{context}</context>\n\n{question}"}]
+    with FakeUpstream(usage=None) as up:
+        up.mode = Fault.drop_mid_stream(after_chunks=3)
+        (tmp_path / "thrifty.toml").write_text(config_text(up, extra=optimize))
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                stream = client.chat.completions.create(model="fast", messages=original, stream=True)  # type: ignore[arg-type]
+                with pytest.raises(openai.APIError):
+                    for _ in stream:
+                        pass
+            (row,) = ledger_rows(gw)
+    counter = TiktokenCounter()
+    sent = prompt_tokens(counter, ChatRequest(up.requests[-1].json, "r"), "gpt-4o-mini")
+    client_sent = prompt_tokens(counter, ChatRequest({"model": "fast", "messages": original}, "r"), "gpt-4o-mini")
+    assert row["tokens_estimated"] and row["status"] == "error"
+    assert row["input_tokens"] == sent < client_sent / 2
 
 
 CAPS = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,60 @@ def test_cascade_escalates_on_a_failed_check_and_records_both_calls(tmp_path: Pa
         ("gpt-4o-mini", "check:refusal", 270_000)
     ] * 2
     assert len(rows) == 5
+
+
+CASCADE_WITH_BUDGET = """
+[models.auto]
+pool = ["mini", "big"]
+router = "cascade"
+
+[[budgets]]
+scope = "tenant"
+id = "default"
+usd = 0.0047
+period = "day"
+hard = true
+"""
+
+
+def test_a_budget_pays_for_every_cascade_step(tmp_path: Path, up: FakeUpstream) -> None:
+    """An escalated request cost its cheap answer too ($0.00027 + $0.0045 here): the budget counts both, and the
+    cost header says both, so the next request no longer fits under $0.0047."""
+    with gateway(tmp_path, up, CASCADE_WITH_BUDGET) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            hard = ask(client, "hard question", max_tokens=10)
+            with pytest.raises(openai.RateLimitError) as refused:
+                ask(client, "easy question", max_tokens=10)
+        rows = ledger_rows(gw)
+    assert Decimal(hard.headers["x-thrifty-cost-usd"]) == Decimal("0.00477")
+    assert refused.value.body["code"] == "budget_exceeded"  # type: ignore[index]
+    assert sorted((r["status"], r["cost_nusd"]) for r in rows) == [
+        ("error", 0),
+        ("escalated", 270_000),
+        ("ok", 4_500_000),
+    ]
+
+
+def test_a_streamed_cascade_answer_cut_short_still_counts_what_was_paid(tmp_path: Path) -> None:
+    """A cascade asks for whole answers and replays the chosen one as a stream: when the stream stops early (here
+    a hard budget's output allowance), the row keeps the usage the provider billed, not an estimate of the part
+    the client read."""
+    long_reply = " ".join(f"word{n}" for n in range(400))
+    budget = CASCADE_WITH_BUDGET.replace("usd = 0.0047", "usd = 1")
+    with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200), reply=lambda body: long_reply) as up:
+        with gateway(tmp_path, up, budget) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                chunks = list(
+                    client.chat.completions.create(
+                        model="auto", messages=[{"role": "user", "content": "tell"}], stream=True, max_tokens=10
+                    )
+                )
+            rows = ledger_rows(gw)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert 0 < len(text) < len(long_reply)  # stopped at the allowance
+    (row,) = rows
+    assert (row["input_tokens"], row["output_tokens"], row["tokens_estimated"]) == (1000, 200, False)
+    assert row["cost_nusd"] == 270_000
 
 
 def test_a_failing_target_is_cooled_down(tmp_path: Path, up: FakeUpstream) -> None:

@@ -17,7 +17,7 @@ import re
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from thrifty.accounting import Trace
+from thrifty.accounting import Trace, settle
 from thrifty.errors import ThriftyError
 from thrifty.types import ChatRequest, ChatResponse, Cost, Principal
 
@@ -61,6 +61,8 @@ class SemanticVerifier:
         except ThriftyError as exc:
             log.info("semantic hit not verified: %s", exc.message)  # a budget that cannot pay: no verification
             return
+        cost: Cost | None = None
+        answered_by = ""
         try:
             asked = replace(admission.request, charged_to="")  # as admitted: a budget may have capped max_tokens
             try:
@@ -68,14 +70,17 @@ class SemanticVerifier:
                 fresh = await gateway.caller.call(asked, route, trace)
             except ThriftyError as exc:
                 log.warning("verifying a semantic hit failed: %s", exc.message)
-                gateway.record_failure(trace, exc)  # in the ledger like any failed call, with what it cost if anything
+                gateway.record_failure(trace, exc.error_type)  # like any failed call, with what it cost if anything
                 return
-            cost: Cost = gateway.account(trace, asked, fresh)
-            await admission.settle(cost, trace.usage, fresh.target.model)
+            cost, answered_by = gateway.account(trace, asked, fresh), fresh.target.model
+            agree = answers_agree(output_text(cached), output_text(fresh))
+            trace.cache = "verify-agree" if agree else "verify-disagree"
+            gateway.record(trace.entry("ok", cost, ZERO, savings={"cache": -cost.usd} if cost.usd else {}))
+            gateway.metrics.verified(principal.feature, agree)
         finally:
-            await admission.settle(ZERO)  # a no-op once settled; releases the reservation otherwise
-        agree = answers_agree(output_text(cached), output_text(fresh))
-        trace.cache = "verify-agree" if agree else "verify-disagree"
-        savings = {"cache": -cost.usd} if cost.usd else {}
-        gateway.record(trace.entry("ok", cost, ZERO, savings=savings))
-        gateway.metrics.verified(principal.feature, agree)
+            await settle(admission, cost or ZERO, trace, answered_by)  # zero releases the reservation
+
+    async def drain(self) -> None:
+        """Let the verifications in flight finish (at shutdown: their calls are paid for, their rows due)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

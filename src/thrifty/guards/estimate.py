@@ -56,13 +56,7 @@ class CostEstimator:
         return int(cap) * int(body.get("n") or 1)
 
     def input_tokens(self, request: ChatRequest, target: Target) -> int:
-        return self._counter.count_messages(target.model, request.messages) + self._definitions(request, target)
-
-    def _definitions(self, request: ChatRequest, target: Target) -> int:
-        """Tool definitions and the response schema are prompt tokens too: counted as their JSON text, which
-        providers render more compactly (so this errs high, as a reservation must)."""
-        raw = _definitions(request)
-        return self._counter.count_text(target.model, raw.decode("utf-8")) if raw else 0
+        return prompt_tokens(self._counter, request, target.model)
 
     def quotes(self, request: ChatRequest) -> list[Quote]:
         cap = self.max_output_tokens(request)
@@ -124,6 +118,15 @@ class CostEstimator:
     def observe_output(self, model: str, output_tokens: int) -> None:
         seen, total = self._outputs.get(model, (0, 0))
         self._outputs[model] = (seen + 1, total + output_tokens)
+
+
+def prompt_tokens(counter: TiktokenCounter, request: ChatRequest, model: str) -> int:
+    """The prompt's tokens counted offline: the messages, and the tool definitions and response schema, which are
+    prompt tokens too (counted as their JSON text, which providers render more compactly: this errs high, as a
+    reservation must)."""
+    raw = _definitions(request)
+    definitions = counter.count_text(model, raw.decode("utf-8")) if raw else 0
+    return counter.count_messages(model, request.messages) + definitions
 
 
 def _definitions(request: ChatRequest) -> bytes:

@@ -60,12 +60,17 @@ class Checks:
 
 
 def _asks_json(body: dict[str, Any]) -> bool:
-    return (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
+    return _object(body.get("response_format")).get("type") in ("json_object", "json_schema")
 
 
 def _schema(body: dict[str, Any]) -> dict[str, Any] | None:
-    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    schema = _object(_object(body.get("response_format")).get("json_schema")).get("schema")
     return schema if isinstance(schema, dict) else None
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A library caller's body is not validated as the server's is: a wrong type is read as absent."""
+    return value if isinstance(value, dict) else {}
 
 
 class CascadeRouter:

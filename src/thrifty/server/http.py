@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from thrifty.accounting import new_request_id
-from thrifty.errors import PayloadTooLarge, ThriftyError
+from thrifty.errors import BadRequest, PayloadTooLarge, ThriftyError
 from thrifty.types import Caller, Cost
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -59,10 +59,22 @@ class Request:
         return Caller(
             api_key=api_key or self.header(b"x-api-key") or None,
             loopback=host.startswith(LOOPBACK) or host == "localhost",
-            user=self.header(b"x-thrifty-user") or (body_user if isinstance(body_user, str) else ""),
-            feature=self.header(b"x-thrifty-feature"),
-            session=self.header(b"x-thrifty-session"),
+            user=_bounded("x-thrifty-user", self.header(b"x-thrifty-user") or _text(body_user), 256),
+            feature=_bounded("x-thrifty-feature", self.header(b"x-thrifty-feature"), 128),
+            session=_bounded("x-thrifty-session", self.header(b"x-thrifty-session"), 256),
         )
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _bounded(name: str, value: str, limit: int) -> str:
+    """The ledger keeps who asked in columns of this length: a longer value is refused, not cut (a cut one could
+    merge two users' spend)."""
+    if len(value) > limit:
+        raise BadRequest(f"'{name}' (or the body's 'user') must be at most {limit} characters", param=name)
+    return value
 
 
 def thrifty_headers(

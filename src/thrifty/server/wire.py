@@ -54,7 +54,15 @@ def check_chat(body: JsonObject) -> JsonObject:
     ):
         raise BadRequest("'stop' must be a string or an array of strings", param="stop")
     _optional(body, "tools", list)
+    for index, tool in enumerate(body.get("tools") or []):
+        if not isinstance(tool, dict) or not isinstance(tool.get("function", {}), dict):
+            raise BadRequest(f"'tools[{index}]' must be an object (its 'function' too)", param=f"tools[{index}]")
     _optional(body, "response_format", dict)
+    response_format = body.get("response_format") or {}
+    if not isinstance(response_format.get("type", ""), str):
+        raise BadRequest("'response_format.type' must be a string", param="response_format.type")
+    if not isinstance(response_format.get("json_schema", {}), dict):
+        raise BadRequest("'response_format.json_schema' must be an object", param="response_format.json_schema")
     _optional(body, "user", str)
     _optional(body, "metadata", dict)
     _optional(body, "seed", int)
@@ -81,6 +89,12 @@ def _check_message(message: Any, index: int) -> None:
     role = message.get("role")
     if role not in ROLES:
         raise BadRequest(f"'{where}.role' must be one of {sorted(ROLES)}, not {role!r}", param=f"{where}.role")
+    calls = message.get("tool_calls")
+    if calls is not None and not (
+        isinstance(calls, list)
+        and all(isinstance(call, dict) and isinstance(call.get("function", {}), dict) for call in calls)
+    ):
+        raise BadRequest(f"'{where}.tool_calls' must be an array of objects", param=f"{where}.tool_calls")
     content = message.get("content")
     if content is None:
         if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
