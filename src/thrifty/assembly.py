@@ -64,6 +64,12 @@ class Runtime:
         if self.budgets is not None:
             self.budgets.start()
 
+    def ready(self) -> bool:
+        """``/readyz``: the ledger database answers, and so does the guards' Redis, without which budgeted and
+        rate-limited requests are refused (a blocking check, made off the event loop)."""
+        ping = getattr(self.guard_store, "ping", None)
+        return self.ledger.ping() and (ping is None or bool(ping()))
+
     def bind_embedder(self, loop: Any) -> None:
         """A remote embedder calls through this gateway, on its event loop."""
         semantic = getattr(self.gateway.cache, "semantic", None)

@@ -13,6 +13,7 @@
     │   ├── RateLimited             429 rate_limit_error       rate_limited
     │   └── AgentCapReached         429 rate_limit_error       agent_cap_reached / agent_loop_detected
     ├── NotFound                    404 not_found_error
+    ├── GuardsUnavailable           503 api_error              guards_unavailable (budgets cannot be checked)
     ├── ConfigError                 (start-up only, never reaches a client)
     └── UpstreamError               502 api_error              (provider answered badly; retryable by status)
         ├── UpstreamRateLimited     429 rate_limit_error       retryable
@@ -117,6 +118,14 @@ class AgentCapReached(Refused):
 class NotFound(ThriftyError):
     status = 404
     error_type = "not_found_error"
+
+
+class GuardsUnavailable(ThriftyError):
+    """The budgets' or limits' shared store (Redis), or a budget's spend so far (the ledger database), cannot be
+    read: the request is refused rather than let through unchecked; the client may retry."""
+
+    status = 503
+    default_code = "guards_unavailable"
 
 
 class ConfigError(ThriftyError):

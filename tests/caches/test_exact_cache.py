@@ -288,6 +288,26 @@ async def test_redis_store_keeps_max_entries_across_replicas_least_recently_used
     await two.aclose()
 
 
+async def test_an_unreachable_redis_cache_is_a_miss_not_an_error() -> None:
+    from redis.exceptions import RedisError
+
+    from fakes.tcp_proxy import TcpProxy
+
+    proxy = TcpProxy("127.0.0.1", 6379)
+    store = RedisStore(f"redis://127.0.0.1:{proxy.port}/15")
+    try:
+        await reachable(store)
+        await store.put("there", entry("t", "f", "fast"))
+        assert await store.get("there") is not None
+        proxy.cut()
+        assert await store.get("there") is None  # the gateway answers without its cache
+        with pytest.raises(RedisError):
+            await store.put("there", entry("t", "f", "fast"))  # the cache stage logs this and goes on
+    finally:
+        await store.aclose()
+        proxy.close()
+
+
 def test_redis_cache_through_two_gateways(tmp_path: Path, up: FakeUpstream) -> None:
     url = os.environ.get("THRIFTY_TEST_REDIS", "redis://127.0.0.1:6379/14")
     cache = f"\n[cache]\nexact = true\nstore = 'redis'\nurl = '{url}'\n"

@@ -8,12 +8,15 @@ replica, so the limit is the cache's, not one process's). Redis' own ``maxmemory
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from thrifty.caches.entries import CacheEntry, PurgeScope
+
+log = logging.getLogger("thrifty.cache")
 
 REDIS_PREFIX = "thrifty:cache:"
 REDIS_LRU = "thrifty:cache-lru"
@@ -129,13 +132,20 @@ class RedisStore:
             import redis.asyncio as redis_asyncio
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise ImportError("the Redis cache needs the 'redis' extra: pip install 'thrifty[redis]'") from exc
-        self._redis = redis_asyncio.Redis.from_url(url)
+        self._redis = redis_asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         self._max = max_entries
         self._get, self._put = self._redis.register_script(_GET), self._redis.register_script(_PUT)
         self._drop = self._redis.register_script(_DROP)
 
     async def get(self, key: str) -> CacheEntry | None:
-        raw = await self._get(keys=[REDIS_PREFIX + key, REDIS_LRU])
+        """A miss when Redis cannot be reached: the cache must never take the gateway down with it."""
+        from redis.exceptions import RedisError
+
+        try:
+            raw = await self._get(keys=[REDIS_PREFIX + key, REDIS_LRU])
+        except RedisError as exc:
+            log.warning("the Redis cache is unreachable (%s): answering without it", exc.__class__.__name__)
+            return None
         if raw is None:
             return None
         entry = CacheEntry.from_bytes(_as_bytes(raw))

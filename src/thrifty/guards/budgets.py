@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import functools
 import itertools
 import math
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
-from thrifty.errors import BudgetExceeded
+from thrifty.errors import BudgetExceeded, GuardsUnavailable
 from thrifty.guards.estimate import CostEstimator, ceil_nusd
 from thrifty.guards.stores import GuardStore
 from thrifty.ledger.tables import from_nusd, to_nusd
@@ -111,10 +112,17 @@ class BudgetAdmission:
         if self._settled:
             return
         self._settled = True
+        failed: Exception | None = None
         for hold in self._holds:
-            spent = await self._store.settle(hold.key, hold.token, actual)
+            try:
+                spent = await self._store.settle(hold.key, hold.token, actual)
+            except Exception as exc:  # settle the other holds all the same
+                failed = failed or exc
+                continue
             if self._on_spent is not None and actual:
                 self._on_spent(hold.budget, hold.key, spent)
+        if failed is not None:
+            raise failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +191,9 @@ class BudgetGuard:
             for budget in applicable:
                 hold, worst = await self._reserve(budget, worst)
                 holds.append(hold)
-        except BudgetExceeded:
-            await BudgetAdmission(self._store, holds, request).settle(0)
+        except BaseException:  # refused, the store unreachable, or cancelled: the holds taken so far go back
+            with contextlib.suppress(Exception):
+                await BudgetAdmission(self._store, holds, request).settle(0)
             raise
         return BudgetAdmission(self._store, holds, worst.request, self._on_spent)
 
@@ -208,9 +217,9 @@ class BudgetGuard:
         Either never undercounts; the bound only holds more than needed, which matters only near the limit."""
         period = self._period(budget)
         key, limit = period.key, period.limit_nusd
-        seed = 0
-        if key not in self._seeded:
-            seed = to_nusd(await asyncio.to_thread(self._spend_since, budget, period.start_ts)) or 0
+        seed, fresh = 0, key not in self._seeded
+        if fresh:
+            seed = await self._seed(budget, period)
             self._seeded.add(key)
             self._room.setdefault(key, limit - seed)
         token = f"{self._token_prefix}{next(self._tokens)}"
@@ -218,6 +227,11 @@ class BudgetGuard:
         counted = self._room.get(key, 0) < BOUND_HEADROOM * bound
         amount = worst.counted_nusd() if counted else bound
         verdict = await self._store.reserve(key, token, amount, limit, RESERVATION_TTL_S, seed)
+        if verdict.created and not fresh:
+            # The store lost this period's count (Redis restarted, evicted or expired it) and started it at 0:
+            # add what the ledger says was spent, drop the hold just taken, and ask again.
+            await self._store.settle(key, token, await self._seed(budget, period))
+            verdict = await self._store.reserve(key, token, amount, limit, RESERVATION_TTL_S, 0)
         if not verdict.ok and not counted and worst.counted_nusd() < amount:
             # Less room than last seen here (another replica spent it): the counted worst case may still fit.
             amount = worst.counted_nusd()
@@ -231,6 +245,16 @@ class BudgetGuard:
             if clamped is not None:
                 return await self._reserve(replace(budget, clamp=False), _Worst(self._estimator, clamped))
         raise _refusal(budget, verdict.spent, verdict.reserved, period.resets)
+
+    async def _seed(self, budget: Budget, period: _Period) -> int:
+        """The period's spend so far, from the ledger; refused (503, retryable) when the ledger cannot say."""
+        try:
+            return to_nusd(await asyncio.to_thread(self._spend_since, budget, period.start_ts)) or 0
+        except Exception as exc:
+            raise GuardsUnavailable(
+                f"budget {budget.budget_id!r} cannot be checked: its spend so far is in the ledger database, "
+                "which is unreachable; retry shortly"
+            ) from exc
 
     def _period(self, budget: Budget) -> _Period:
         hour = int(time.time() // 3600)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from thrifty.errors import GuardsUnavailable
+
 
 @dataclass(frozen=True, slots=True)
 class Window:
@@ -38,6 +40,8 @@ class Verdict:
     ok: bool
     spent: int
     reserved: int
+    created: bool = False
+    """The store had no count for this key and started it from the seed given (Redis lost or expired it)."""
 
 
 class GuardStore(Protocol):
@@ -125,7 +129,7 @@ class MemoryGuardStore:
 
 # KEYS[1] spent, KEYS[2] reservations hash; ARGV token, amount, limit, expires_at, now, seed, key ttl
 _RESERVE = """
-redis.call('SET', KEYS[1], ARGV[6], 'NX', 'EX', ARGV[7])
+local created = redis.call('SET', KEYS[1], ARGV[6], 'NX', 'EX', ARGV[7]) and 1 or 0
 local spent = tonumber(redis.call('GET', KEYS[1]))
 local reserved = 0
 local all = redis.call('HGETALL', KEYS[2])
@@ -138,11 +142,11 @@ for i = 1, #all, 2 do
   end
 end
 if spent + reserved + tonumber(ARGV[2]) > tonumber(ARGV[3]) then
-  return {0, spent, reserved}
+  return {0, spent, reserved, created}
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
-return {1, spent, reserved + tonumber(ARGV[2])}
+return {1, spent, reserved + tonumber(ARGV[2]), created}
 """
 
 # Spend counts even when the reservation already expired: the money was spent either way.
@@ -177,7 +181,8 @@ class RedisGuardStore:
     def __init__(self, url: str, key_ttl_s: int = 40 * 86400) -> None:
         import redis.asyncio as redis_asyncio
 
-        self._redis: Any = redis_asyncio.Redis.from_url(url)
+        self.url = url
+        self._redis: Any = redis_asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
         self._window = self._redis.register_script(_WINDOW)
@@ -187,11 +192,11 @@ class RedisGuardStore:
         now = time.time()
         keys = [PREFIX + key + ":spent", PREFIX + key + ":res"]
         args: list[str | int] = [token, amount, limit, f"{now + ttl_s:.3f}", f"{now:.3f}", seed, self._key_ttl_s]
-        ok, spent, reserved = await self._reserve(keys=keys, args=args)
-        return Verdict(bool(ok), int(spent), int(reserved))
+        ok, spent, reserved, created = await _run(self._reserve, keys, args)
+        return Verdict(bool(ok), int(spent), int(reserved), bool(created))
 
     async def settle(self, key: str, token: str, actual: int) -> int:
-        return int(await self._settle(keys=[PREFIX + key + ":spent", PREFIX + key + ":res"], args=[token, actual]))
+        return int(await _run(self._settle, [PREFIX + key + ":spent", PREFIX + key + ":res"], [token, actual]))
 
     async def hit_window(self, windows: Sequence[Window]) -> Overflow | None:
         now = time.time()
@@ -199,7 +204,7 @@ class RedisGuardStore:
         args: list[int] = []
         for w in windows:
             args += [w.amount, w.limit, w.window_s + 1]
-        index, pttl = await self._window(keys=keys, args=args)
+        index, pttl = await _run(self._window, keys, args)
         if int(index) == 0:
             return None
         return Overflow(int(index) - 1, max(int(pttl), 1) / 1000)
@@ -213,5 +218,29 @@ class RedisGuardStore:
                     total += int(amount)
         return total
 
+    def ping(self) -> bool:
+        """Whether Redis answers (``/readyz``; a blocking call, made off the event loop)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+async def _run(script: Any, keys: list[str], args: Sequence[str | int]) -> Any:
+    """One script call; Redis out of reach is a clear, retryable 503 to the client, not an internal error."""
+    from redis.exceptions import RedisError
+
+    try:
+        return await script(keys=keys, args=list(args))
+    except RedisError as exc:
+        raise GuardsUnavailable(
+            "budgets and rate limits cannot be checked: their Redis store is unreachable; retry shortly"
+        ) from exc

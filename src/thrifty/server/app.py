@@ -137,7 +137,8 @@ async def readyz(app: ThriftyApp, request: Request, send: Send) -> None:
     if await asyncio.to_thread(app.ready):
         await json_response(send, 200, b'{"status":"ready"}', request_id=request.request_id)
         return
-    body = orjson.dumps({"status": "unavailable", "reason": "the ledger database is not reachable"})
+    reason = "the ledger database or the guards' Redis store is not reachable"
+    body = orjson.dumps({"status": "unavailable", "reason": reason})
     await json_response(send, 503, body, request_id=request.request_id)
 
 

@@ -25,7 +25,7 @@ def make_app(runtime: Runtime) -> ThriftyApp:
     return ThriftyApp(
         runtime.gateway,
         max_body_bytes=runtime.settings.server.max_body_bytes,
-        ready=runtime.ledger.ping,
+        ready=runtime.ready,
         estimator=runtime.estimator,
         budgets=runtime.budgets,
         on_startup=startup,
