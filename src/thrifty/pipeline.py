@@ -103,7 +103,7 @@ class Gateway:
                 response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
                 fresh = response is None
                 if response is None:
-                    sent = await self.optimizer.optimize(request, trace.principal)  # 4. optimize
+                    sent = admission.bounded(await self.optimizer.optimize(request, trace.principal))  # 4. optimize
                     trace.saved_tokens = sent.saved_tokens
                     route = trace.route = self.router.route(sent, trace.principal)  # 5. route
                     response = await self.caller.call(sent, route, trace)  # 6. call provider
@@ -145,7 +145,7 @@ class Gateway:
                     self.verifier.sample(request, trace.principal, cached)
                 opened = await replay(cached)
             else:
-                sent = await self.optimizer.optimize(request, trace.principal)  # 4. optimize
+                sent = admission.bounded(await self.optimizer.optimize(request, trace.principal))  # 4. optimize
                 trace.saved_tokens = sent.saved_tokens
                 route = trace.route = self.router.route(sent, trace.principal)  # 5. route
                 opened = await self.caller.open(sent, route, trace)  # 6. call provider

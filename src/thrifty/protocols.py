@@ -36,6 +36,10 @@ class Admission(Protocol):
 
     @property
     def request(self) -> ChatRequest: ...
+    def bounded(self, request: ChatRequest) -> ChatRequest:
+        """The request to send (after the optimizers), capped to the output the guard reserved for."""
+        ...
+
     async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None: ...
 
 

@@ -29,7 +29,7 @@ from thrifty.guards.estimate import CostEstimator, ceil_nusd
 from thrifty.guards.stores import GuardStore
 from thrifty.ledger.tables import from_nusd, to_nusd
 from thrifty.observe.alerts import Alert, AlertSink
-from thrifty.types import ChatRequest, Principal
+from thrifty.types import ChatRequest, JsonObject, Principal
 
 SCOPES = ("tenant", "key", "user", "feature", "session")
 PERIODS = ("day", "week", "month", "total")
@@ -280,10 +280,17 @@ class BudgetGuard:
         tokens = int((room / per_output).to_integral_value(rounding=ROUND_FLOOR))
         if tokens < MIN_CLAMPED_OUTPUT:
             return None
-        body = dict(request.body)
-        body.pop("max_completion_tokens", None)
-        body["max_tokens"] = min(tokens, cap)
-        return replace(request, body=body)
+        choices = int(request.body.get("n") or 1)  # the caps are per choice; the tokens are for all of them
+        if tokens // choices < MIN_CLAMPED_OUTPUT:
+            return None
+        return replace(request, body=capped_body(request.body, min(tokens, cap) // choices))
+
+
+def capped_body(body: JsonObject, per_choice: int) -> JsonObject:
+    """``body`` asking for at most ``per_choice`` output tokens a choice, in the field the client used
+    (``max_completion_tokens``, which OpenAI's reasoning models require, or ``max_tokens``)."""
+    field = "max_completion_tokens" if body.get("max_completion_tokens") else "max_tokens"
+    return {**{k: v for k, v in body.items() if k not in ("max_tokens", "max_completion_tokens")}, field: per_choice}
 
 
 def _index(budgets: Sequence[Budget]) -> Index:

@@ -7,9 +7,10 @@ the client goes away (the pipeline and the stream both settle in their ``finally
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from decimal import Decimal
 
-from thrifty.guards.budgets import BudgetAdmission, BudgetGuard
+from thrifty.guards.budgets import BudgetAdmission, BudgetGuard, capped_body
 from thrifty.guards.estimate import CostEstimator
 from thrifty.guards.limits import AgentGuard, RateLimiter, Settled
 from thrifty.guards.stores import GuardStore
@@ -38,6 +39,18 @@ class ChainAdmission:
         if self._budget is None or not self._budget.holds:
             return None
         return self._estimator.max_output_tokens(self.request)
+
+    def bounded(self, request: ChatRequest) -> ChatRequest:
+        """``request`` (as the optimizers left it) asking for no more output than a hard budget reserved for: one
+        sent without ``max_tokens`` was reserved at the default cap, and nothing would stop it past that."""
+        allowance = self.output_allowance
+        if allowance is None:
+            return request
+        per_choice = max(allowance // int(request.body.get("n") or 1), 1)
+        asked = request.body.get("max_completion_tokens") or request.body.get("max_tokens")
+        if asked is not None and int(asked) <= per_choice:
+            return request
+        return replace(request, body=capped_body(request.body, per_choice))
 
     async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None:
         if self._settled:

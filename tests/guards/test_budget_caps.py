@@ -1,0 +1,61 @@
+"""A request under a hard budget asks the provider for no more output than the budget reserved for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from fakes.upstream import FakeUpstream, FakeUsage
+from gateway_harness import config_text
+from thrifty.server.run import ServerThread
+from thrifty.settings import load_settings
+
+MESSAGES = [{"role": "user", "content": "write a long essay"}]
+
+
+def gateway(tmp_path: Path, up: FakeUpstream, extra: str, usd: str = "1", clamp: bool = False) -> ServerThread:
+    budget = (
+        f'\n[[budgets]]\nscope = "tenant"\nid = "default"\nusd = {usd}\nperiod = "day"\nhard = true\n'
+        f"clamp = {str(clamp).lower()}\n"
+    )
+    (tmp_path / "thrifty.toml").write_text(config_text(up, extra=extra) + budget)
+    return ServerThread(load_settings(tmp_path / "thrifty.toml"))
+
+
+def sent_caps(up: FakeUpstream) -> list[tuple[Any, Any]]:
+    return [(r.json.get("max_tokens"), r.json.get("max_completion_tokens")) for r in up.requests if r.json]
+
+
+def test_no_max_tokens_is_sent_with_the_reserved_cap(tmp_path: Path) -> None:
+    extra = "\n[guards]\ndefault_max_output_tokens = 50\n"
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
+        with gateway(tmp_path, up, extra) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                client.chat.completions.create(model="fast", messages=MESSAGES)  # type: ignore[arg-type]
+                client.chat.completions.create(model="fast", messages=MESSAGES, max_completion_tokens=20)  # type: ignore[arg-type]
+                client.chat.completions.create(model="fast", messages=MESSAGES, stream=True).close()  # type: ignore[arg-type]
+    # Reserved for 50 (the default): without the cap the provider would write as much as it liked.
+    assert sent_caps(up) == [(50, None), (None, 20), (50, None)]
+
+
+def test_without_a_hard_budget_nothing_is_capped(tmp_path: Path) -> None:
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
+        (tmp_path / "thrifty.toml").write_text(config_text(up))
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                client.chat.completions.create(model="fast", messages=MESSAGES)  # type: ignore[arg-type]
+    assert sent_caps(up) == [(None, None)]
+
+
+def test_a_clamp_keeps_the_clients_field_and_caps_each_choice(tmp_path: Path) -> None:
+    """gpt-4o-mini: $0.60 per million output tokens. $0.0006 pays for about 1,000 output tokens in all; with
+    two choices asking 5,000 each, each is clamped to about 500, in the field the client used (reasoning models
+    refuse max_tokens)."""
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
+        with gateway(tmp_path, up, "", usd="0.0006", clamp=True) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                client.chat.completions.create(model="fast", messages=MESSAGES, max_completion_tokens=5000, n=2)  # type: ignore[arg-type]
+    ((max_tokens, per_choice),) = sent_caps(up)
+    assert max_tokens is None and 400 <= per_choice <= 500
