@@ -72,6 +72,23 @@ def test_openai_client_streams_from_anthropic_upstream(openai_client: openai.Ope
     assert row["streamed"] and row["cost_nusd"] == 1_312_000
 
 
+def test_a_broken_anthropic_stream_keeps_its_prompt_tokens_exact(
+    openai_client: openai.OpenAI, gw: ServerThread, up: FakeUpstream
+) -> None:
+    """Anthropic tells the prompt's tokens (cache reads included) in message_start: a stream that breaks off
+    before its end keeps them, and only its output is counted offline. Pricing 1,000 prompt tokens of which 400
+    were cache reads as 1,000 full-price tokens (or tiktoken's count of the prompt) would make up a cost."""
+    up.mode = Fault.drop_mid_stream(after_chunks=4)
+    stream = openai_client.chat.completions.create(model="claude", messages=HI, stream=True)
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            pass
+    (row,) = ledger_rows(gw)
+    assert row["status"] == "error" and row["tokens_estimated"]
+    assert (row["input_tokens"], row["cache_read_tokens"]) == (1000, 400)
+    assert 0 < row["output_tokens"] < 200
+
+
 def test_anthropic_upstream_tool_calls_translate(openai_client: openai.OpenAI) -> None:
     tool = {
         "type": "function",

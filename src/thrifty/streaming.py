@@ -9,7 +9,7 @@ are counted offline and marked estimated: they were billed, so they are never dr
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -58,6 +58,7 @@ class ChatStream:
         self._opened, self._admission = opened, admission
         self._payloads: list[bytes] = []
         self._usage: Usage | None = opened.usage
+        self._prompt_usage: Usage | None = opened.first.prompt_usage
         self.cost: Cost | None = None
         self.error: ThriftyError | None = None
         trace.target = opened.target
@@ -92,6 +93,8 @@ class ChatStream:
                     break
                 if chunk.usage is not None:
                     self._usage = chunk.usage
+                if chunk.prompt_usage is not None:
+                    self._prompt_usage = chunk.prompt_usage
                 if not chunk.usage_only:
                     self._payloads.append(chunk.payload)
                 if wants_usage or not chunk.usage_only:
@@ -129,13 +132,22 @@ class ChatStream:
         response = ChatResponse(body, self._usage, self.target, self._trace.upstream_ms)
         await self._gateway.cache.store(self._request, self._trace.principal, response)
 
+    def _estimated(self, text: str) -> Usage:
+        """The usage of a stream that never reported it: the prompt as the provider told it, if it did, and the
+        output counted offline from the text streamed."""
+        counted = self._gateway.estimate_usage(self._sent, self.target, text)
+        prompt = self._prompt_usage
+        if prompt is None:
+            return counted
+        return replace(prompt, output_tokens=counted.output_tokens, estimated=True)
+
     async def _finish(self, status: Status, error_type: str) -> None:
         trace = self._trace
         trace.max_output_tokens = max_output_tokens_of(self._sent.body)
         trace.finish_reason = trace.finish_reason or last_finish_reason(self._payloads)
         trace.upstream_ms = 0.0 if trace.cache else trace.elapsed_ms()
         text = streamed_text(self._payloads) if self._usage is None or self._gateway.capture_payloads else ""
-        trace.usage = self._usage or self._gateway.estimate_usage(self._sent, self.target, text)
+        trace.usage = self._usage or self._estimated(text)
         cost = Cost(Decimal(0)) if trace.cache else self._gateway.pricer.cost(self.target, trace.usage)
         if status == "ok":
             entry = self._gateway.finished(trace, cost, self._request, text)

@@ -148,6 +148,10 @@ class StreamChunk:
     usage: Usage | None = None
     usage_only: bool = False
     """A chunk that carries nothing but usage: forwarded only to clients that asked for it."""
+    prompt_usage: Usage | None = None
+    """The prompt's tokens (cache reads and writes included) where the provider tells them before the answer
+    is complete (Anthropic's ``message_start``): a stream that breaks off keeps them exact, and only its output
+    is then counted offline."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,7 @@ class AnthropicProvider:
                 raise UpstreamError("upstream sent a stream event that is not an object")
             kind = str(event.get("type", ""))
             for chunk in translator.feed(kind, event):
-                yield StreamChunk(orjson.dumps(chunk))
+                yield StreamChunk(orjson.dumps(chunk), prompt_usage=translator.usage)
             if kind == "message_stop":
                 stopped = True
                 break
