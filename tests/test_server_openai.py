@@ -210,6 +210,16 @@ def test_embeddings_models_and_health(client: openai.OpenAI, gw: ServerThread) -
     assert row["endpoint"] == "embeddings" and row["cost_nusd"] is not None
 
 
+def test_embeddings_without_usage_are_counted_offline_not_free(
+    client: openai.OpenAI, gw: ServerThread, up: FakeUpstream
+) -> None:
+    up.embedding_usage = False  # as some OpenAI-compatible servers answer
+    client.embeddings.create(model="embed", input=["the first text to embed", "a second one"])
+    (row,) = ledger_rows(gw)
+    assert row["tokens_estimated"] and row["input_tokens"] == 8  # tiktoken: 5 + 3
+    assert row["cost_nusd"] == 160  # 8 tokens at $0.02 per million
+
+
 @pytest.mark.postgres
 def test_the_gateway_on_a_postgresql_ledger(tmp_path: Path, up: FakeUpstream, pg_url: str) -> None:
     with running_gateway(tmp_path, up, ledger_url=pg_url) as server:

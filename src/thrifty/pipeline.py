@@ -171,12 +171,27 @@ class Gateway:
             self.check_model(request.model)
             response = await self.caller.embed(request, self.aliases[request.model], trace)
             trace.target, trace.usage = response.target, response.usage
-            cost = self.pricer.cost(response.target, response.usage)
+            if not response.usage.input_tokens:  # the provider reported none: counted offline, never $0
+                trace.usage = Usage(self._embedded_tokens(request, response.target), estimated=True)
+            cost = self.pricer.cost(response.target, trace.usage)
         except ThriftyError as exc:
             self.record_failure(trace, exc.error_type)
             raise
-        self.record(self.finished(trace, cost))
+        if request.charged_to:  # the gateway's own call (the semantic cache's): no baseline, its lever pays
+            self.record(trace.entry("ok", cost, ZERO, savings={request.charged_to: -cost.usd} if cost.usd else {}))
+        else:
+            self.record(self.finished(trace, cost))
         return response, cost
+
+    def _embedded_tokens(self, request: EmbeddingRequest, target: Target) -> int:
+        """The inputs' tokens: texts counted offline, token arrays by their length."""
+        inputs = request.body.get("input")
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        total = 0
+        for item in inputs if isinstance(inputs, list) else []:
+            total += self.counter.count_text(target.model, item) if isinstance(item, str) else len(item)
+        return total
 
     def record(self, entry: LedgerEntry) -> None:
         """Stage 7: the durable ledger row and the metrics."""

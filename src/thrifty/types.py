@@ -158,6 +158,8 @@ class StreamChunk:
 class EmbeddingRequest:
     body: JsonObject
     request_id: str
+    charged_to: str = ""
+    """Set on the gateway's own calls (the semantic cache's embeddings): the lever their cost is charged to."""
 
     @property
     def model(self) -> str:

@@ -10,12 +10,14 @@ from typing import Any
 
 import openai
 import pytest
+from sqlalchemy import select
 
 from fakes.upstream import FakeUpstream, FakeUsage, Fault
 from gateway_harness import config_text, ledger_rows
 from thrifty.cli import main
 from thrifty.errors import ConfigError
 from thrifty.keys import create_key
+from thrifty.ledger import tables
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
 
@@ -193,8 +195,13 @@ def test_remote_embeddings_through_the_gateway_are_paid_and_recorded(tmp_path: P
             assert ask(c, SYSTEM, user("where can I download my invoices"))[0] == "miss"
             assert ask(c, SYSTEM, user("where can I download my invoices please"))[0] == "semantic"
         rows = ledger_rows(gw)
+        with gw.runtime.ledger.engine.connect() as conn:
+            savings = {(s.request_id, s.lever): s.savings_nusd for s in conn.execute(select(tables.savings))}
     embeds = [r for r in rows if r["endpoint"] == "embeddings"]
     assert embeds and all(r["tenant"] == "thrifty" and r["feature"] == "semantic-cache" for r in embeds)
+    # The cache's own calls: no baseline (they exist only because of the cache), their cost charged to it.
+    assert all(r["baseline_cost_nusd"] == 0 for r in embeds)
+    assert all(savings[r["request_id"], "cache"] == -r["cost_nusd"] for r in embeds)
     assert {r["model"] for r in embeds} == {"text-embedding-3-small"}
     assert all(r["cost_nusd"] > 0 for r in embeds)
     assert [r.path for r in up.requests].count("/v1/embeddings") == len(embeds)

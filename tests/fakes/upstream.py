@@ -152,6 +152,8 @@ class FakeUpstream:
         models: Iterable[str] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small"),
     ) -> None:
         self.usage = usage
+        self.embedding_usage = True
+        """False: embeddings answers carry no usage (as some OpenAI-compatible servers send them)."""
         self.reply = reply
         self.models = list(models)
         self.mode = Fault.ok()
@@ -375,8 +377,10 @@ class FakeUpstream:
                 encoded = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
             data.append({"object": "embedding", "index": index, "embedding": encoded})
         tokens = self.usage.input_tokens if self.usage else sum(len(text.split()) for text in texts)
-        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return {"object": "list", "data": data, "model": body.get("model", "fake-embedding"), "usage": usage}
+        answer = {"object": "list", "data": data, "model": body.get("model", "fake-embedding")}
+        return (
+            {**answer, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}} if self.embedding_usage else answer
+        )
 
     def _models(self, body: dict[str, Any], seq: int, stream: bool) -> dict[str, Any]:
         data = [{"id": m, "object": "model", "created": _CREATED, "owned_by": "fake"} for m in self.models]

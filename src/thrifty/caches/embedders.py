@@ -263,7 +263,7 @@ class RemoteEmbedder:
 
         body = {"model": self._alias, "input": list(texts), "encoding_format": "float"}
         principal = Principal("thrifty", feature="semantic-cache")
-        call = self._gateway.embed(EmbeddingRequest(body, new_request_id()), Caller(), principal)
+        call = self._gateway.embed(EmbeddingRequest(body, new_request_id(), charged_to="cache"), Caller(), principal)
         response, cost = asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=60)
         with self._count_lock:
             self.calls += 1
