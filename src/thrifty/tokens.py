@@ -20,6 +20,8 @@ from functools import cache, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from thrifty.media import media_tokens
+
 if TYPE_CHECKING:
     import tiktoken
 
@@ -112,7 +114,8 @@ class TiktokenCounter:
         return _count(encoding_name_for(model)[0], text)
 
     def count_messages(self, model: str, messages: Sequence[dict[str, object]]) -> int:
-        return _messages_total(messages, lambda text: self.count_text(model, text))
+        """The text counted, plus what images, audio and files may cost on ``model`` (``thrifty.media``)."""
+        return _messages_total(messages, lambda text: self.count_text(model, text), model)
 
 
 def messages_token_bound(messages: Sequence[dict[str, object]]) -> int:
@@ -122,15 +125,16 @@ def messages_token_bound(messages: Sequence[dict[str, object]]) -> int:
     bytes. Budgets reserve with this while they have plenty of room, so that a request's text is encoded (and
     the encoding loaded) only when a budget is close enough to its limit for the difference to matter.
     """
-    return _messages_total(messages, _utf8_length)
+    return _messages_total(messages, _utf8_length, None)
 
 
 def _utf8_length(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-def _messages_total(messages: Sequence[dict[str, object]], measure: Callable[[str], int]) -> int:
-    """OpenAI's framing of a chat prompt (per message, per name, reply priming) around each field's text."""
+def _messages_total(messages: Sequence[dict[str, object]], measure: Callable[[str], int], model: str | None) -> int:
+    """OpenAI's framing of a chat prompt (per message, per name, reply priming) around each field's text, and
+    the media in its content (on ``model``; None: the most any model bills)."""
     total = TOKENS_REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
@@ -138,6 +142,7 @@ def _messages_total(messages: Sequence[dict[str, object]], measure: Callable[[st
             if key == "name":
                 total += TOKENS_PER_NAME
             total += measure(value if isinstance(value, str) else text_of(value))
+        total += media_tokens(message.get("content"), model)
     return total
 
 

@@ -72,8 +72,26 @@ def test_the_byte_bound_never_undercounts(model: str) -> None:
             {"role": "user", "content": text, "name": "bob"},
             {"role": "assistant", "content": [{"type": "text", "text": text}]},
             {"role": "assistant", "tool_calls": [{"function": {"name": "lookup", "arguments": text}}]},
+            {"role": "user", "content": [{"type": "text", "text": text}, IMAGE, AUDIO]},
         ]
         assert messages_token_bound(messages) >= counter.count_messages(model, messages)
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "high"}}
+AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGR" * 4000, "format": "wav"}}
+
+
+@pytest.mark.parametrize(
+    ("model", "per_image"), [("gpt-4o", 1_600), ("gpt-4o-mini", 48_169), ("claude-3-5-haiku", 1_600)]
+)
+def test_images_and_audio_count_what_they_may_be_billed(model: str, per_image: int) -> None:
+    """An image is no text, but a provider bills it as up to ~1,600 prompt tokens (GPT-4o mini: 48,169): a
+    reservation that counted it as nothing would let image requests overshoot a budget."""
+    counter = TiktokenCounter()
+    text_only = [{"role": "user", "content": [{"type": "text", "text": "what is in these?"}]}]
+    with_media = [{"role": "user", "content": [{"type": "text", "text": "what is in these?"}, IMAGE, IMAGE, AUDIO]}]
+    extra = counter.count_messages(model, with_media) - counter.count_messages(model, text_only)
+    assert extra == 2 * per_image + 15_000 // 100 + 1  # 20,000 base64 characters: 15,000 bytes of audio
 
 
 def test_size_classes_round_up_by_at_most_an_eighth() -> None:
