@@ -104,7 +104,7 @@ def build_runtime(settings: Settings) -> Runtime:
     counter = TiktokenCounter()
     aliases = {alias: settings.alias_targets(alias) for alias in settings.models}
     pricer = build_pricer(settings)
-    estimator = CostEstimator(pricer, counter, aliases, settings.reserved_output_tokens())
+    estimator = CostEstimator(pricer, counter, aliases, settings.reserved_output_tokens(), settings.cascade_aliases())
     sink = AlertSink(ledger.engine, settings.alerts.webhooks, settings.alerts.slack_webhooks, settings.alerts.dedupe_s)
     metrics = GatewayMetrics()
     latency = LatencyTracker(configured_latency(settings))

@@ -42,7 +42,13 @@ def estimate_from_cli(
     if model not in aliases:
         raise unknown_model(model, aliases)
     body = _body(model, prompt, messages_file, max_tokens)
-    estimator = CostEstimator(build_pricer(settings), TiktokenCounter(), aliases, settings.reserved_output_tokens())
+    estimator = CostEstimator(
+        build_pricer(settings),
+        TiktokenCounter(),
+        aliases,
+        settings.reserved_output_tokens(),
+        settings.cascade_aliases(),
+    )
     quoted = quote_body(estimator, ChatRequest(body, "estimate"))
     if as_json:
         return json.dumps(quoted, indent=2)

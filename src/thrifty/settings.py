@@ -362,6 +362,10 @@ class Settings(_Strict):
         caps = [p.caps.default_max_tokens for p in plans if p.caps is not None and p.caps.default_max_tokens]
         return max([self.guards.default_max_output_tokens, *caps])
 
+    def cascade_aliases(self) -> frozenset[str]:
+        """Aliases that may call all their targets for one request (a worst case is then their sum)."""
+        return frozenset(alias for alias, model in self.models.items() if model.router == "cascade")
+
     def alias_targets(self, alias: str) -> tuple[Target, ...]:
         """The alias's targets in the order they are tried: as listed, or the pool's by tier, cheapest first."""
         model = self.models[alias]

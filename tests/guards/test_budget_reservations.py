@@ -110,6 +110,19 @@ def test_the_bound_covers_the_dearest_target_and_unpriced_stays_unpriced() -> No
     assert mystery.worst_case_bound(request()) is None
 
 
+def test_a_cascade_reserves_every_tier_it_may_pay_for() -> None:
+    """A fallback pays for one target (the dearest is the worst case); a cascade may pay for all of them."""
+    pricer, counter = CatalogPricer(PRICES), TiktokenCounter()
+    fallback = CostEstimator(pricer, counter, {"fast": (MINI, CLAUDE)})
+    cascade = CostEstimator(pricer, counter, {"fast": (MINI, CLAUDE)}, cascades=frozenset({"fast"}))
+    alone = [CostEstimator(pricer, counter, {"fast": (t,)}).worst_case(request())[0] for t in (MINI, CLAUDE)]
+    assert alone[0] is not None and alone[1] is not None
+    assert fallback.worst_case(request())[0] == max(alone[0], alone[1])
+    assert cascade.worst_case(request())[0] == alone[0] + alone[1]
+    bound = cascade.worst_case_bound(request())
+    assert bound is not None and bound >= ceil_nusd(alone[0] + alone[1])
+
+
 def test_tool_definitions_and_schemas_count_in_the_estimate_and_the_bound() -> None:
     plain = request()
     tool = {

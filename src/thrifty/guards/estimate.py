@@ -43,8 +43,12 @@ class CostEstimator:
         counter: TiktokenCounter,
         aliases: Mapping[str, tuple[Target, ...]],
         default_max_output_tokens: int = 4096,
+        cascades: frozenset[str] = frozenset(),
     ) -> None:
+        """``cascades``: aliases whose targets may all be called for one request (each tier escalating to the
+        next), so their worst case is the sum of the targets', not the dearest one's."""
         self._pricer, self._counter, self._aliases = pricer, counter, aliases
+        self._cascades = cascades
         self._default_max = default_max_output_tokens
         self._outputs: dict[str, tuple[int, int]] = {}
         self._bounds: dict[tuple[str, int, int], int | None] = {}
@@ -78,7 +82,8 @@ class CostEstimator:
         return quotes
 
     def worst_case(self, request: ChatRequest) -> tuple[Decimal | None, int]:
-        """The most any of the alias's targets could charge (a fallback may land on any), and the input tokens.
+        """The most any of the alias's targets could charge (a fallback may land on any; a cascade may pay them
+        all), and the input tokens.
 
         Targets that count with the same encoding share one count: on the request path, counting is the cost."""
         cap = self.max_output_tokens(request)
@@ -88,10 +93,15 @@ class CostEstimator:
             encoding = encoding_name_for(target.model)[0]
             if encoding not in counts:
                 counts[encoding] = self.input_tokens(request, target)
-            usd = self._pricer.cost(target, Usage(counts[encoding], cap)).usd
-            if usd is not None and (worst is None or usd > worst):
-                worst = usd
+            worst = self._worse(request, worst, self._pricer.cost(target, Usage(counts[encoding], cap)).usd)
         return worst, max(counts.values())
+
+    def _worse(self, request: ChatRequest, worst: Decimal | None, usd: Decimal | None) -> Decimal | None:
+        if usd is None:
+            return worst
+        if worst is None:
+            return usd
+        return worst + usd if request.model in self._cascades else max(worst, usd)
 
     def worst_case_bound(self, request: ChatRequest) -> int | None:
         """Nano-dollars that ``worst_case`` never exceeds (None: unpriced), without encoding the prompt.
@@ -109,9 +119,7 @@ class CostEstimator:
             return self._bounds[key]
         worst: Decimal | None = None
         for target in self._aliases[request.model]:
-            usd = self._pricer.cost(target, Usage(key[1], cap)).usd
-            if usd is not None and (worst is None or usd > worst):
-                worst = usd
+            worst = self._worse(request, worst, self._pricer.cost(target, Usage(key[1], cap)).usd)
         bound = self._bounds[key] = None if worst is None else ceil_nusd(worst)
         return bound
 
