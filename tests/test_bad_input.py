@@ -149,7 +149,17 @@ def test_body_over_the_limit_is_413(tmp_path: Path, up: FakeUpstream) -> None:
 def test_unknown_route_and_wrong_method(gw: ServerThread) -> None:
     assert error_of(httpx.get(gw.base_url + "/v1/nothing"))["type"] == "not_found_error"
     response = httpx.get(gw.base_url + "/v1/chat/completions")
-    assert response.status_code == 400 and "not allowed" in str(error_of(response)["message"])
+    assert response.status_code == 405 and "not allowed" in str(error_of(response)["message"])
+    assert error_of(response)["code"] == "method_not_allowed"
+
+
+def test_the_providers_refusing_the_gateways_key_is_not_the_clients_bad_key(gw: ServerThread, up: FakeUpstream) -> None:
+    """An upstream 401 means the gateway's provider key is wrong: an SDK told 401 would say the client's is."""
+    up.mode = Fault.status(401)
+    response = post(gw, b'{"model": "fast", "messages": [{"role": "user", "content": "x"}]}')
+    assert response.status_code == 502
+    error = error_of(response)
+    assert error["code"] == "upstream_auth_failed" and "gateway's credentials" in str(error["message"])
 
 
 def test_upstream_garbage_is_a_502_and_a_row(gw: ServerThread, up: FakeUpstream) -> None:

@@ -138,6 +138,27 @@ def test_anthropic_sdk_client_streams_through_the_gateway(claude_client: anthrop
     assert row["streamed"] and row["status"] == "ok" and row["cost_nusd"] == 1_312_000
 
 
+def test_anthropic_sdk_client_gets_the_route_and_stream_errors_in_anthropic_types(
+    claude_client: anthropic.Anthropic, up: FakeUpstream
+) -> None:
+    raw = claude_client.messages.with_raw_response.create(
+        model="claude", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+    )
+    assert raw.headers["x-thrifty-route"] == "static; configured order"
+    up.mode = Fault.drop_mid_stream(after_chunks=4)
+
+    def read_stream() -> None:
+        messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": "x y z"}]
+        with claude_client.messages.stream(model="claude", max_tokens=10, messages=messages) as stream:
+            for _ in stream:
+                pass
+
+    with pytest.raises(anthropic.APIStatusError) as info:
+        read_stream()
+    assert info.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert set(info.value.body["error"]) == {"type", "message"}  # type: ignore[index]
+
+
 def test_anthropic_sdk_client_gets_errors_in_anthropic_shape(
     claude_client: anthropic.Anthropic, up: FakeUpstream
 ) -> None:

@@ -5,6 +5,7 @@
     ThriftyError
     ├── BadRequest                  400 invalid_request_error
     │   ├── UnknownModel            404 invalid_request_error  model_not_found
+    │   ├── MethodNotAllowed        405 invalid_request_error  method_not_allowed
     │   └── PayloadTooLarge         413 invalid_request_error  request_too_large
     ├── AuthenticationFailed        401 authentication_error   invalid_api_key
     ├── PermissionDenied            403 permission_error
@@ -19,6 +20,7 @@
         ├── UpstreamRateLimited     429 rate_limit_error       retryable
         ├── UpstreamUnavailable     503 api_error              retryable (5xx, refused connection)
         ├── UpstreamTimeout         504 timeout                retryable
+        ├── UpstreamAuthFailed      502 api_error              retryable (the provider refused the gateway's key)
         └── UpstreamRejected        4xx as the provider said   not retryable (bad request, auth ...)
 
 Every class knows its HTTP status, the OpenAI error ``type`` and whether the next target may be tried.
@@ -70,6 +72,11 @@ class BadRequest(ThriftyError):
 class UnknownModel(BadRequest):
     status = 404
     default_code = "model_not_found"
+
+
+class MethodNotAllowed(BadRequest):
+    status = 405
+    default_code = "method_not_allowed"
 
 
 class PayloadTooLarge(BadRequest):
@@ -158,6 +165,13 @@ class UpstreamTimeout(UpstreamError):
     default_code = "upstream_timeout"
 
 
+class UpstreamAuthFailed(UpstreamError):
+    """A 401 or 403 from the provider: the gateway's credentials for it, not the client's, are at fault, so the
+    client must not be told its own key is invalid; another target (other credentials) may still answer."""
+
+    default_code = "upstream_auth_failed"
+
+
 class UpstreamRejected(UpstreamError):
     """A 4xx from the provider: the request itself is at fault, so no other target is tried."""
 
@@ -180,6 +194,8 @@ def upstream_error_for_status(status: int, message: str, code: str | None = None
         return UpstreamRateLimited(message)
     if status == 408:
         return UpstreamTimeout(message)
+    if status in (401, 403):
+        return UpstreamAuthFailed(f"the provider refused the gateway's credentials (HTTP {status}): {message}")
     if status >= 500:
         return UpstreamUnavailable(message)
     if 400 <= status < 500:

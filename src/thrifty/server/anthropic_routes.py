@@ -13,6 +13,7 @@ import orjson
 
 from thrifty.providers.anthropic_inbound import (
     OpenAIToAnthropicStream,
+    anthropic_error_body,
     anthropic_request_to_openai,
     openai_response_to_anthropic,
 )
@@ -46,6 +47,7 @@ async def messages(app: ThriftyApp, request: Request, send: Send) -> None:
         cost=cost,
         model=response.target.model,
         cache=response.cache,
+        route=response.route,
     )
 
 
@@ -56,7 +58,8 @@ async def _events(stream: ChatStream) -> AsyncGenerator[bytes, None]:
         async for payload in chunks:
             chunk = orjson.loads(payload)
             if "error" in chunk and "choices" not in chunk:
-                yield _event("error", {"type": "error", "error": {"type": "api_error", **chunk["error"]}})
+                error = chunk["error"]
+                yield _event("error", anthropic_error_body(str(error.get("type", "")), str(error.get("message", ""))))
                 return
             for name, data in translator.feed(chunk):
                 yield _event(name, data)

@@ -7,13 +7,14 @@ of each request's time is part of what the gateway adds, so it is kept to parsin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 
-from thrifty.errors import BadRequest, NotFound, PermissionDenied, ThriftyError
+from thrifty.errors import BadRequest, MethodNotAllowed, NotFound, PermissionDenied, ThriftyError
 from thrifty.guards.budgets import Budget
 from thrifty.guards.estimate import CostEstimator
 from thrifty.pipeline import Gateway
@@ -57,22 +58,28 @@ class ThriftyApp:
     async def _http(self, request: Request, send: Send) -> None:
         handler = ROUTES.get((request.method, request.path))
         anthropic = request.path == "/v1/messages"
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
             if handler is None:
                 if any(path == request.path for _, path in ROUTES):
-                    raise BadRequest(f"method {request.method} is not allowed on {request.path}")
+                    raise MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
                 raise NotFound(f"no route {request.method} {request.path}")
-            await handler(self, request, send)
-        except ThriftyError as exc:
+            await handler(self, request, tracked)
+        except Exception as exc:
+            if not isinstance(exc, ThriftyError):
+                log.exception("unexpected error serving %s %s", request.method, request.path)
+                exc = ThriftyError("internal error in the gateway")
+            if started:  # a status line is out (a stream): end the body, the only thing left to say
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             await send_error(send, exc, anthropic=anthropic, request_id=request.request_id)
-        except Exception:
-            log.exception("unexpected error serving %s %s", request.method, request.path)
-            await send_error(
-                send,
-                ThriftyError("internal error in the gateway"),
-                anthropic=anthropic,
-                request_id=request.request_id,
-            )
 
     async def _lifespan(self, receive: Any, send: Send) -> None:
         while True:
