@@ -132,7 +132,8 @@ def test_cut_off_answers_are_recorded_and_the_report_flags_their_feature(tmp_pat
     assert {(r["finish_reason"], r["max_output_tokens"]) for r in by_feature["summaries"]} == {("length", 100)}
     assert sorted(r["cache"] for r in by_feature["summaries"]).count("exact") == 1
     assert any(r["streamed"] for r in by_feature["summaries"])
-    assert {(r["finish_reason"], r["max_output_tokens"]) for r in by_feature["chat"]} == {("stop", None)}
+    # The chat feature sent no max_tokens: the row records the cap sent, [optimize.caps] default_max_tokens.
+    assert {(r["finish_reason"], r["max_output_tokens"]) for r in by_feature["chat"]} == {("stop", 1024)}
     assert [(r["finish_reason"], r["max_output_tokens"]) for r in by_feature["essays"]] == [("length", 50)] * 2
     assert 'thrifty_cut_off_answers_total{feature="summaries",model="gpt-4o-mini"} 12.0' in metrics
     assert 'thrifty_cut_off_answers_total{feature="chat"' not in metrics
