@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.caches.embedders import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
-from thrifty.caches.vector_index import GRAPH_DTYPE, NumpyVectorIndex
+from thrifty.caches.vector_index import GRAPH_DTYPE, NumpyVectorIndex, search_beam
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "cache_lookup.json"
@@ -100,6 +100,7 @@ def measure_size(
     ann_max_rows: int,
     vectors: str = "random",
     graph_dtypes: Sequence[str] = (GRAPH_DTYPE,),
+    beams: Sequence[int | None] = (None,),
 ) -> list[dict[str, Any]]:
     rows, probes, targets = (qqp_vectors if vectors == "qqp" else random_vectors)(n, queries, rng)
     results = []
@@ -112,28 +113,34 @@ def measure_size(
         graph_s, _ = timed(index.wait_for_graphs)
         if mode == "hnsw" and not index.has_graph("p"):
             continue
-        samples, found = [], []
-        for probe in probes:
-            elapsed, result = timed(lambda probe=probe, index=index: index.search("p", probe, 1))
-            samples.append(elapsed)
-            found.append(result[0][0])
-        matrix_bytes, graph_bytes = index.memory_bytes("p")
-        results.append(
-            {
-                "entries": n,
-                "mode": mode,
-                **({"graph_dtype": dtype} if dtype else {}),
-                **percentiles_ms(samples),
-                "near_duplicate_found": round(
-                    float(np.mean([f == str(t) for f, t in zip(found, targets, strict=False)])), 4
-                ),
-                "matrix_mb": round(matrix_bytes / 1e6, 1),
-                "graph_mb": round(graph_bytes / 1e6, 1),
-                "store_s": round(build_s + graph_s, 1),
-            }
-        )
+        for beam in beams if mode == "hnsw" else [None]:
+            index.beam = beam
+            results.append(
+                {
+                    "entries": n,
+                    "mode": mode,
+                    **({"graph_dtype": dtype, "beam": beam or search_beam(n)} if dtype else {}),
+                    **_probe(index, probes, targets),
+                    "store_s": round(build_s + graph_s, 1),
+                }
+            )
         del index
     return results
+
+
+def _probe(index: NumpyVectorIndex, probes: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+    samples, found = [], []
+    for probe in probes:
+        elapsed, result = timed(lambda probe=probe: index.search("p", probe, 1))
+        samples.append(elapsed)
+        found.append(result[0][0])
+    matrix_bytes, graph_bytes = index.memory_bytes("p")
+    return {
+        **percentiles_ms(samples),
+        "near_duplicate_found": round(float(np.mean([f == str(t) for f, t in zip(found, targets, strict=False)])), 4),
+        "matrix_mb": round(matrix_bytes / 1e6, 1),
+        "graph_mb": round(graph_bytes / 1e6, 1),
+    }
 
 
 def embedding_times(count: int) -> list[dict[str, Any]]:
@@ -160,11 +167,11 @@ def _per_query(embed: Callable[[list[str]], Any], questions: list[str]) -> dict[
 
 
 def print_report(lookups: list[dict[str, Any]], embeddings: list[dict[str, Any]], max_rss_mb: float) -> None:
-    header = ("entries", "mode", "p50 ms", "p99 ms", "found", "matrix MB", "graph MB", "store s")
-    print("{:>9} {:<9} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}".format(*header))
+    header = ("entries", "mode", "beam", "p50 ms", "p99 ms", "found", "matrix MB", "graph MB", "store s")
+    print("{:>9} {:<9} {:>5} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}".format(*header))
     for r in lookups:
         print(
-            f"{r['entries']:>9} {r['mode'] + ' ' + r.get('graph_dtype', ''):<9} "
+            f"{r['entries']:>9} {r['mode'] + ' ' + r.get('graph_dtype', ''):<9} {r.get('beam', ''):>5} "
             f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
             f"{r['near_duplicate_found']:>6.3f} {r['matrix_mb']:>10.1f} {r['graph_mb']:>9.1f} {r['store_s']:>8.1f}"
         )
@@ -189,13 +196,21 @@ def main() -> None:
         default=GRAPH_DTYPE,
         help=f"the graph's vector types to measure side by side, e.g. i8,f16 (the gateway's: {GRAPH_DTYPE})",
     )
+    parser.add_argument(
+        "--beams",
+        default="auto",
+        help="search beams to measure on each built graph, e.g. auto,256,512 (auto: the gateway's, by size)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rng = np.random.default_rng(7)
+    beams = [None if b == "auto" else int(b) for b in args.beams.split(",")]
     lookups = [
         row
         for n in map(int, args.sizes.split(","))
-        for row in measure_size(n, args.queries, rng, args.ann_max_rows, args.vectors, args.graph_dtypes.split(","))
+        for row in measure_size(
+            n, args.queries, rng, args.ann_max_rows, args.vectors, args.graph_dtypes.split(","), beams
+        )
     ]
     embeddings = embedding_times(args.embedding_queries)
     max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

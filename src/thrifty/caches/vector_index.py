@@ -12,6 +12,7 @@ Rows are removed by moving the last row into the hole, so removal is O(1) and th
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +26,26 @@ ANN_CANDIDATES = 32
 GRAPH_DTYPE = "i8"
 """The graph's copy of the vectors: int8 (see ``_new_graph``); ``f16`` and ``f32`` also work (benchmarks compare)."""
 GRAPH_DTYPES = ("i8", "f16", "f32")
+SEARCH_BEAM = 128
+"""How many candidates the graph search keeps in view (usearch's ``expansion_search``) up to ``BEAM_ROWS`` rows."""
+BEAM_ROWS = 100_000
+
+
+MAX_SEARCH_BEAM = 2048
+
+
+def search_beam(rows: int) -> int:
+    """The graph's search beam for a partition of ``rows`` entries: 128 up to ``BEAM_ROWS``, then four times
+    wider for every ten times more rows (512 at a million).
+
+    A fixed beam finds less as the graph grows: among a million random vectors (the hard case), a beam of 128
+    found the near-duplicate 66% of the time, 256 83%, 512 95% (p50 19 ms), 1024 98% (p50 34 ms), where the exact
+    scan takes p50 85 ms (``benchmarks/results/cache_lookup_1m.json``). A missed neighbour is a paid model call,
+    which costs seconds and money, so the lookup spends a few more milliseconds instead.
+    """
+    if rows <= BEAM_ROWS:
+        return SEARCH_BEAM
+    return min(int(SEARCH_BEAM * (rows / BEAM_ROWS) ** math.log10(4)), MAX_SEARCH_BEAM)
 
 
 class VectorIndex(Protocol):
@@ -63,12 +84,15 @@ class NumpyVectorIndex:
         ann_rows: int | None = ANN_ROWS,
         initial_rows: int = 256,
         graph_dtype: str = GRAPH_DTYPE,
+        beam: int | None = None,
     ) -> None:
         if graph_dtype not in GRAPH_DTYPES:
             raise ValueError(f"graph_dtype must be one of {', '.join(GRAPH_DTYPES)}, not {graph_dtype!r}")
         self.dimensions = dimensions
         self.ann_rows = ann_rows
         self.graph_dtype = graph_dtype
+        self.beam = beam
+        """A fixed search beam for every graph (benchmarks compare); ``None`` sizes it by ``search_beam``."""
         self._initial_rows = initial_rows
         self._partitions: dict[str, _Partition] = {}
         self._where: dict[str, tuple[str, int]] = {}
@@ -173,6 +197,9 @@ class NumpyVectorIndex:
 
     def _candidate_rows(self, part: _Partition, query: Vector, k: int) -> NDArray[np.intp]:
         if part.graph is not None:
+            beam = self.beam or search_beam(part.size)
+            if part.graph.expansion_search != beam:
+                part.graph.expansion_search = beam
             found = part.graph.search(query, max(k, ANN_CANDIDATES))
             return np.fromiter((part.rows_by_id[int(i)] for i in found.keys), dtype=np.intp)
         scores = part.matrix[: part.size] @ query
@@ -223,4 +250,6 @@ def _new_graph(dimensions: int, dtype: str) -> Any:
     # vectors (the hard case; real embeddings cluster) that found 99.8% of near-duplicates at a beam of 128, raw
     # p99 3.9 ms, where 16 links needed a beam of 256 for 98.4% (p99 4.3 ms); building takes twice as long (in the
     # background) and the graph a third more memory (``benchmarks/cache_lookup.py --graph-dtypes i8,f16``).
-    return Index(ndim=dimensions, metric="ip", dtype=dtype, connectivity=32, expansion_add=64, expansion_search=128)
+    return Index(
+        ndim=dimensions, metric="ip", dtype=dtype, connectivity=32, expansion_add=64, expansion_search=SEARCH_BEAM
+    )
