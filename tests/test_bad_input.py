@@ -63,6 +63,13 @@ def error_of(response: httpx.Response) -> dict[str, object]:
         ),
         (b'{"model": "fast", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400, "stream", ""),
         (
+            b'{"model": "fast", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1000000000000000}',
+            400,
+            "max_tokens",
+            "from 1 to 2147483647",
+        ),
+        (b'{"model": "fast", "messages": [{"role": "user", "content": "x"}], "n": 500}', 400, "n", "from 1 to 128"),
+        (
             b'{"model": "fast", "messages": [{"role": "user", "content": "x"}], "temperature": true}',
             400,
             "temperature",

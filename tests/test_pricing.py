@@ -54,3 +54,11 @@ def test_unknown_model_is_unpriced_never_zero_and_warned_once(caplog: pytest.Log
 
 def test_a_call_without_tokens_costs_zero_even_when_unpriced() -> None:
     assert pricer().cost(Target("mine", "nothing-known"), Usage()).usd == Decimal(0)
+
+
+def test_cache_hits_reported_the_deepseek_way_are_priced_as_cache_reads() -> None:
+    from thrifty.providers.openai import usage_from_openai
+
+    deepseek = {"prompt_tokens": 1000, "completion_tokens": 10, "prompt_cache_hit_tokens": 800}
+    openai_style = {"prompt_tokens": 1000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 800}}
+    assert usage_from_openai(deepseek) == usage_from_openai(openai_style) == Usage(1000, 10, cache_read_tokens=800)

@@ -43,14 +43,16 @@ def to_openai(body: JsonObject, model: str, *, stream: bool, cache_key: bool = F
 
 
 def usage_from_openai(usage: Any) -> Usage | None:
-    """OpenAI's usage object; ``prompt_tokens`` already includes the cached tokens."""
+    """OpenAI's usage object; ``prompt_tokens`` already includes the cached tokens. OpenAI-compatible providers
+    that report cache hits their own way are read too (DeepSeek: ``prompt_cache_hit_tokens``), so their cached
+    tokens are not billed at the full input price."""
     if not isinstance(usage, dict):
         return None
     details = usage.get("prompt_tokens_details") or {}
     return Usage(
         input_tokens=int(usage.get("prompt_tokens") or 0),
         output_tokens=int(usage.get("completion_tokens") or 0),
-        cache_read_tokens=int(details.get("cached_tokens") or 0),
+        cache_read_tokens=int(details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens") or 0),
         cache_write_tokens=int(details.get("cache_write_tokens") or usage.get("cache_creation_input_tokens") or 0),
     )
 

@@ -31,6 +31,12 @@ def parse_body(raw: bytes) -> JsonObject:
     return body
 
 
+MAX_TOKENS = 2**31 - 1
+"""No provider takes more (their counters are 32-bit); larger values would also overflow budget arithmetic."""
+MAX_CHOICES = 128
+"""OpenAI's limit on ``n``."""
+
+
 def check_chat(body: JsonObject) -> JsonObject:
     _require_str(body, "model")
     messages = body.get("messages")
@@ -40,10 +46,10 @@ def check_chat(body: JsonObject) -> JsonObject:
         _check_message(message, index)
     _optional(body, "stream", bool)
     _optional(body, "stream_options", dict)
-    for name in ("max_tokens", "max_completion_tokens", "n"):
+    for name, most in (("max_tokens", MAX_TOKENS), ("max_completion_tokens", MAX_TOKENS), ("n", MAX_CHOICES)):
         value = body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise BadRequest(f"'{name}' must be a positive integer", param=name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most):
+            raise BadRequest(f"'{name}' must be an integer from 1 to {most}", param=name)
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = body.get(name)
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
