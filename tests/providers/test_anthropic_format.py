@@ -19,6 +19,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from thrifty.errors import (
     BadRequest,
+    UpstreamAuthFailed,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -738,13 +739,14 @@ def test_rejected_request_keeps_anthropic_message_and_type() -> None:
         (529, "overloaded_error", UpstreamUnavailable),
         (500, "api_error", UpstreamUnavailable),
         (429, "rate_limit_error", UpstreamRateLimited),
-        (401, "authentication_error", UpstreamRejected),
+        (400, "invalid_request_error", UpstreamRejected),
+        (401, "authentication_error", UpstreamAuthFailed),
     ],
 )
 def test_status_decides_the_error_class(status: int, error_type: str, expected: type[UpstreamError]) -> None:
     error = anthropic_error(status, error_body(error_type, "nope"))
     assert type(error) is expected
-    assert error.message == "nope"
+    assert error.message.endswith("nope")  # a refused key says it is the gateway's, not the client's
 
 
 @pytest.mark.parametrize(

@@ -126,3 +126,16 @@ def test_answers_from_openai_bodies_and_the_first_failure_wins() -> None:
     verdict = run_checks(answer, [FinalNumberCheck(), SelfConsistencyCheck(0.9), RefusalCheck()])
     assert (verdict.passed, verdict.check) == (False, "self-consistency")
     assert run_checks(Answer("#### 4"), [FinalNumberCheck(), RefusalCheck()]).passed
+
+
+def test_a_cascade_reads_a_json_schema_it_cannot_use_as_none() -> None:
+    """The server passes ``response_format`` through as sent (the provider judges it): a wrapper that is not an
+    object must not crash the check that runs after the cheap answer was paid for."""
+    from thrifty.routers.cascade import Checks
+    from thrifty.types import ChatRequest, ChatResponse, Target
+
+    for wrapper in ("s", ["a"], None):
+        body = {"model": "auto", "messages": [], "response_format": {"type": "json_schema", "json_schema": wrapper}}
+        answer = {"choices": [{"message": {"role": "assistant", "content": '{"a": 1}'}, "finish_reason": "stop"}]}
+        response = ChatResponse(answer, None, Target("up", "gpt-4o-mini"), 1.0)
+        assert Checks(names=("json",)).first_failure(ChatRequest(body, "r"), response) is None

@@ -67,8 +67,6 @@ def check_chat(body: JsonObject) -> JsonObject:
     response_format = body.get("response_format") or {}
     if not isinstance(response_format.get("type", ""), str):
         raise BadRequest("'response_format.type' must be a string", param="response_format.type")
-    if not isinstance(response_format.get("json_schema", {}), dict):
-        raise BadRequest("'response_format.json_schema' must be an object", param="response_format.json_schema")
     _optional(body, "user", str)
     _optional(body, "metadata", dict)
     _optional(body, "seed", int)
