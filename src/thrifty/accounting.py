@@ -6,6 +6,7 @@ still becomes exactly one ledger row with whatever is known about it (tokens pai
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -45,6 +46,7 @@ class Trace:
     """What the cascade steps before the answer cost (each has its own ledger row); budgets are charged for them."""
     escalated_usage: Usage | None = None
     escalations: int = 0
+    escalated_unpriced: bool = False
 
     def answered(self, request: JsonObject, answer: JsonObject) -> None:
         """Note how a complete answer ended and the output cap its request carried."""
@@ -145,22 +147,29 @@ def split_savings(cost: Cost, baseline: Cost, here: Counterfactual, cache: str, 
 
 
 def with_escalations(cost: Cost, trace: Trace) -> Cost:
-    """What a request cost in all: its answer and the cascade steps before it (each step has its own row)."""
+    """What a request cost in all: its answer and the cascade steps before it (each step has its own row);
+    unpriced if any part is."""
     if trace.escalated_usage is None:
         return cost
-    return Cost((cost.usd or Decimal(0)) + trace.escalated_usd)
+    if cost.usd is None or trace.escalated_unpriced:
+        return Cost(None)
+    return Cost(cost.usd + trace.escalated_usd)
 
 
 async def settle(admission: Admission, cost: Cost, trace: Trace, model: str = "") -> None:
-    """Settle a request's budget holds and limits to what it cost, cascade steps included; ``model`` names who
-    answered (no model: nothing was answered, and only escalated steps were paid for).
+    """Settle a request's budget holds and limits to what it cost, cascade steps included (the priced parts:
+    budgets count dollars); ``model`` names who answered (no model: only escalated steps were paid for).
 
     Never raises: by now the call is in the ledger, and a budget store that is down must not turn a paid answer
-    into an error that the client would retry and pay for twice."""
-    usage = trace.usage if model else None
+    into an error that the client would retry and pay for twice. Shielded: a client leaving mid-settle must not
+    leave the spend uncounted."""
+    usd, usage = cost.usd, trace.usage if model else None
     if trace.escalated_usage is not None:
+        usd = (usd or Decimal(0)) + trace.escalated_usd
         usage = trace.escalated_usage if usage is None else usage + trace.escalated_usage
     try:
-        await admission.settle(with_escalations(cost, trace), usage, model)
+        settling = admission.settle(Cost(usd), usage, model)
+        # In process a settle never yields, so nothing can interrupt it; a shield there would cost ~30 us.
+        await (asyncio.shield(settling) if getattr(admission, "remote", True) else settling)
     except Exception:
         log.exception("could not settle the budgets of %s; the ledger has its cost", trace.request_id)

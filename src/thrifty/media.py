@@ -37,9 +37,9 @@ def media_tokens(value: object, model: str | None = None) -> int:
         if kind in ("image_url", "image"):
             total += image_tokens(model)
         elif kind == "input_audio":
-            total += _decoded_bytes((part.get("input_audio") or {}).get("data")) // BYTES_PER_AUDIO_TOKEN + 1
+            total += _decoded_bytes(_field(part, "input_audio", "data")) // BYTES_PER_AUDIO_TOKEN + 1
         elif kind in ("file", "document"):
-            data = (part.get("file") or {}).get("file_data") or (part.get("source") or {}).get("data")
+            data = _field(part, "file", "file_data") or _field(part, "source", "data")
             total += _decoded_bytes(data) // BYTES_PER_FILE_TOKEN + image_tokens(model)
     return total
 
@@ -49,6 +49,12 @@ def image_tokens(model: str | None) -> int:
         return MOST_IMAGE_TOKENS
     name = model.lower()
     return next((tokens for fragment, tokens in IMAGE_TOKENS_BY_MODEL if fragment in name), IMAGE_TOKENS)
+
+
+def _field(part: dict[str, object], outer: str, inner: str) -> object:
+    """``part[outer][inner]``, or None where the client sent something else (the provider will say what)."""
+    value = part.get(outer)
+    return value.get(inner) if isinstance(value, dict) else None
 
 
 def _decoded_bytes(data: object) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from thrifty.accounting import Trace, max_output_tokens_of, settle
+from thrifty.accounting import Trace, max_output_tokens_of, settle, with_escalations
 from thrifty.completions import assemble, chunks_of
 from thrifty.errors import ThriftyError
 from thrifty.protocols import Admission
@@ -112,6 +112,12 @@ class ChatStream:
             if self.cost is None:
                 await self._finish(status, "")
 
+    async def abandon(self) -> None:
+        """Record a stream whose chunks were never asked for (the client was gone before the status line)."""
+        if self.cost is None:
+            await self._opened.rest.aclose()
+            await self._finish("cancelled", "")
+
     def _past(self, allowance: int) -> bool:
         """Whether the text streamed so far passes the output the budget reserved for (checked every 16 chunks,
         from a count of four characters a token; the usage recorded is counted exactly afterwards)."""
@@ -125,8 +131,8 @@ class ChatStream:
         return orjson.dumps({**{k: first.get(k) for k in ("id", "object", "created", "model")}, "choices": [choice]})
 
     async def _store(self) -> None:
-        """A fresh, complete answer goes to the cache like a non-streamed one."""
-        if self._trace.cache or self._usage is None:
+        """A fresh, complete answer goes to the cache like a non-streamed one (not one a budget cut short)."""
+        if self._trace.cache or self._usage is None or self._trace.finish_reason == "budget":
             return
         body = assemble(self._payloads, self.target.model)
         response = ChatResponse(body, self._usage, self.target, self._trace.upstream_ms)
@@ -153,7 +159,7 @@ class ChatStream:
             entry = self._gateway.finished(trace, cost, self._request, text)
         else:
             entry = trace.entry(status, cost, cost, error_type=error_type or "client_disconnected")
-        self.cost = cost
+        self.cost = with_escalations(cost, trace)
         try:
             self._gateway.record(entry)  # before settling: a budget store that fails must not lose the row
         finally:

@@ -114,27 +114,27 @@ class TiktokenCounter:
         return _count(encoding_name_for(model)[0], text)
 
     def count_messages(self, model: str, messages: Sequence[dict[str, object]]) -> int:
-        """The text counted, plus what images, audio and files may cost on ``model`` (``thrifty.media``)."""
-        return _messages_total(messages, lambda text: self.count_text(model, text), model)
+        """The text counted (images, audio and files are not text: ``thrifty.media`` bounds what they cost)."""
+        return _messages_total(messages, lambda text: self.count_text(model, text))
 
 
 def messages_token_bound(messages: Sequence[dict[str, object]]) -> int:
-    """At least what ``count_messages`` says for any model, without encoding anything.
+    """At least what ``count_messages`` says for any model, plus the most its media may cost on any model
+    (``thrifty.media``), without encoding anything.
 
     Every token of a byte-level BPE covers at least one byte of UTF-8, so a text has at most as many tokens as
     bytes. Budgets reserve with this while they have plenty of room, so that a request's text is encoded (and
     the encoding loaded) only when a budget is close enough to its limit for the difference to matter.
     """
-    return _messages_total(messages, _utf8_length, None)
+    return _messages_total(messages, _utf8_length) + sum(media_tokens(m.get("content")) for m in messages)
 
 
 def _utf8_length(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-def _messages_total(messages: Sequence[dict[str, object]], measure: Callable[[str], int], model: str | None) -> int:
-    """OpenAI's framing of a chat prompt (per message, per name, reply priming) around each field's text, and
-    the media in its content (on ``model``; None: the most any model bills)."""
+def _messages_total(messages: Sequence[dict[str, object]], measure: Callable[[str], int]) -> int:
+    """OpenAI's framing of a chat prompt (per message, per name, reply priming) around each field's text."""
     total = TOKENS_REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
@@ -142,7 +142,6 @@ def _messages_total(messages: Sequence[dict[str, object]], measure: Callable[[st
             if key == "name":
                 total += TOKENS_PER_NAME
             total += measure(value if isinstance(value, str) else text_of(value))
-        total += media_tokens(message.get("content"), model)
     return total
 
 

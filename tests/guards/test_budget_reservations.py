@@ -13,10 +13,11 @@ import pytest
 from thrifty.errors import AgentCapReached, BudgetExceeded, RateLimited
 from thrifty.guards.budgets import BOUND_HEADROOM, Budget, BudgetAlerts, BudgetGuard
 from thrifty.guards.chain import GuardChain
-from thrifty.guards.estimate import CostEstimator, ceil_nusd, size_class
+from thrifty.guards.estimate import CostEstimator, ceil_nusd, prompt_tokens, size_class
 from thrifty.guards.limits import AgentCaps, AgentGuard, RateLimit, RateLimiter
 from thrifty.guards.stores import MemoryGuardStore, Window
 from thrifty.ledger.tables import to_nusd
+from thrifty.media import media_tokens
 from thrifty.observe.alerts import Alert
 from thrifty.pricing import CatalogPricer, ModelPrice
 from thrifty.tokens import TiktokenCounter, messages_token_bound
@@ -90,8 +91,20 @@ def test_images_and_audio_count_what_they_may_be_billed(model: str, per_image: i
     counter = TiktokenCounter()
     text_only = [{"role": "user", "content": [{"type": "text", "text": "what is in these?"}]}]
     with_media = [{"role": "user", "content": [{"type": "text", "text": "what is in these?"}, IMAGE, IMAGE, AUDIO]}]
-    extra = counter.count_messages(model, with_media) - counter.count_messages(model, text_only)
+
+    def reserved(messages: list[dict[str, object]]) -> int:
+        return prompt_tokens(counter, ChatRequest({"model": "fast", "messages": messages}, "r"), model)
+
+    extra = reserved(with_media) - reserved(text_only)  # type: ignore[arg-type]
     assert extra == 2 * per_image + 15_000 // 100 + 1  # 20,000 base64 characters: 15,000 bytes of audio
+    assert messages_token_bound(with_media) >= reserved(with_media)  # type: ignore[arg-type]
+    # Only reservations and estimates take the bound; routing, pruning and savings count the text alone.
+    assert counter.count_messages(model, with_media) == counter.count_messages(model, text_only)  # type: ignore[arg-type]
+
+
+def test_malformed_media_parts_count_as_an_image_or_nothing_and_never_raise() -> None:
+    parts = [{"type": "input_audio", "input_audio": "AAAA"}, {"type": "file", "file": "x"}, {"type": "image_url"}, 7]
+    assert media_tokens(parts, "gpt-4o") == 1 + 1_600 + 1_600
 
 
 def test_size_classes_round_up_by_at_most_an_eighth() -> None:

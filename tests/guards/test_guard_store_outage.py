@@ -95,20 +95,24 @@ def test_redis_down_refuses_with_a_clear_503_and_readyz_says_so(
     assert sorted(r["status"] for r in rows) == ["error", "ok"]
 
 
-def test_a_budget_count_redis_lost_is_taken_again_from_the_ledger(
-    tmp_path: Path, up: FakeUpstream, proxy: TcpProxy
-) -> None:
-    """Redis restarted without persistence (or evicted the key): the budget's spend is not reset to zero."""
+def test_a_budget_count_redis_lost_is_taken_again_from_the_ledger(tmp_path: Path, proxy: TcpProxy) -> None:
+    """Redis restarted without persistence (or evicted the key) while a request was in flight: that request's
+    settle must not recreate the count from its own cost alone, and the budget's spend is not reset."""
     import redis
 
-    with gateway(tmp_path, up, proxy, usd="0.00027") as gw:  # $0.00027 a call: nothing more fits
-        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
-            client.chat.completions.create(model="fast", messages=MESSAGES, max_tokens=5)  # type: ignore[arg-type]
-            gw.runtime.ledger.flush()
-            with redis.Redis.from_url(REDIS_URL) as r:
-                r.flushdb()  # what a restart without persistence leaves
-            with pytest.raises(openai.RateLimitError):
+    def reply(body: dict[str, Any]) -> str:
+        with redis.Redis.from_url(REDIS_URL) as r:
+            r.flushdb()  # what a restart without persistence leaves, mid-call
+        return "an answer"
+
+    with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200), reply=reply) as up:
+        with gateway(tmp_path, up, proxy, usd="0.0005") as gw:  # $0.00027 a call: a second one does not fit
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
                 client.chat.completions.create(model="fast", messages=MESSAGES, max_tokens=5)  # type: ignore[arg-type]
-        rows = ledger_rows(gw)
+                client.chat.completions.create(model="fast", messages=MESSAGES, max_tokens=5)  # type: ignore[arg-type]
+                gw.runtime.ledger.flush()  # the ledger is behind by its flush interval (tens of ms) at most
+                with pytest.raises(openai.RateLimitError):
+                    client.chat.completions.create(model="fast", messages=MESSAGES, max_tokens=5)  # type: ignore[arg-type]
+            rows = ledger_rows(gw)
     spent = sum(Decimal(int(r["cost_nusd"] or 0)) for r in rows) / Decimal(10**9)
-    assert spent == Decimal("0.00027")
+    assert spent == Decimal("0.00054")  # two calls: the second was admitted on $0.00027 of room, the third not

@@ -13,9 +13,11 @@ from sqlalchemy import select
 
 from fakes.upstream import FakeUpstream, FakeUsage, Fault
 from gateway_harness import config_text, ledger_rows
+from thrifty.accounting import Trace, with_escalations
 from thrifty.ledger import tables
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
+from thrifty.types import Cost, Usage
 
 POOL = """
 [pool.mini]
@@ -160,21 +162,38 @@ def test_a_streamed_cascade_answer_cut_short_still_counts_what_was_paid(tmp_path
     a hard budget's output allowance), the row keeps the usage the provider billed, not an estimate of the part
     the client read."""
     long_reply = " ".join(f"word{n}" for n in range(400))
-    budget = CASCADE_WITH_BUDGET.replace("usd = 0.0047", "usd = 1")
+    budget = CASCADE_WITH_BUDGET.replace("usd = 0.0047", "usd = 1") + "\n[cache]\nexact = true\n"
     with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200), reply=lambda body: long_reply) as up:
         with gateway(tmp_path, up, budget) as gw:
             with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
-                chunks = list(
-                    client.chat.completions.create(
-                        model="auto", messages=[{"role": "user", "content": "tell"}], stream=True, max_tokens=10
+                streams = [
+                    client.chat.completions.with_raw_response.create(
+                        model="auto",
+                        messages=[{"role": "user", "content": "tell"}],
+                        stream=True,
+                        max_tokens=10,
+                        temperature=0,
                     )
-                )
+                    for _ in range(2)
+                ]
+                chunks = [list(s.parse()) for s in streams]
             rows = ledger_rows(gw)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks[0] if c.choices)
     assert 0 < len(text) < len(long_reply)  # stopped at the allowance
-    (row,) = rows
-    assert (row["input_tokens"], row["output_tokens"], row["tokens_estimated"]) == (1000, 200, False)
-    assert row["cost_nusd"] == 270_000
+    # An answer cut short is not a whole answer: never served from the cache as if it were.
+    assert [s.headers["x-thrifty-cache"] for s in streams] == ["miss", "miss"]
+    first = rows[0]
+    assert (first["input_tokens"], first["output_tokens"], first["tokens_estimated"]) == (1000, 200, False)
+    assert first["cost_nusd"] == 270_000
+
+
+def test_a_cascade_with_an_unpriced_step_is_unpriced_in_all() -> None:
+    trace = Trace("req", "chat", "auto")
+    trace.escalated_usd, trace.escalated_usage = Decimal("0.001"), Usage(10, 10)
+    assert with_escalations(Cost(Decimal("0.002")), trace) == Cost(Decimal("0.003"))
+    assert with_escalations(Cost(None), trace) == Cost(None)
+    trace.escalated_unpriced = True
+    assert with_escalations(Cost(Decimal("0.002")), trace) == Cost(None)
 
 
 def test_a_failing_target_is_cooled_down(tmp_path: Path, up: FakeUpstream) -> None:

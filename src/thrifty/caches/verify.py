@@ -64,7 +64,7 @@ class SemanticVerifier:
         cost: Cost | None = None
         answered_by = ""
         try:
-            asked = replace(admission.request, charged_to="")  # as admitted: a budget may have capped max_tokens
+            asked = admission.bounded(replace(admission.request, charged_to=""))  # within what the budget holds
             try:
                 route = gateway.router.route(asked, principal)
                 fresh = await gateway.caller.call(asked, route, trace)

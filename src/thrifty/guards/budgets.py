@@ -97,9 +97,16 @@ OnSpent = Callable[[Budget, str, int], None]
 
 class BudgetAdmission:
     def __init__(
-        self, store: GuardStore, holds: Sequence[Hold], request: ChatRequest, on_spent: OnSpent | None = None
+        self,
+        store: GuardStore,
+        holds: Sequence[Hold],
+        request: ChatRequest,
+        on_spent: OnSpent | None = None,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_lost(key)``: the store no longer had the period's count (Redis lost it) when settling."""
         self._store, self._holds, self.request, self._on_spent = store, holds, request, on_spent
+        self._on_lost = on_lost
         self._settled = False
 
     @property
@@ -118,6 +125,10 @@ class BudgetAdmission:
                 spent = await self._store.settle(hold.key, hold.token, actual)
             except Exception as exc:  # settle the other holds all the same
                 failed = failed or exc
+                continue
+            if spent < 0:  # the count is gone: the next reserve takes it again from the ledger (this row included)
+                if self._on_lost is not None:
+                    self._on_lost(hold.key)
                 continue
             if self._on_spent is not None and actual:
                 self._on_spent(hold.budget, hold.key, spent)
@@ -195,7 +206,7 @@ class BudgetGuard:
             with contextlib.suppress(Exception):
                 await BudgetAdmission(self._store, holds, request).settle(0)
             raise
-        return BudgetAdmission(self._store, holds, worst.request, self._on_spent)
+        return BudgetAdmission(self._store, holds, worst.request, self._on_spent, self._seeded.discard)
 
     def _applicable(self, principal: Principal) -> list[Budget]:
         """The budgets over this principal, in configured order: a few dict lookups however many budgets exist."""
@@ -230,7 +241,12 @@ class BudgetGuard:
         if verdict.created and not fresh:
             # The store lost this period's count (Redis restarted, evicted or expired it) and started it at 0:
             # add what the ledger says was spent, drop the hold just taken, and ask again.
-            await self._store.settle(key, token, await self._seed(budget, period))
+            try:
+                seed = await self._seed(budget, period)
+            except GuardsUnavailable:
+                await self._store.settle(key, token, 0)  # the hold just taken goes back
+                raise
+            await self._store.settle(key, token, seed)
             verdict = await self._store.reserve(key, token, amount, limit, RESERVATION_TTL_S, 0)
         if not verdict.ok and not counted and worst.counted_nusd() < amount:
             # Less room than last seen here (another replica spent it): the counted worst case may still fit.

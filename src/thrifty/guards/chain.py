@@ -32,6 +32,8 @@ class ChainAdmission:
         self._budget, self._limiter, self._subjects, self._estimator = budget, limiter, subjects, estimator
         self._settled = False
         self._overlap = overlap
+        self.remote = overlap
+        """Settling makes round trips to a shared store (a client leaving mid-way could interrupt it)."""
 
     @property
     def output_allowance(self) -> int | None:

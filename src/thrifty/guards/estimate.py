@@ -18,6 +18,7 @@ from decimal import ROUND_CEILING, Decimal
 import orjson
 
 from thrifty.ledger.tables import NANO
+from thrifty.media import media_tokens
 from thrifty.protocols import Pricer
 from thrifty.tokens import TiktokenCounter, encoding_name_for, messages_token_bound
 from thrifty.types import ChatRequest, Target, Usage
@@ -129,12 +130,13 @@ class CostEstimator:
 
 
 def prompt_tokens(counter: TiktokenCounter, request: ChatRequest, model: str) -> int:
-    """The prompt's tokens counted offline: the messages, and the tool definitions and response schema, which are
-    prompt tokens too (counted as their JSON text, which providers render more compactly: this errs high, as a
-    reservation must)."""
+    """The prompt's tokens counted offline: the messages, the most their images, audio and files may cost on
+    ``model`` (``thrifty.media``), and the tool definitions and response schema, which are prompt tokens too
+    (counted as their JSON text, which providers render more compactly: this errs high, as a reservation must)."""
     raw = _definitions(request)
     definitions = counter.count_text(model, raw.decode("utf-8")) if raw else 0
-    return counter.count_messages(model, request.messages) + definitions
+    media = sum(media_tokens(message.get("content"), model) for message in request.messages)
+    return counter.count_messages(model, request.messages) + definitions + media
 
 
 def _definitions(request: ChatRequest) -> bytes:

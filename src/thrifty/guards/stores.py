@@ -46,7 +46,10 @@ class Verdict:
 
 class GuardStore(Protocol):
     async def reserve(self, key: str, token: str, amount: int, limit: int, ttl_s: float, seed: int) -> Verdict: ...
-    async def settle(self, key: str, token: str, actual: int) -> int: ...
+    async def settle(self, key: str, token: str, actual: int) -> int:
+        """Turn the reservation into ``actual`` of spend; the spend after it, or -1 if the count was lost."""
+        ...
+
     async def hit_window(self, windows: Sequence[Window]) -> Overflow | None: ...
     async def reserved_total(self) -> int: ...
 
@@ -149,9 +152,13 @@ redis.call('EXPIRE', KEYS[2], ARGV[7])
 return {1, spent, reserved + tonumber(ARGV[2]), created}
 """
 
-# Spend counts even when the reservation already expired: the money was spent either way.
+# Spend counts even when the reservation already expired: the money was spent either way. A count Redis lost is
+# not recreated from this one request's cost (it would hide the loss from the next reserve): -1 says it is gone.
 _SETTLE = """
 redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
 return redis.call('INCRBY', KEYS[1], ARGV[2])
 """
 

@@ -273,8 +273,12 @@ class SqlLedger:
 
     def _reject(self, row: Row, exc: Exception) -> None:
         path = self._journal.folder / "rejected.jsonl"
-        with path.open("ab") as file:
-            file.write(orjson.dumps(row) + b"\n")
+        try:
+            with path.open("ab") as file:
+                file.write(orjson.dumps(row) + b"\n")
+        except OSError:  # the row must not stop the writer: it goes to the log whole instead
+            log.error("the ledger database refused this row and %s cannot be written: %s", path, orjson.dumps(row))
+            return
         log.error(
             "the ledger database refused request %s (%s); the row is kept in %s",
             row.get("request_id"),

@@ -36,7 +36,11 @@ async def relay_openai_stream(stream: ChatStream, request: Request, send: Send) 
 
 async def relay(events: AsyncGenerator[bytes, None], stream: ChatStream, request: Request, send: Send) -> None:
     headers = SSE_HEADERS + thrifty_headers(stream.request_id, None, stream.target.model, stream.cache, stream.route)
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+    except BaseException:
+        await stream.abandon()  # the stream was opened (and may have cost tokens): it still gets its row
+        raise
     task = asyncio.current_task()
     watcher = asyncio.create_task(_cancel_on_disconnect(request, task.cancel if task else lambda: False))
     try:
@@ -54,6 +58,7 @@ async def relay(events: AsyncGenerator[bytes, None], stream: ChatStream, request
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await events.aclose()
+        await stream.abandon()  # a no-op once the stream recorded itself
 
 
 async def _cancel_on_disconnect(request: Request, cancel: Callable[[], object]) -> None:
