@@ -39,8 +39,8 @@ def search_beam(rows: int) -> int:
     wider for every ten times more rows (512 at a million).
 
     A fixed beam finds less as the graph grows: among a million random vectors (the hard case), a beam of 128
-    found the near-duplicate 66% of the time, 256 83%, 512 95% (p50 19 ms), 1024 98% (p50 34 ms), where the exact
-    scan takes p50 85 ms (``benchmarks/results/cache_lookup_1m.json``). A missed neighbour is a paid model call,
+    found the near-duplicate 69% of the time, 256 87%, 512 97% (p50 21 ms), 1024 100% (p50 38 ms), where the exact
+    scan takes p50 86 ms (``benchmarks/results/cache_lookup_1m.json``). A missed neighbour is a paid model call,
     which costs seconds and money, so the lookup spends a few more milliseconds instead.
     """
     if rows <= BEAM_ROWS:
