@@ -167,9 +167,14 @@ async def settle(admission: Admission, cost: Cost, trace: Trace, model: str = ""
     if trace.escalated_usage is not None:
         usd = (usd or Decimal(0)) + trace.escalated_usd
         usage = trace.escalated_usage if usage is None else usage + trace.escalated_usage
+    settling = _settle_logged(admission, Cost(usd), usage, model, trace.request_id)
+    # In process a settle never yields, so nothing can interrupt it; a shield there would cost ~30 us.
+    await (asyncio.shield(settling) if getattr(admission, "remote", True) else settling)
+
+
+async def _settle_logged(admission: Admission, cost: Cost, usage: Usage | None, model: str, request_id: str) -> None:
+    """Logs its own failure: when the client has gone, nobody else is left to see it."""
     try:
-        settling = admission.settle(Cost(usd), usage, model)
-        # In process a settle never yields, so nothing can interrupt it; a shield there would cost ~30 us.
-        await (asyncio.shield(settling) if getattr(admission, "remote", True) else settling)
+        await admission.settle(cost, usage, model)
     except Exception:
-        log.exception("could not settle the budgets of %s; the ledger has its cost", trace.request_id)
+        log.exception("could not settle the budgets of %s; the ledger has its cost", request_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -13,7 +14,7 @@ from thrifty.caches.layered import SemanticLayer
 from thrifty.caches.none import NoCache
 from thrifty.errors import ConfigError
 from thrifty.guards.budget_book import BudgetBook
-from thrifty.guards.budgets import Budget, OnSpent
+from thrifty.guards.budgets import Budget, OnSpent, SpendSince
 from thrifty.guards.estimate import CostEstimator
 from thrifty.guards.stores import GuardStore
 from thrifty.keys import KeyAuthenticator
@@ -91,6 +92,18 @@ class Runtime:
             self.budgets.close()
         self.keys.close()
         self.ledger.close()
+
+
+def _caught_up(ledger: SqlLedger, spend_since: SpendSince) -> SpendSince:
+    """A period's spend once the rows recorded so far are in the database: a count taken while some were still
+    queued (a seed after Redis lost the count) would leave them out for good."""
+
+    def read(budget: Budget, since: float) -> Decimal:
+        if not ledger.caught_up():
+            raise TimeoutError("the ledger is behind: rows recorded are not in the database yet")
+        return spend_since(budget, since)
+
+    return read
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -177,7 +190,7 @@ def build_guard(
     chain = GuardChain(
         estimator,
         store,
-        budgets=BudgetGuard(book, store, estimator, book.spend_since, spent),
+        budgets=BudgetGuard(book, store, estimator, _caught_up(ledger, book.spend_since), spent),
         limiter=RateLimiter(limits, store) if limits else None,
         agents=AgentGuard(AgentCaps(caps.max_calls, caps.max_tool_calls, caps.window_s, caps.loop_repeats))
         if caps

@@ -18,7 +18,7 @@ Counts that include them are estimates, as offline counts of non-OpenAI models a
 from __future__ import annotations
 
 IMAGE_TOKENS = 1_600
-IMAGE_TOKENS_BY_MODEL = (("4o-mini", 48_169), ("mini", 3_800), ("nano", 3_800))
+IMAGE_TOKENS_BY_MODEL = (("4o-mini", 48_169), ("-mini", 3_800), ("-nano", 3_800))
 """Model-name fragments, first match wins, for models that bill an image as more tokens than ``IMAGE_TOKENS``."""
 MOST_IMAGE_TOKENS = max(IMAGE_TOKENS, *(tokens for _, tokens in IMAGE_TOKENS_BY_MODEL))
 BYTES_PER_AUDIO_TOKEN = 100

@@ -75,7 +75,8 @@ def test_the_byte_bound_never_undercounts(model: str) -> None:
             {"role": "assistant", "tool_calls": [{"function": {"name": "lookup", "arguments": text}}]},
             {"role": "user", "content": [{"type": "text", "text": text}, IMAGE, AUDIO]},
         ]
-        assert messages_token_bound(messages) >= counter.count_messages(model, messages)
+        reserved = prompt_tokens(counter, ChatRequest({"model": "fast", "messages": messages}, "r"), model)
+        assert messages_token_bound(messages) >= reserved >= counter.count_messages(model, messages)
 
 
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "high"}}
@@ -250,6 +251,50 @@ async def test_the_memory_store_keeps_its_running_total_through_expiry_and_settl
     assert await store.settle("k", "b", 250) == 350
     assert await store.reserved_total() == 0
     assert (await store.reserve("k", "d", 650, 1000, 900, 0)).ok
+
+
+def test_each_target_prices_its_own_image_tokens() -> None:
+    """GPT-4o and GPT-4o mini share an encoding but bill an image as 1,600 and 48,169 tokens: the alias's worst
+    case is the dearer of the two as each bills it, whatever their order."""
+    pricer, counter = CatalogPricer(PRICES), TiktokenCounter()
+    four = Target("up", "gpt-4o")
+    body = {"model": "fast", "messages": [{"role": "user", "content": [IMAGE] * 4}], "max_tokens": 10}
+    alone = [CostEstimator(pricer, counter, {"fast": (t,)}).worst_case(ChatRequest(body, "r"))[0] for t in (four, MINI)]
+    for order in ((four, MINI), (MINI, four)):
+        both = CostEstimator(pricer, counter, {"fast": order}).worst_case(ChatRequest(body, "r"))[0]
+        assert both == max(a for a in alone if a is not None)
+
+
+async def test_a_count_the_store_lost_is_never_restarted_at_zero() -> None:
+    """The store lost a period's count while the ledger was unreachable: refused (503) until the ledger can say
+    what was spent, then seeded from it, never from zero."""
+    from thrifty.errors import GuardsUnavailable
+
+    ledger_up, spent = [True], Decimal("0.0009")
+
+    def spend_since(budget: Budget, since: float) -> Decimal:
+        if not ledger_up[0]:
+            raise OSError("ledger database unreachable")
+        return spent
+
+    store = MemoryGuardStore()
+    limit = Budget("b", "tenant", "acme", "day", Decimal("0.001"))
+    budgets = BudgetGuard(lambda: [limit], store, estimator(), spend_since)
+    small = request(max_tokens=10)
+    await (await budgets.admit(small, ACME)).settle(0)  # seeded: $0.0009 of $0.001 spent
+    store._accounts.clear()  # what a Redis restart leaves
+    ledger_up[0] = False
+    with pytest.raises(GuardsUnavailable):
+        await budgets.admit(small, ACME)
+    ledger_up[0] = True
+    admitted = 0
+    for _ in range(20):
+        try:
+            await (await budgets.admit(small, ACME)).settle(ceil_nusd(Decimal("0.00005")))
+            admitted += 1
+        except BudgetExceeded:
+            break
+    assert admitted <= 2  # $0.0001 of room left: two calls of $0.00005, not twenty
 
 
 async def test_windows_count_all_or_none() -> None:

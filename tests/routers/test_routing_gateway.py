@@ -166,17 +166,18 @@ def test_a_streamed_cascade_answer_cut_short_still_counts_what_was_paid(tmp_path
     with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200), reply=lambda body: long_reply) as up:
         with gateway(tmp_path, up, budget) as gw:
             with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
-                streams = [
-                    client.chat.completions.with_raw_response.create(
-                        model="auto",
-                        messages=[{"role": "user", "content": "tell"}],
-                        stream=True,
-                        max_tokens=10,
-                        temperature=0,
+                streams, chunks = [], []
+                for _ in range(2):  # one after the other: the first has ended (and stored, if it would) first
+                    streams.append(
+                        client.chat.completions.with_raw_response.create(
+                            model="auto",
+                            messages=[{"role": "user", "content": "tell"}],
+                            stream=True,
+                            max_tokens=10,
+                            temperature=0,
+                        )
                     )
-                    for _ in range(2)
-                ]
-                chunks = [list(s.parse()) for s in streams]
+                    chunks.append(list(streams[-1].parse()))
             rows = ledger_rows(gw)
     text = "".join(c.choices[0].delta.content or "" for c in chunks[0] if c.choices)
     assert 0 < len(text) < len(long_reply)  # stopped at the allowance

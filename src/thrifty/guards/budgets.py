@@ -26,7 +26,7 @@ from decimal import ROUND_FLOOR, Decimal
 
 from thrifty.errors import BudgetExceeded, GuardsUnavailable
 from thrifty.guards.estimate import CostEstimator, ceil_nusd
-from thrifty.guards.stores import GuardStore
+from thrifty.guards.stores import SEEDED, GuardStore
 from thrifty.ledger.tables import from_nusd, to_nusd
 from thrifty.observe.alerts import Alert, AlertSink
 from thrifty.types import ChatRequest, JsonObject, Principal
@@ -228,26 +228,19 @@ class BudgetGuard:
         Either never undercounts; the bound only holds more than needed, which matters only near the limit."""
         period = self._period(budget)
         key, limit = period.key, period.limit_nusd
-        seed, fresh = 0, key not in self._seeded
-        if fresh:
+        seed = SEEDED
+        if key not in self._seeded:
             seed = await self._seed(budget, period)
-            self._seeded.add(key)
             self._room.setdefault(key, limit - seed)
         token = f"{self._token_prefix}{next(self._tokens)}"
         bound = worst.bound or 0  # an unpriced model cannot be held to a budget in USD
         counted = self._room.get(key, 0) < BOUND_HEADROOM * bound
         amount = worst.counted_nusd() if counted else bound
         verdict = await self._store.reserve(key, token, amount, limit, RESERVATION_TTL_S, seed)
-        if verdict.created and not fresh:
-            # The store lost this period's count (Redis restarted, evicted or expired it) and started it at 0:
-            # add what the ledger says was spent, drop the hold just taken, and ask again.
-            try:
-                seed = await self._seed(budget, period)
-            except GuardsUnavailable:
-                await self._store.settle(key, token, 0)  # the hold just taken goes back
-                raise
-            await self._store.settle(key, token, seed)
-            verdict = await self._store.reserve(key, token, amount, limit, RESERVATION_TTL_S, 0)
+        if verdict.missing:  # the store lost the count (a Redis restart, an eviction): seed it again, never at 0
+            self._seeded.discard(key)
+            return await self._reserve(budget, worst)
+        self._seeded.add(key)
         if not verdict.ok and not counted and worst.counted_nusd() < amount:
             # Less room than last seen here (another replica spent it): the counted worst case may still fit.
             amount = worst.counted_nusd()

@@ -86,16 +86,20 @@ class CostEstimator:
         """The most any of the alias's targets could charge (a fallback may land on any; a cascade may pay them
         all), and the input tokens.
 
-        Targets that count with the same encoding share one count: on the request path, counting is the cost."""
+        Targets that count text with the same encoding share one count (on the request path, counting is the
+        cost); media are priced per target, since models of one encoding bill images very differently."""
         cap = self.max_output_tokens(request)
         counts: dict[str, int] = {}
         worst: Decimal | None = None
+        most = 0
         for target in self._aliases[request.model]:
             encoding = encoding_name_for(target.model)[0]
             if encoding not in counts:
-                counts[encoding] = self.input_tokens(request, target)
-            worst = self._worse(request, worst, self._pricer.cost(target, Usage(counts[encoding], cap)).usd)
-        return worst, max(counts.values())
+                counts[encoding] = text_tokens(self._counter, request, target.model)
+            tokens = counts[encoding] + request_media_tokens(request, target.model)
+            most = max(most, tokens)
+            worst = self._worse(request, worst, self._pricer.cost(target, Usage(tokens, cap)).usd)
+        return worst, most
 
     def _worse(self, request: ChatRequest, worst: Decimal | None, usd: Decimal | None) -> Decimal | None:
         if usd is None:
@@ -130,13 +134,21 @@ class CostEstimator:
 
 
 def prompt_tokens(counter: TiktokenCounter, request: ChatRequest, model: str) -> int:
-    """The prompt's tokens counted offline: the messages, the most their images, audio and files may cost on
-    ``model`` (``thrifty.media``), and the tool definitions and response schema, which are prompt tokens too
-    (counted as their JSON text, which providers render more compactly: this errs high, as a reservation must)."""
+    """The prompt's tokens counted offline: its text, and the most its images, audio and files may cost on
+    ``model`` (``thrifty.media``)."""
+    return text_tokens(counter, request, model) + request_media_tokens(request, model)
+
+
+def text_tokens(counter: TiktokenCounter, request: ChatRequest, model: str) -> int:
+    """The messages' text, and the tool definitions and response schema, which are prompt tokens too (counted as
+    their JSON text, which providers render more compactly: this errs high, as a reservation must)."""
     raw = _definitions(request)
     definitions = counter.count_text(model, raw.decode("utf-8")) if raw else 0
-    media = sum(media_tokens(message.get("content"), model) for message in request.messages)
-    return counter.count_messages(model, request.messages) + definitions + media
+    return counter.count_messages(model, request.messages) + definitions
+
+
+def request_media_tokens(request: ChatRequest, model: str) -> int:
+    return sum(media_tokens(message.get("content"), model) for message in request.messages)
 
 
 def _definitions(request: ChatRequest) -> bytes:

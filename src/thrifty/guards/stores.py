@@ -40,8 +40,13 @@ class Verdict:
     ok: bool
     spent: int
     reserved: int
-    created: bool = False
-    """The store had no count for this key and started it from the seed given (Redis lost or expired it)."""
+    missing: bool = False
+    """Asked with ``SEEDED``, the store had no count for the key (Redis lost or expired it): nothing was done."""
+
+
+SEEDED = -1
+"""The seed to pass for a count seeded before: the store then never starts it (at zero) if it was lost, it says
+``missing``, so that the caller can take the count again from the ledger."""
 
 
 class GuardStore(Protocol):
@@ -82,6 +87,8 @@ class MemoryGuardStore:
         now = time.time()
         account = self._accounts.get(key)
         if account is None:
+            if seed == SEEDED:
+                return Verdict(False, 0, 0, missing=True)
             account = self._accounts[key] = _Account(seed)
         reserved = account.live_reserved(now)
         if account.spent + reserved + amount > limit:
@@ -132,7 +139,13 @@ class MemoryGuardStore:
 
 # KEYS[1] spent, KEYS[2] reservations hash; ARGV token, amount, limit, expires_at, now, seed, key ttl
 _RESERVE = """
-local created = redis.call('SET', KEYS[1], ARGV[6], 'NX', 'EX', ARGV[7]) and 1 or 0
+if ARGV[6] == '-1' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return {0, 0, 0, 1}
+  end
+else
+  redis.call('SET', KEYS[1], ARGV[6], 'NX', 'EX', ARGV[7])
+end
 local spent = tonumber(redis.call('GET', KEYS[1]))
 local reserved = 0
 local all = redis.call('HGETALL', KEYS[2])
@@ -145,11 +158,11 @@ for i = 1, #all, 2 do
   end
 end
 if spent + reserved + tonumber(ARGV[2]) > tonumber(ARGV[3]) then
-  return {0, spent, reserved, created}
+  return {0, spent, reserved, 0}
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
-return {1, spent, reserved + tonumber(ARGV[2]), created}
+return {1, spent, reserved + tonumber(ARGV[2]), 0}
 """
 
 # Spend counts even when the reservation already expired: the money was spent either way. A count Redis lost is
@@ -199,8 +212,8 @@ class RedisGuardStore:
         now = time.time()
         keys = [PREFIX + key + ":spent", PREFIX + key + ":res"]
         args: list[str | int] = [token, amount, limit, f"{now + ttl_s:.3f}", f"{now:.3f}", seed, self._key_ttl_s]
-        ok, spent, reserved, created = await _run(self._reserve, keys, args)
-        return Verdict(bool(ok), int(spent), int(reserved), bool(created))
+        ok, spent, reserved, missing = await _run(self._reserve, keys, args)
+        return Verdict(bool(ok), int(spent), int(reserved), bool(missing))
 
     async def settle(self, key: str, token: str, actual: int) -> int:
         return int(await _run(self._settle, [PREFIX + key + ":spent", PREFIX + key + ":res"], [token, actual]))

@@ -137,6 +137,7 @@ class SqlLedger:
         self._settled = threading.Condition()
         self._migrated = False
         self.written = 0
+        self._recorded = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -146,7 +147,16 @@ class SqlLedger:
         segment = self._journal.append(row)
         with self._settled:
             self._outstanding += 1
+            self._recorded += 1
         self._queue.put((row, segment))
+
+    def caught_up(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every row recorded before this call is in the database (rows recorded meanwhile need not
+        be: under steady traffic ``flush`` might never see the queue empty). Budgets call it before reading a
+        period's spend, so that the count they take includes the calls just made."""
+        with self._settled:
+            target = self._recorded
+            return self._settled.wait_for(lambda: self.written >= target, timeout_s)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every recorded row is in the database (tests, shutdown, CLI)."""
@@ -187,9 +197,9 @@ class SqlLedger:
                 for _, segment in batch:
                     counts[segment] = counts.get(segment, 0) + 1
                 self._journal.acknowledge(counts)
-                self.written += len(batch)
                 with self._settled:
                     self._outstanding -= len(batch)
+                    self.written += len(batch)
                     self._settled.notify_all()
             if time.monotonic() - last_rotation > ROTATE_EVERY_S:
                 self._journal.rotate()
