@@ -93,7 +93,7 @@ class Gateway:
         trace = Trace(request.request_id, "chat", request.model)
         admission: Admission | None = None
         cost: Cost | None = None
-        answered_by = ""
+        answered_by, recorded = "", False
         try:
             try:
                 trace.principal = principal or self.authenticator.authenticate(caller)  # 1. authenticate
@@ -110,12 +110,13 @@ class Gateway:
                 cost, answered_by = self.account(trace, sent, response), response.target.model
                 # 7. record, before anything else can fail or be cancelled: the call is paid for.
                 self.record(self.finished(trace, cost, request, output_text(response)))
+                recorded = True
             except ThriftyError as exc:
-                if cost is None:
+                if not recorded:
                     self.record_failure(trace, exc.error_type)
                 raise
             except Exception:
-                if cost is None:  # a fault of ours still leaves the row of what was paid for
+                if not recorded:  # a fault of ours still leaves the row of what was paid for
                     self.record_failure(trace, "internal_error")
                 raise
             if fresh:

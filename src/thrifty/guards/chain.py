@@ -31,7 +31,6 @@ class ChainAdmission:
         self.request = request
         self._budget, self._limiter, self._subjects, self._estimator = budget, limiter, subjects, estimator
         self._settled = False
-        self._overlap = overlap
         self.remote = overlap
         """Settling makes round trips to a shared store (a client leaving mid-way could interrupt it)."""
 
@@ -65,7 +64,7 @@ class ChainAdmission:
             tokens = usage.input_tokens + usage.output_tokens
             if model:
                 self._estimator.observe_output(model, usage.output_tokens)
-        if self._budget is not None and limiter is not None and self._overlap:
+        if self._budget is not None and limiter is not None and self.remote:
             # overlapping round trips to a shared store
             await asyncio.gather(self._budget.settle(actual_nusd), limiter.count(self._subjects, tokens, actual_nusd))
             return
