@@ -11,11 +11,13 @@ from sqlalchemy import select
 
 from fakes.upstream import FakeUpstream, FakeUsage
 from gateway_harness import settings_for
+from thrifty.accounting import Trace
 from thrifty.assembly import build_runtime
 from thrifty.ledger import tables
 from thrifty.server.http import Request
 from thrifty.server.sse import relay_openai_stream
-from thrifty.types import Caller, ChatRequest
+from thrifty.streaming import ChatStream, replay
+from thrifty.types import Caller, ChatRequest, ChatResponse, Cost, Target, Usage
 
 
 async def test_a_stream_whose_status_line_cannot_be_sent_still_records_its_row(tmp_path: Path) -> None:
@@ -45,3 +47,40 @@ async def test_a_stream_whose_status_line_cannot_be_sent_still_records_its_row(t
     (row,) = rows
     assert row["request_id"] == "req_gone" and row["status"] == "cancelled" and row["streamed"]
     assert row["input_tokens"] > 0 and row["cost_nusd"] > 0
+
+
+class CountingAdmission:
+    """An Admission that holds nothing and counts how often the stream asks it to keep its holds."""
+
+    def __init__(self, request: ChatRequest) -> None:
+        self.request = request
+        self.extended = 0
+
+    def bounded(self, request: ChatRequest) -> ChatRequest:
+        return request
+
+    async def extend(self) -> None:
+        self.extended += 1
+
+    async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None:
+        return None
+
+
+async def test_a_long_stream_renews_its_budget_holds(tmp_path: Path) -> None:
+    """Reservations expire after 15 minutes so that none leak; a stream still running keeps renewing its own
+    (every 5 minutes; here at every chunk)."""
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
+        runtime = build_runtime(settings_for(tmp_path, up))
+        runtime.start()
+        try:
+            request = ChatRequest({"model": "fast", "messages": [{"role": "user", "content": "x"}]}, "req_long")
+            answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "y" * 400}}]}
+            opened = await replay(ChatResponse(answer, Usage(10, 5), Target("up", "gpt-4o-mini"), 1.0))
+            admission = CountingAdmission(request)
+            trace = Trace("req_long", "chat", "fast", streamed=True)
+            stream = ChatStream(runtime.gateway, request, request, trace, opened, admission)
+            stream.renew_every_s = 0.0
+            payloads = [payload async for payload in stream.chunks()]
+        finally:
+            await runtime.aclose()
+    assert len(payloads) > 3 and admission.extended >= len(payloads) - 1

@@ -40,6 +40,10 @@ class Admission(Protocol):
         """The request to send (after the optimizers), capped to the output the guard reserved for."""
         ...
 
+    async def extend(self) -> None:
+        """Keep what was reserved for a call still running (reservations expire, so that none leak)."""
+        ...
+
     async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None: ...
 
 

@@ -8,6 +8,8 @@ are counted offline and marked estimated: they were billed, so they are never dr
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -24,6 +26,11 @@ from thrifty.types import ChatRequest, ChatResponse, Cost, Status, StreamChunk, 
 
 if TYPE_CHECKING:
     from thrifty.pipeline import Gateway
+
+log = logging.getLogger("thrifty")
+
+RENEW_HOLDS_EVERY_S = 300.0
+"""A third of a reservation's life (``RESERVATION_TTL_S``): a long stream renews its holds this often."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,8 @@ class ChatStream:
         self._payloads: list[bytes] = []
         self._usage: Usage | None = opened.usage
         self._prompt_usage: Usage | None = opened.first.prompt_usage
+        self.renew_every_s = RENEW_HOLDS_EVERY_S
+        self._renewed_at = time.monotonic()
         self.cost: Cost | None = None
         self.error: ThriftyError | None = None
         trace.target = opened.target
@@ -91,6 +100,8 @@ class ChatStream:
                     self._trace.finish_reason = "budget"
                     yield self._stop_chunk()  # the budget paid for no more: end cleanly, as the model would
                     break
+                if time.monotonic() - self._renewed_at >= self.renew_every_s:
+                    await self._renew()
                 if chunk.usage is not None:
                     self._usage = chunk.usage
                 if chunk.prompt_usage is not None:
@@ -111,6 +122,14 @@ class ChatStream:
             await self._opened.rest.aclose()
             if self.cost is None:
                 await self._finish(status, "")
+
+    async def _renew(self) -> None:
+        """Reservations expire, so that none leak; a stream that runs long keeps its own alive."""
+        self._renewed_at = time.monotonic()
+        try:
+            await self._admission.extend()
+        except Exception:  # the stream goes on; its cost is settled all the same when it ends
+            log.warning("could not renew the budget holds of %s", self._trace.request_id, exc_info=True)
 
     async def abandon(self) -> None:
         """Record a stream whose chunks were never asked for (the client was gone before the status line)."""

@@ -344,3 +344,18 @@ async def test_the_gateways_own_calls_skip_rate_limits_and_agent_caps_but_not_bu
         await chain.admit(request(max_tokens=10), ACME)
     with pytest.raises(BudgetExceeded):  # the budget still holds for them
         await chain.admit(replace(request(max_tokens=1_000_000), charged_to="summarize"), ACME)
+
+
+async def test_a_hold_renewed_outlives_its_first_expiry_and_a_gone_one_is_not_revived() -> None:
+    store = MemoryGuardStore()
+    assert (await store.reserve("k", "long", 300, 1000, 0.1, 0)).ok
+    assert await store.extend("k", "long", 60)
+    await asyncio.sleep(0.15)
+    assert await store.reserved_total() == 300  # still held past its first expiry
+    assert not (await store.reserve("k", "other", 701, 1000, 60, 0)).ok
+    await store.settle("k", "long", 250)
+    assert not await store.extend("k", "long", 60)  # settled: nothing to keep
+    assert not await store.extend("k", "never", 60)
+    assert (await store.reserve("k", "short", 100, 1000, 0.05, 0)).ok
+    await asyncio.sleep(0.1)
+    assert not await store.extend("k", "short", 60)  # already expired: not brought back

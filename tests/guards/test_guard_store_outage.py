@@ -5,6 +5,7 @@ Redis is real, behind a TCP forwarder that can be cut (``TcpProxy``); the ledger
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from decimal import Decimal
@@ -116,3 +117,26 @@ def test_a_budget_count_redis_lost_is_taken_again_from_the_ledger(tmp_path: Path
             rows = ledger_rows(gw)
     spent = sum(Decimal(int(r["cost_nusd"] or 0)) for r in rows) / Decimal(10**9)
     assert spent == Decimal("0.00054")  # two calls: the second was admitted on $0.00027 of room, the third not
+
+
+async def test_redis_renews_a_hold_and_never_revives_a_gone_one() -> None:
+    import redis
+
+    from thrifty.guards.stores import RedisGuardStore
+
+    with redis.Redis.from_url(REDIS_URL) as r:
+        r.flushdb()
+    store = RedisGuardStore(REDIS_URL)
+    try:
+        assert (await store.reserve("k", "long", 300, 1000, 0.2, 0)).ok
+        assert await store.extend("k", "long", 60)
+        await asyncio.sleep(0.3)
+        assert await store.reserved_total() == 300
+        assert not (await store.reserve("k", "other", 701, 1000, 60, 0)).ok
+        await store.settle("k", "long", 250)
+        assert not await store.extend("k", "long", 60)
+        assert (await store.reserve("k", "short", 100, 1000, 0.05, 0)).ok
+        await asyncio.sleep(0.1)
+        assert not await store.extend("k", "short", 60)
+    finally:
+        await store.aclose()

@@ -114,6 +114,12 @@ class BudgetAdmission:
         """Whether a hard budget holds this request."""
         return any(hold.budget.hard for hold in self._holds)
 
+    async def extend(self) -> None:
+        """Keep the holds of a call still running (a long stream) from expiring under it."""
+        if not self._settled:
+            for hold in self._holds:
+                await self._store.extend(hold.key, hold.token, RESERVATION_TTL_S)
+
     async def settle(self, actual: int) -> None:
         """Turns each hold into ``actual`` nano-dollars of spend (0 releases it); once."""
         if self._settled:

@@ -53,6 +53,10 @@ class ChainAdmission:
             return request
         return replace(request, body=capped_body(request.body, per_choice))
 
+    async def extend(self) -> None:
+        if self._budget is not None and not self._settled:
+            await self._budget.extend()
+
     async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None:
         if self._settled:
             return

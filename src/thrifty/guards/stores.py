@@ -55,6 +55,10 @@ class GuardStore(Protocol):
         """Turn the reservation into ``actual`` of spend; the spend after it, or -1 if the count was lost."""
         ...
 
+    async def extend(self, key: str, token: str, ttl_s: float) -> bool:
+        """Keep a reservation for another ``ttl_s`` (a call still running); False if it is already gone."""
+        ...
+
     async def hit_window(self, windows: Sequence[Window]) -> Overflow | None: ...
     async def reserved_total(self) -> int: ...
 
@@ -112,6 +116,14 @@ class MemoryGuardStore:
             account.reserved -= held[0]
         account.spent += actual
         return account.spent
+
+    async def extend(self, key: str, token: str, ttl_s: float) -> bool:
+        account = self._accounts.get(key)
+        held = None if account is None else account.reservations.get(token)
+        if account is None or held is None or held[1] <= time.time():
+            return False
+        account.reservations[token] = (held[0], time.time() + ttl_s)
+        return True
 
     async def hit_window(self, windows: Sequence[Window]) -> Overflow | None:
         now = time.time()
@@ -175,6 +187,21 @@ end
 return redis.call('INCRBY', KEYS[1], ARGV[2])
 """
 
+# KEYS[1] reservations hash; ARGV token, new expires_at, now, key ttl
+_EXTEND = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then
+  return 0
+end
+local amount, expires = string.match(held, '(%d+):([%d%.]+)')
+if tonumber(expires) <= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], amount .. ':' .. ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
 # KEYS: counters (the window number is in the key); ARGV: amount, limit, ttl triples
 _WINDOW = """
 for i, key in ipairs(KEYS) do
@@ -206,6 +233,7 @@ class RedisGuardStore:
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
         self._window = self._redis.register_script(_WINDOW)
+        self._extend = self._redis.register_script(_EXTEND)
         self._key_ttl_s = key_ttl_s
 
     async def reserve(self, key: str, token: str, amount: int, limit: int, ttl_s: float, seed: int) -> Verdict:
@@ -217,6 +245,11 @@ class RedisGuardStore:
 
     async def settle(self, key: str, token: str, actual: int) -> int:
         return int(await _run(self._settle, [PREFIX + key + ":spent", PREFIX + key + ":res"], [token, actual]))
+
+    async def extend(self, key: str, token: str, ttl_s: float) -> bool:
+        now = time.time()
+        args: list[str | int] = [token, f"{now + ttl_s:.3f}", f"{now:.3f}", self._key_ttl_s]
+        return bool(await _run(self._extend, [PREFIX + key + ":res"], args))
 
     async def hit_window(self, windows: Sequence[Window]) -> Overflow | None:
         now = time.time()
