@@ -44,7 +44,7 @@ class Trace:
     max_output_tokens: int | None = None
     escalated_usd: Decimal = Decimal(0)
     """What the cascade steps before the answer cost (each has its own ledger row); budgets are charged for them."""
-    escalated_usage: Usage | None = None
+    escalated_usage: Usage = field(default_factory=Usage)
     escalations: int = 0
     escalated_unpriced: bool = False
 
@@ -149,7 +149,7 @@ def split_savings(cost: Cost, baseline: Cost, here: Counterfactual, cache: str, 
 def with_escalations(cost: Cost, trace: Trace) -> Cost:
     """What a request cost in all: its answer and the cascade steps before it (each step has its own row);
     unpriced if any part is."""
-    if trace.escalated_usage is None:
+    if not trace.escalations:
         return cost
     if cost.usd is None or trace.escalated_unpriced:
         return Cost(None)
@@ -164,7 +164,7 @@ async def settle(admission: Admission, cost: Cost, trace: Trace, model: str = ""
     into an error that the client would retry and pay for twice. Shielded: a client leaving mid-settle must not
     leave the spend uncounted."""
     usd, usage = cost.usd, trace.usage if model else None
-    if trace.escalated_usage is not None:
+    if trace.escalations:
         usd = (usd or Decimal(0)) + trace.escalated_usd
         usage = trace.escalated_usage if usage is None else usage + trace.escalated_usage
     settling = _settle_logged(admission, Cost(usd), usage, model, trace.request_id)

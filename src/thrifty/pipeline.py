@@ -264,7 +264,7 @@ class Gateway:
         savings = {"routing": -cost.usd} if cost.usd else {}
         trace.escalated_usd += cost.usd or Decimal(0)
         trace.escalated_unpriced = trace.escalated_unpriced or cost.usd is None
-        trace.escalated_usage = usage if trace.escalated_usage is None else trace.escalated_usage + usage
+        trace.escalated_usage += usage
         self.record(step.entry("escalated", cost, ZERO, error_type=f"check:{check}", savings=savings))
 
     def record_failure(self, trace: Trace, error_type: str) -> None:

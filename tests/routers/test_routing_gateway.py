@@ -190,7 +190,7 @@ def test_a_streamed_cascade_answer_cut_short_still_counts_what_was_paid(tmp_path
 
 def test_a_cascade_with_an_unpriced_step_is_unpriced_in_all() -> None:
     trace = Trace("req", "chat", "auto")
-    trace.escalated_usd, trace.escalated_usage = Decimal("0.001"), Usage(10, 10)
+    trace.escalations, trace.escalated_usd, trace.escalated_usage = 1, Decimal("0.001"), Usage(10, 10)
     assert with_escalations(Cost(Decimal("0.002")), trace) == Cost(Decimal("0.003"))
     assert with_escalations(Cost(None), trace) == Cost(None)
     trace.escalated_unpriced = True
