@@ -62,3 +62,24 @@ def test_cache_hits_reported_the_deepseek_way_are_priced_as_cache_reads() -> Non
     deepseek = {"prompt_tokens": 1000, "completion_tokens": 10, "prompt_cache_hit_tokens": 800}
     openai_style = {"prompt_tokens": 1000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 800}}
     assert usage_from_openai(deepseek) == usage_from_openai(openai_style) == Usage(1000, 10, cache_read_tokens=800)
+
+
+def test_cache_writes_kept_for_an_hour_bill_at_the_hour_rate() -> None:
+    """Anthropic bills a 1-hour cache write at 2x the input price, a 5-minute one at 1.25x."""
+    haiku = Target("anthropic", "claude-3-5-haiku-latest")  # a flat price: 0.8 in, 1.0 write, 1.6 1-hour write
+    usage = Usage(input_tokens=1000, output_tokens=0, cache_write_tokens=600, cache_write_1h_tokens=400)
+    # 400 uncached x 0.8 + 200 written x 1.0 + 400 written for an hour x 1.6, per million.
+    assert pricer().cost(haiku, usage).usd == Decimal("0.00116")
+    sonnet = Target("anthropic", "claude-sonnet-4-5")  # a tiered price (dearer above 200k prompt tokens)
+    usage = Usage(input_tokens=10_000, output_tokens=100, cache_write_tokens=6000, cache_write_1h_tokens=4000)
+    # 4,000 uncached x 3 + 2,000 x 3.75 + 4,000 x 6 + 100 out x 15, per million.
+    assert pricer().cost(sonnet, usage).usd == Decimal("0.045")
+
+
+def test_an_override_prices_hour_writes_at_the_write_price_unless_given_its_own() -> None:
+    mine = Target("local", "m")
+    usage = Usage(input_tokens=1_000_000, cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000)
+    plain = CatalogPricer({"m": ModelPrice(Decimal(1), Decimal(1), None, Decimal(2))})
+    hourly = CatalogPricer({"m": ModelPrice(Decimal(1), Decimal(1), None, Decimal(2), Decimal(3))})
+    assert plain.cost(mine, usage).usd == Decimal(2)
+    assert hourly.cost(mine, usage).usd == Decimal(3)

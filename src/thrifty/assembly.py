@@ -425,7 +425,11 @@ def build_semantic(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -
 def build_pricer(settings: Settings) -> CatalogPricer:
     overrides = {
         model: ModelPrice(
-            p.usd_per_mtok_input, p.usd_per_mtok_output, p.usd_per_mtok_cache_read, p.usd_per_mtok_cache_write
+            p.usd_per_mtok_input,
+            p.usd_per_mtok_output,
+            p.usd_per_mtok_cache_read,
+            p.usd_per_mtok_cache_write,
+            p.usd_per_mtok_cache_write_1h,
         )
         for model, p in settings.prices.items()
     }

@@ -6,7 +6,8 @@ never $0, and it is warned about once per model.
 
 Cache tokens are priced as providers bill them: ``Usage.input_tokens`` includes cache reads and writes, so the
 uncached remainder is billed at the input price, reads at the cache-read price and writes at the cache-write
-price. Each token is billed exactly once.
+price (writes kept for an hour at the 1-hour write price, where the model has one). Each token is billed exactly
+once.
 """
 
 from __future__ import annotations
@@ -33,17 +34,22 @@ class ModelPrice:
     usd_per_mtok_output: Decimal
     usd_per_mtok_cache_read: Decimal | None = None
     usd_per_mtok_cache_write: Decimal | None = None
+    usd_per_mtok_cache_write_1h: Decimal | None = None
+    """Writes kept for an hour; without it they bill at ``usd_per_mtok_cache_write`` (as the catalog does)."""
 
     def cost(self, usage: Usage) -> Decimal:
         read_price = self.usd_per_mtok_input if self.usd_per_mtok_cache_read is None else self.usd_per_mtok_cache_read
         write_price = (
             self.usd_per_mtok_input if self.usd_per_mtok_cache_write is None else self.usd_per_mtok_cache_write
         )
+        hour_price = write_price if self.usd_per_mtok_cache_write_1h is None else self.usd_per_mtok_cache_write_1h
         uncached = max(usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0)
+        hour_writes = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
         total = (
             uncached * self.usd_per_mtok_input
             + usage.cache_read_tokens * read_price
-            + usage.cache_write_tokens * write_price
+            + (usage.cache_write_tokens - hour_writes) * write_price
+            + hour_writes * hour_price
             + usage.output_tokens * self.usd_per_mtok_output
         )
         return total / MTOK
@@ -124,6 +130,7 @@ def catalog_price(model: str, provider_id: str | None) -> PriceFn:
                 output_tokens=usage.output_tokens,
                 cache_read_tokens=usage.cache_read_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
+                cache_write_1h_tokens=min(usage.cache_write_1h_tokens, usage.cache_write_tokens),
             ),
             model_ref=model,
             provider_id=provider_id,
@@ -135,10 +142,13 @@ def catalog_price(model: str, provider_id: str | None) -> PriceFn:
 
 def _flat_price(model_price: Any) -> ModelPrice | None:
     prices = {name: getattr(model_price, name, None) for name in ("input_mtok", "output_mtok")}
-    cache = {name: getattr(model_price, name, None) for name in ("cache_read_mtok", "cache_write_mtok")}
+    cache_keys = ("cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
+    cache = {name: getattr(model_price, name, None) for name in cache_keys}
     flat_in, flat_out = prices["input_mtok"], prices["output_mtok"]
     if not isinstance(flat_in, Decimal) or not isinstance(flat_out, Decimal):
         return None
     if not all(v is None or isinstance(v, Decimal) for v in cache.values()):
         return None
-    return ModelPrice(flat_in, flat_out, cache["cache_read_mtok"], cache["cache_write_mtok"])
+    return ModelPrice(
+        flat_in, flat_out, cache["cache_read_mtok"], cache["cache_write_mtok"], cache["cache_write_1h_mtok"]
+    )

@@ -146,6 +146,7 @@ class PriceSettings(_Strict):
     usd_per_mtok_output: Annotated[Decimal, Field(ge=0)]
     usd_per_mtok_cache_read: Annotated[Decimal, Field(ge=0)] | None = None
     usd_per_mtok_cache_write: Annotated[Decimal, Field(ge=0)] | None = None
+    usd_per_mtok_cache_write_1h: Annotated[Decimal, Field(ge=0)] | None = None
 
 
 class CacheRule(_Strict):

@@ -35,7 +35,8 @@ class Usage:
 
     ``input_tokens`` is the whole prompt, cache reads and writes included (OpenAI's ``prompt_tokens``
     convention). Anthropic reports its cache tokens beside ``input_tokens``; its adapter adds them in, so that
-    no cached token is ever priced twice or forgotten.
+    no cached token is ever priced twice or forgotten. ``cache_write_1h_tokens`` are the part of the cache
+    writes kept for an hour (Anthropic's ``ttl: "1h"``), which bill at a higher rate than the 5-minute ones.
     """
 
     input_tokens: int = 0
@@ -43,6 +44,7 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     estimated: bool = False
+    cache_write_1h_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -51,6 +53,7 @@ class Usage:
             self.cache_read_tokens + other.cache_read_tokens,
             self.cache_write_tokens + other.cache_write_tokens,
             self.estimated or other.estimated,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
         )
 
 

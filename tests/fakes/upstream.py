@@ -116,10 +116,14 @@ class FakeUsage:
     output_tokens: int
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    """The part of ``cache_write_tokens`` kept for an hour (Anthropic's ``cache_creation``)."""
 
     def __post_init__(self) -> None:
         if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
             raise ValueError("input_tokens counts the whole prompt, so it cannot be below the cached part")
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise ValueError("cache_write_1h_tokens is a part of cache_write_tokens")
 
 
 @dataclass(frozen=True)
@@ -521,6 +525,10 @@ def _anthropic_usage(usage: FakeUsage, output_tokens: int) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens,
         "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": usage.cache_write_tokens - usage.cache_write_1h_tokens,
+            "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
+        },
         "cache_read_input_tokens": usage.cache_read_tokens,
         "output_tokens": output_tokens,
         "service_tier": "standard",

@@ -21,7 +21,7 @@ from thrifty.media import media_tokens
 from thrifty.observe.alerts import Alert
 from thrifty.pricing import CatalogPricer, ModelPrice
 from thrifty.tokens import TiktokenCounter, messages_token_bound
-from thrifty.types import ChatRequest, Cost, Principal, Target
+from thrifty.types import ChatRequest, Cost, Principal, Target, Usage
 
 MINI = Target("up", "gpt-4o-mini")
 CLAUDE = Target("anth", "claude-3-5-haiku-latest")
@@ -359,3 +359,23 @@ async def test_a_hold_renewed_outlives_its_first_expiry_and_a_gone_one_is_not_re
     assert (await store.reserve("k", "short", 100, 1000, 0.05, 0)).ok
     await asyncio.sleep(0.1)
     assert not await store.extend("k", "short", 60)  # already expired: not brought back
+
+
+def test_a_prompt_that_may_be_written_to_a_provider_cache_reserves_the_write_price() -> None:
+    """Anthropic bills a prompt written to its cache at 1.25x the input price, or 2x when a breakpoint asks for
+    an hour: the worst case must cover the dearer of reading and writing the whole prompt."""
+    written = ModelPrice(Decimal("0.80"), Decimal("4"), Decimal("0.08"), Decimal("1.00"), Decimal("1.60"))
+    pricer, counter = CatalogPricer({"claude-3-5-haiku-latest": written}), TiktokenCounter()
+    est = CostEstimator(pricer, counter, {"fast": (CLAUDE,)})
+    plain = request("a" * 3000, max_tokens=1)
+    worst, tokens = est.worst_case(plain)
+    assert worst == (Decimal(tokens) * Decimal("1.00") + 4) / 1_000_000
+    hourly_part = {"type": "text", "text": "a" * 3000, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    hourly = ChatRequest({**plain.body, "messages": [{"role": "user", "content": [hourly_part]}]}, "req")
+    worst_hour, tokens_hour = est.worst_case(hourly)
+    assert worst_hour == (Decimal(tokens_hour) * Decimal("1.60") + 4) / 1_000_000
+    for req, exact in ((plain, worst), (hourly, worst_hour)):
+        bound = est.worst_case_bound(req)
+        assert exact is not None and bound is not None and bound >= ceil_nusd(exact)
+    # Where writes cost nothing extra (OpenAI), nothing changes.
+    assert estimator().worst_case(plain)[0] == CatalogPricer(PRICES).cost(MINI, Usage(est.worst_case(plain)[1], 1)).usd

@@ -439,7 +439,7 @@ def test_malformed_messages_are_refused(messages: Any) -> None:
 # from_anthropic -------------------------------------------------------------------------------------------
 
 
-def anthropic_message(content: list[JsonObject], stop_reason: str = "end_turn", **usage: int) -> JsonObject:
+def anthropic_message(content: list[JsonObject], stop_reason: str = "end_turn", **usage: Any) -> JsonObject:
     return {
         "id": "msg_01",
         "type": "message",
@@ -764,3 +764,17 @@ def test_garbage_error_bodies_are_tolerated(body: bytes, message: str) -> None:
     error = anthropic_error(502, body)
     assert isinstance(error, UpstreamUnavailable)
     assert error.message == message
+
+
+def test_cache_writes_kept_for_an_hour_are_told_apart_and_passed_on() -> None:
+    message = anthropic_message(
+        [],
+        cache_creation_input_tokens=50,
+        cache_creation={"ephemeral_5m_input_tokens": 20, "ephemeral_1h_input_tokens": 30},
+    )
+    body, usage = from_anthropic(message)
+    assert usage == Usage(input_tokens=62, output_tokens=7, cache_write_tokens=50, cache_write_1h_tokens=30)
+    assert body["usage"]["cache_creation"] == {"ephemeral_5m_input_tokens": 20, "ephemeral_1h_input_tokens": 30}
+    from thrifty.providers.openai import usage_from_openai
+
+    assert usage_from_openai(body["usage"]) == usage

@@ -713,3 +713,26 @@ def test_error_bodies_use_anthropic_types(openai_type: str, anthropic_type: str)
     error = at.ErrorResponse.model_validate(body)
     assert (error.error.type, error.error.message) == (anthropic_type, "Budget exhausted")
     assert set(body) == {"type", "error"}
+
+
+def test_hour_long_cache_writes_survive_the_round_trip() -> None:
+    original = {
+        "id": "msg_02",
+        "type": "message",
+        "role": "assistant",
+        "model": MODEL,
+        "content": [text("Done.")],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 30,
+            "output_tokens": 12,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 500,
+            "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 400},
+        },
+    }
+    body, usage = from_anthropic(original)
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (500, 400)
+    assert openai_response_to_anthropic(body) == original
+    assert at.Message.model_validate(original).usage.cache_creation is not None

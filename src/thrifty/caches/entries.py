@@ -39,6 +39,7 @@ class CacheEntry:
                     self.usage.cache_read_tokens,
                     self.usage.cache_write_tokens,
                     self.usage.estimated,
+                    self.usage.cache_write_1h_tokens,
                 ],
                 "tenant": self.tenant,
                 "feature": self.feature,
@@ -67,11 +68,11 @@ class CacheEntry:
     @classmethod
     def from_bytes(cls, raw: bytes) -> CacheEntry:
         data = orjson.loads(raw)
-        i, o, r, w, estimated = data["usage"]
+        i, o, r, w, estimated, *hour = data["usage"]  # entries stored before 1-hour writes were counted have 5
         return cls(
             body=data["body"],
             target=Target(data["provider"], data["model"]),
-            usage=Usage(i, o, r, w, estimated),
+            usage=Usage(i, o, r, w, estimated, hour[0] if hour else 0),
             tenant=data["tenant"],
             feature=data["feature"],
             alias=data["alias"],

@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
 import orjson
 
@@ -52,7 +53,7 @@ class CostEstimator:
         self._cascades = cascades
         self._default_max = default_max_output_tokens
         self._outputs: dict[str, tuple[int, int]] = {}
-        self._bounds: dict[tuple[str, int, int], int | None] = {}
+        self._bounds: dict[tuple[str, int, int, bool], int | None] = {}
         self._bounds_minute = 0
 
     def max_output_tokens(self, request: ChatRequest) -> int:
@@ -89,6 +90,7 @@ class CostEstimator:
         Targets that count text with the same encoding share one count (on the request path, counting is the
         cost); media are priced per target, since models of one encoding bill images very differently."""
         cap = self.max_output_tokens(request)
+        hour = asks_hour_cache(request)
         counts: dict[str, int] = {}
         worst: Decimal | None = None
         most = 0
@@ -98,8 +100,20 @@ class CostEstimator:
                 counts[encoding] = text_tokens(self._counter, request, target.model)
             tokens = counts[encoding] + request_media_tokens(request, target.model)
             most = max(most, tokens)
-            worst = self._worse(request, worst, self._pricer.cost(target, Usage(tokens, cap)).usd)
+            worst = self._worse(request, worst, self._dearest(target, tokens, cap, hour))
         return worst, most
+
+    def _dearest(self, target: Target, tokens: int, cap: int, hour: bool) -> Decimal | None:
+        """The most ``tokens`` of prompt and ``cap`` of output can cost on ``target``: a provider that caches
+        prompts may bill the whole prompt as a cache write (Anthropic: 1.25x the input price, or 2x when the
+        request asks for a 1-hour cache), so that is priced too, and the dearer taken."""
+        plain = self._pricer.cost(target, Usage(tokens, cap)).usd
+        written = self._pricer.cost(
+            target, Usage(tokens, cap, cache_write_tokens=tokens, cache_write_1h_tokens=tokens if hour else 0)
+        ).usd
+        if plain is None or written is None:
+            return plain if written is None else written
+        return max(plain, written)
 
     def _worse(self, request: ChatRequest, worst: Decimal | None, usd: Decimal | None) -> Decimal | None:
         if usd is None:
@@ -115,7 +129,8 @@ class CostEstimator:
         same size and the same ``max_tokens`` share one price computation: a price only grows with tokens."""
         cap = self.max_output_tokens(request)
         bound_in = messages_token_bound(request.messages) + len(_definitions(request))
-        key = (request.model, size_class(bound_in), cap)
+        hour = asks_hour_cache(request)
+        key = (request.model, size_class(bound_in), cap, hour)
         minute = int(time.time() // 60)
         if minute != self._bounds_minute or len(self._bounds) >= BOUND_PRICES:
             self._bounds.clear()
@@ -124,7 +139,7 @@ class CostEstimator:
             return self._bounds[key]
         worst: Decimal | None = None
         for target in self._aliases[request.model]:
-            worst = self._worse(request, worst, self._pricer.cost(target, Usage(key[1], cap)).usd)
+            worst = self._worse(request, worst, self._dearest(target, key[1], cap, hour))
         bound = self._bounds[key] = None if worst is None else ceil_nusd(worst)
         return bound
 
@@ -149,6 +164,23 @@ def text_tokens(counter: TiktokenCounter, request: ChatRequest, model: str) -> i
 
 def request_media_tokens(request: ChatRequest, model: str) -> int:
     return sum(media_tokens(message.get("content"), model) for message in request.messages)
+
+
+def asks_hour_cache(request: ChatRequest) -> bool:
+    """Whether a ``cache_control`` breakpoint in the request asks Anthropic to keep the prefix for an hour
+    (``"ttl": "1h"``), whose writes bill at twice the input price instead of 1.25 times."""
+    marked: list[Any] = [request.body.get("tools") or []]
+    for message in request.messages:
+        marked.append(message)
+        content = message.get("content")
+        if isinstance(content, list):
+            marked.append(content)
+    for group in marked:
+        for item in group if isinstance(group, list) else (group,):
+            control = item.get("cache_control") if isinstance(item, dict) else None
+            if isinstance(control, dict) and control.get("ttl") == "1h":
+                return True
+    return False
 
 
 def _definitions(request: ChatRequest) -> bytes:

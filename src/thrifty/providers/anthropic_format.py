@@ -295,22 +295,43 @@ def _tool_choice(choice: Any) -> JsonObject:
 
 
 def usage_from_anthropic(usage: JsonObject) -> Usage:
-    """Anthropic counts cache reads and writes beside ``input_tokens``; ``Usage`` counts them inside."""
+    """Anthropic counts cache reads and writes beside ``input_tokens``; ``Usage`` counts them inside.
+
+    ``cache_creation`` splits the writes by how long they are kept; those kept for an hour bill at a higher rate."""
     read = usage.get("cache_read_input_tokens") or 0
-    written = usage.get("cache_creation_input_tokens") or 0
+    five_minutes, hour = cache_write_split(usage)
+    written = max(usage.get("cache_creation_input_tokens") or 0, five_minutes + hour)
     return Usage(
         input_tokens=(usage.get("input_tokens") or 0) + read + written,
         output_tokens=usage.get("output_tokens") or 0,
         cache_read_tokens=read,
         cache_write_tokens=written,
+        cache_write_1h_tokens=hour,
     )
+
+
+def cache_write_split(usage: JsonObject) -> tuple[int, int]:
+    """The cache writes kept for 5 minutes and for an hour, from a usage object's ``cache_creation``."""
+    creation = usage.get("cache_creation")
+    if not isinstance(creation, dict):
+        return 0, 0
+    counts = [creation.get(key) for key in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")]
+    five_minutes, hour = (max(int(n), 0) if isinstance(n, int) and not isinstance(n, bool) else 0 for n in counts)
+    return five_minutes, hour
+
+
+def cache_creation(usage: Usage) -> JsonObject:
+    """Anthropic's ``cache_creation`` object for ``usage``'s writes."""
+    hour = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
+    return {"ephemeral_5m_input_tokens": usage.cache_write_tokens - hour, "ephemeral_1h_input_tokens": hour}
 
 
 def openai_usage(usage: Usage) -> JsonObject:
     """OpenAI's usage object, plus ``cache_creation_input_tokens`` when a cache was written.
 
     OpenAI has no field for cache writes; the extra key (named as LiteLLM names it) lets an Anthropic client
-    of the gateway get its cache-write count back instead of seeing those tokens as uncached input.
+    of the gateway get its cache-write count back instead of seeing those tokens as uncached input, and
+    Anthropic's ``cache_creation`` is added when some writes were kept for an hour.
     """
     shaped: JsonObject = {
         "prompt_tokens": usage.input_tokens,
@@ -320,6 +341,8 @@ def openai_usage(usage: Usage) -> JsonObject:
     }
     if usage.cache_write_tokens:
         shaped["cache_creation_input_tokens"] = usage.cache_write_tokens
+    if usage.cache_write_1h_tokens:
+        shaped["cache_creation"] = cache_creation(usage)
     return shaped
 
 

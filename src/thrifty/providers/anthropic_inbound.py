@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from thrifty.errors import BadRequest, UpstreamError
+from thrifty.providers.anthropic_format import cache_creation, cache_write_split
 from thrifty.types import JsonObject, Usage
 
 Event = tuple[str, JsonObject]
@@ -241,18 +242,22 @@ def _usage_from_openai(usage: JsonObject) -> Usage:
         output_tokens=usage.get("completion_tokens") or 0,
         cache_read_tokens=details.get("cached_tokens") or 0,
         cache_write_tokens=usage.get("cache_creation_input_tokens") or 0,
+        cache_write_1h_tokens=cache_write_split(usage)[1],
     )
 
 
 def _anthropic_usage(usage: Usage) -> JsonObject:
     """Anthropic counts cache reads and writes beside ``input_tokens``, where ``Usage`` counts them inside."""
     uncached = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
-    return {
+    shaped: JsonObject = {
         "input_tokens": max(uncached, 0),
         "output_tokens": usage.output_tokens,
         "cache_read_input_tokens": usage.cache_read_tokens,
         "cache_creation_input_tokens": usage.cache_write_tokens,
     }
+    if usage.cache_write_1h_tokens:
+        shaped["cache_creation"] = cache_creation(usage)
+    return shaped
 
 
 def openai_response_to_anthropic(body: JsonObject) -> JsonObject:

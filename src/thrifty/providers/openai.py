@@ -13,6 +13,7 @@ from typing import Any
 from thrifty.caches.prompt_cache import PrefixWatch
 from thrifty.caches.prompt_cache import prompt_cache_key as prefix_key
 from thrifty.errors import BadRequest, UpstreamError
+from thrifty.providers.anthropic_format import cache_write_split
 from thrifty.providers.http import HttpClient, Timeouts, parse_json
 from thrifty.types import (
     ChatRequest,
@@ -54,6 +55,7 @@ def usage_from_openai(usage: Any) -> Usage | None:
         output_tokens=int(usage.get("completion_tokens") or 0),
         cache_read_tokens=int(details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens") or 0),
         cache_write_tokens=int(details.get("cache_write_tokens") or usage.get("cache_creation_input_tokens") or 0),
+        cache_write_1h_tokens=cache_write_split(usage)[1],
     )
 
 
