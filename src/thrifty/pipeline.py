@@ -99,7 +99,7 @@ class Gateway:
                 trace.principal = principal or self.authenticator.authenticate(caller)  # 1. authenticate
                 self.check_model(request.model)
                 admission = await self.guard.admit(request, trace.principal)  # 2. guard
-                request = sent = admission.request
+                request = sent = self.planned(admission.request, trace.principal)
                 response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
                 fresh = response is None
                 if response is None:
@@ -129,6 +129,11 @@ class Gateway:
                 await settle(admission, cost or ZERO, trace, answered_by)
         return replace(response, route=trace.route_header()), with_escalations(cost, trace)
 
+    def planned(self, request: ChatRequest, principal: Principal) -> ChatRequest:
+        """The request marked with the optimizer plan that applies to it, which the cache keys on."""
+        key = self.optimizer.plan_key(request, principal)
+        return replace(request, plan_key=key) if key else request
+
     async def open_stream(self, request: ChatRequest, caller: Caller) -> ChatStream:
         """Stages 1-6 of a streamed completion, up to its first chunk; the stream records itself when it ends."""
         trace = Trace(request.request_id, "chat", request.model, streamed=True)
@@ -137,7 +142,7 @@ class Gateway:
             trace.principal = self.authenticator.authenticate(caller)  # 1. authenticate
             self.check_model(request.model)
             admission = await self.guard.admit(request, trace.principal)  # 2. guard
-            request = admission.request
+            request = self.planned(admission.request, trace.principal)
             cached = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
             sent = request
             if cached is not None:

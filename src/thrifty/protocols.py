@@ -67,6 +67,11 @@ class Optimizer(Protocol):
 
     async def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest: ...
 
+    def plan_key(self, request: ChatRequest, principal: Principal) -> str:
+        """A digest of what this stage would do to the request ("" for nothing): the cache keys on it, since a
+        plan's stop sequences, caps and rewrites shape the answer."""
+        ...
+
 
 class Router(Protocol):
     """Stage 5: the targets to try, in order."""

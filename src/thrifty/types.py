@@ -106,6 +106,9 @@ class ChatRequest:
     charged_to: str = ""
     """Set on the gateway's own calls (a history summary): the lever their cost is charged to. Such a call has
     no baseline (without the lever it would not exist) and skips the optimize stage."""
+    plan_key: str = ""
+    """A digest of the optimizer plan that applies to this request ("" for none), for the cache's keys: the plan
+    (stop sequences, output caps, prompt rewrites) shapes the answer, and differs between features."""
 
     @property
     def model(self) -> str:

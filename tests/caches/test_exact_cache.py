@@ -467,3 +467,70 @@ async def test_a_store_that_fails_neither_raises_nor_strands_waiters() -> None:
     await cache.store(request, principal, ChatResponse(answer, Usage(10, 2), Target("up", "m"), 5.0))  # type: ignore[attr-defined]
     served = await asyncio.wait_for(waiter, 1)
     assert served is not None and served.cache == "exact" and served.body["choices"][0]["message"]["content"] == "Paris"
+
+
+def test_an_answer_cut_at_its_cap_is_never_cached(tmp_path: Path, up: FakeUpstream) -> None:
+    """A cut answer is incomplete, and the cap that cut it may be the gateway's own (a hard budget's, a feature's
+    default), which the key does not hold: served again it would pass a fragment off as the answer."""
+    up.cut_short = True
+    with gateway(tmp_path, up, MEMORY) as gw, client(gw) as c:
+        for _ in range(2):
+            raw = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+            assert raw.headers["x-thrifty-cache"] == "miss"
+            assert raw.parse().choices[0].finish_reason == "length"
+        for _ in range(2):
+            stream = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0, stream=True)
+            assert stream.headers["x-thrifty-cache"] == "miss"
+            assert [ch.choices[0].finish_reason for ch in stream.parse() if ch.choices][-1] == "length"
+    assert len(up.requests) == 4
+
+
+def test_every_field_but_a_known_few_is_part_of_the_key(tmp_path: Path, up: FakeUpstream) -> None:
+    """Fields the gateway does not know (``verbosity``, a server's ``guided_json``) reach the provider as sent and
+    may change the answer; ``user`` and ``metadata`` cannot."""
+    with gateway(tmp_path, up, MEMORY) as gw, client(gw) as c:
+
+        def cache(**extra: object) -> str:
+            raw = c.chat.completions.with_raw_response.create(
+                model="fast", messages=HI, temperature=0, extra_body=extra
+            )
+            return raw.headers["x-thrifty-cache"]
+
+        assert cache(verbosity="low") == "miss"
+        assert cache(verbosity="high") == "miss"
+        assert cache(verbosity="low") == "exact"
+        assert cache(guided_json={"type": "object"}) == "miss"
+        assert cache(guided_json={"type": "array"}) == "miss"
+        assert cache(verbosity="high", user="someone-else", metadata={"run": "2"}) == "exact"
+    assert len(up.requests) == 4
+
+
+def test_the_bypass_header_is_read_whatever_its_case(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, MEMORY) as gw, client(gw) as c:
+        c.chat.completions.create(model="fast", messages=HI, temperature=0, extra_headers={"x-thrifty-cache": "Bypass"})
+        raw = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+    assert raw.headers["x-thrifty-cache"] == "miss"
+    assert len(up.requests) == 2
+
+
+def test_a_feature_whose_plan_shapes_answers_gets_its_own_entries(tmp_path: Path, up: FakeUpstream) -> None:
+    """A feature's optimizer plan (here: a stop sequence) changes what the model answers; another feature asking
+    the same must not be served that answer, and vice versa."""
+    config = MEMORY + '\n[optimize.features.short.caps]\nstop = ["\\n\\n"]\n'
+    with gateway(tmp_path, up, config) as gw, client(gw) as c:
+
+        def cache(feature: str) -> str:
+            raw = c.chat.completions.with_raw_response.create(
+                model="fast", messages=HI, temperature=0, extra_headers={"x-thrifty-feature": feature}
+            )
+            return raw.headers["x-thrifty-cache"]
+
+        assert [cache("short"), cache("long"), cache("short"), cache("long"), cache("other")] == [
+            "miss",
+            "miss",
+            "exact",
+            "exact",
+            "exact",  # features without a plan of their own share entries, as before
+        ]
+    assert up.requests[0].json["stop"] == ["\n\n"] and "stop" not in up.requests[1].json
+    assert len(up.requests) == 2

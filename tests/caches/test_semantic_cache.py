@@ -20,6 +20,7 @@ from thrifty.keys import create_key
 from thrifty.ledger import tables
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
+from thrifty.types import ChatRequest, Principal
 
 SEMANTIC = '\n[cache]\nsemantic = true\nembedder = "{embedder}"\n'
 SYSTEM = {"role": "system", "content": "You answer questions about our cloud product."}
@@ -388,3 +389,19 @@ def test_a_feature_ttl_bounds_the_age_of_semantic_hits(tmp_path: Path, up: FakeU
             time.sleep(0.5)
             assert ask(c, SYSTEM, user("How can I reset my account password?"), extra_headers=news)[0] == "miss"
             assert ask(c, SYSTEM, user("How can I reset my account password?"))[0] == "semantic"
+
+
+def test_the_partition_holds_unknown_fields_and_the_plan_but_not_the_user() -> None:
+    from thrifty.caches.keys import semantic_query
+
+    principal = Principal("acme", "k", "u", "f", "s")
+    base = {"model": "fast", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+
+    def partition(plan_key: str = "", **extra: object) -> str:
+        query = semantic_query(ChatRequest({**base, **extra}, "r", plan_key=plan_key), principal, ())
+        assert query is not None
+        return query.partition
+
+    assert partition() == partition(user="bob", metadata={"a": 1}, stream=True)
+    assert partition(verbosity="low") != partition(verbosity="high") != partition()
+    assert partition(plan_key="abc") != partition()

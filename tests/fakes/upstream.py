@@ -12,7 +12,8 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/mod
 
 Answers are a function of the request, so tests can assert exact values:
 
-- text: ``"echo: "`` + the text of the last message, or ``reply(body)`` when ``reply`` is set.
+- text: ``"echo: "`` + the text of the last message, or ``reply(body)`` when ``reply`` is set; with
+  ``up.cut_short = True`` it says it stopped at the output cap (``finish_reason: "length"``, ``max_tokens``).
 - a tool call to the first tool instead, when the request has ``tools`` and the last message is a user
   message whose text contains "call tool"; its arguments fill the tool's required parameters with
   placeholders (``"test"``, ``1``, ``true``, ``[]``, ``{}``).
@@ -143,6 +144,8 @@ class _Answer:
     usage: FakeUsage
     tool_name: str | None = None
     arguments: dict[str, Any] = field(default_factory=dict)
+    cut: bool = False
+    """The text stopped at the output cap: ``finish_reason: "length"`` (Anthropic: ``max_tokens``)."""
 
 
 class FakeUpstream:
@@ -159,6 +162,8 @@ class FakeUpstream:
         self.embedding_usage = True
         """False: embeddings answers carry no usage (as some OpenAI-compatible servers send them)."""
         self.reply = reply
+        self.cut_short = False
+        """True: text answers say they stopped at the output cap (``finish_reason: "length"``)."""
         self.models = list(models)
         self.mode = Fault.ok()
         self.base_url = ""
@@ -356,7 +361,8 @@ class FakeUpstream:
             usage = self.usage or FakeUsage(len(prompt.split()), len(json.dumps(arguments).split()))
             return _Answer(seq, model, "", usage, tool_name=str(tool.get("name")), arguments=arguments)
         text = self.reply(body) if self.reply is not None else "echo: " + _text(last.get("content"))
-        return _Answer(seq, model, text, self.usage or FakeUsage(len(prompt.split()), len(text.split())))
+        usage = self.usage or FakeUsage(len(prompt.split()), len(text.split()))
+        return _Answer(seq, model, text, usage, cut=self.cut_short)
 
     def _chat(self, body: dict[str, Any], seq: int, stream: bool) -> dict[str, Any] | list[bytes]:
         answer = self._answer(body, seq, "openai")
@@ -470,6 +476,10 @@ def _openai_envelope(answer: _Answer, obj: str) -> dict[str, Any]:
     }
 
 
+def _openai_finish(answer: _Answer) -> str:
+    return "tool_calls" if answer.tool_name is not None else "length" if answer.cut else "stop"
+
+
 def _openai_completion(answer: _Answer) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
@@ -483,7 +493,7 @@ def _openai_completion(answer: _Answer) -> dict[str, Any]:
             content=None,
             tool_calls=[{"id": f"call_fake{answer.seq}", "type": "function", "function": function}],
         )
-    finish = "stop" if answer.tool_name is None else "tool_calls"
+    finish = _openai_finish(answer)
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     return {
         **_openai_envelope(answer, "chat.completion"),
@@ -509,7 +519,7 @@ def _openai_chunks(answer: _Answer, include_usage: bool) -> list[bytes]:
         pieces = _pieces(json.dumps(answer.arguments))
         deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} for piece in pieces]
     chunks = [chunk(delta) for delta in deltas]
-    chunks.append(chunk({}, "stop" if answer.tool_name is None else "tool_calls"))
+    chunks.append(chunk({}, _openai_finish(answer)))
     if include_usage:
         chunks.append(
             {
@@ -549,7 +559,7 @@ def _anthropic_message(answer: _Answer) -> dict[str, Any]:
         "role": "assistant",
         "model": answer.model,
         "content": [_anthropic_block(answer)],
-        "stop_reason": "end_turn" if answer.tool_name is None else "tool_use",
+        "stop_reason": "tool_use" if answer.tool_name is not None else "max_tokens" if answer.cut else "end_turn",
         "stop_sequence": None,
         "usage": _anthropic_usage(answer.usage, answer.usage.output_tokens),
     }

@@ -1,10 +1,14 @@
 """What makes two requests "the same": the exact key, the semantic partition, and what may be cached at all.
 
-The exact key covers everything that changes the answer (model alias and its targets, messages, tools,
-``response_format`` and the generation parameters) and nothing that does not (``stream``, ``user``, metadata).
-The semantic partition is the context a paraphrase must share before its answer may be reused: tenant, alias,
-system prompt, tools, ``response_format``, temperature bucket and the whole conversation before the last user
-turn, so "and in Paris?" can only match inside the same conversation.
+The exact key covers everything that may change the answer: the model alias and its targets, the messages, and
+every other field of the body (tools, ``response_format``, sampling parameters, and fields the gateway does not
+know, such as ``verbosity``, ``web_search_options`` or a server's ``guided_json``, which reach the provider as
+sent), except the few that cannot (``stream``, ``user``, metadata: ``NOT_ANSWER_SHAPING``). The semantic
+partition is the context a paraphrase must share before its answer may be reused: tenant, alias, system prompt,
+the same fields (the temperature as a bucket) and the whole conversation before the last user turn, so "and in
+Paris?" can only match inside the same conversation. Both include the optimizer plan that applies to the
+request (``ChatRequest.plan_key``): a feature whose plan adds stop sequences or rewrites the prompt gets other
+answers than one without.
 """
 
 from __future__ import annotations
@@ -18,28 +22,22 @@ import orjson
 from thrifty.tokens import text_of
 from thrifty.types import ChatRequest, JsonObject, Principal, Target
 
-ANSWER_SHAPING = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "response_format",
-    "temperature",
-    "top_p",
-    "n",
-    "stop",
-    "max_tokens",
-    "max_completion_tokens",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "parallel_tool_calls",
-    "reasoning_effort",
-    "modalities",
+NOT_ANSWER_SHAPING = frozenset(
+    {
+        "model",  # keyed as the alias and its targets
+        "messages",  # keyed on their own
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "safety_identifier",
+    }
 )
+"""Body fields that cannot change the answer; every other field is part of the key."""
 DEFAULT_TEMPERATURE = 1.0
 
 
@@ -53,8 +51,11 @@ def exact_key(request: ChatRequest, principal: Principal, targets: Sequence[Targ
     The alias's targets are part of the key, so re-pointing an alias invalidates its entries by itself.
     """
     body = request.body
-    shaped = {name: body[name] for name in ANSWER_SHAPING if name in body}
-    return _digest([principal.tenant, request.model, [str(t) for t in targets], body["messages"], shaped])
+    shaped = {name: value for name, value in body.items() if name not in NOT_ANSWER_SHAPING}
+    parts = [principal.tenant, request.model, [str(t) for t in targets], body["messages"], shaped]
+    if request.plan_key:  # only then: requests without a plan keep the keys they had before plans counted
+        parts.append(request.plan_key)
+    return _digest(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +82,14 @@ def semantic_query(request: ChatRequest, principal: Principal, targets: Sequence
         "targets": [str(t) for t in targets],
         "before": messages[:-1],
         "shaping": {
-            name: body[name] for name in ANSWER_SHAPING if name not in ("temperature", "seed") and name in body
+            name: value
+            for name, value in body.items()
+            if name not in NOT_ANSWER_SHAPING and name not in ("temperature", "seed")
         },
         "temperature": temperature_bucket(body),
     }
+    if request.plan_key:
+        context["plan"] = request.plan_key
     attachments = [
         part
         for part in (content if isinstance(content, list) else [])
@@ -112,7 +117,8 @@ def cacheable_request(body: JsonObject, max_temperature: float) -> bool:
 
 
 def cacheable_response(body: JsonObject, cache_tool_calls: bool) -> bool:
-    """Never an error, never a tool call unless allowed (calling the tool again may be the point)."""
+    """Never an error, never an answer cut short (``length``: the cap that cut it may be the gateway's, not in the
+    key), never a tool call unless allowed (calling the tool again may be the point)."""
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         return False
@@ -120,6 +126,6 @@ def cacheable_response(body: JsonObject, cache_tool_calls: bool) -> bool:
         message = choice.get("message") or {}
         if (message.get("tool_calls") or message.get("function_call")) and not cache_tool_calls:
             return False
-        if choice.get("finish_reason") == "content_filter":
+        if choice.get("finish_reason") in ("content_filter", "length"):
             return False
     return True

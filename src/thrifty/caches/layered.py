@@ -89,7 +89,9 @@ class LayeredCache:
 
     def _applies(self, request: ChatRequest) -> bool:
         settings = self.policy.settings
-        return request.cache_mode != BYPASS and cacheable_request(request.body, settings.max_temperature)
+        return request.cache_mode.strip().lower() != BYPASS and cacheable_request(
+            request.body, settings.max_temperature
+        )
 
     async def lookup(self, request: ChatRequest, principal: Principal) -> ChatResponse | None:
         rule = self.policy.rule(request.model, principal.feature)

@@ -7,6 +7,7 @@ and the baseline. Settings apply to every feature unless ``[optimize.features.NA
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -41,6 +42,9 @@ class OptimizePlan:
         )
 
 
+NO_PLAN = OptimizePlan()
+
+
 class OptimizerChain:
     def __init__(
         self,
@@ -55,10 +59,19 @@ class OptimizerChain:
         self._models = dict(models or {})
         self.summarizer = summarizer or HistorySummarizer(counter)
 
+    def _plan_for(self, request: ChatRequest, principal: Principal) -> OptimizePlan:
+        return self._features.get(principal.feature) or self._models.get(request.model) or self._plan
+
+    def plan_key(self, request: ChatRequest, principal: Principal) -> str:
+        if request.charged_to:
+            return ""
+        plan = self._plan_for(request, principal)
+        return "" if plan == NO_PLAN else hashlib.sha256(repr(plan).encode()).hexdigest()[:32]
+
     async def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest:
         if request.charged_to:  # the gateway's own call (a summary): sent as written
             return request
-        plan = self._features.get(principal.feature) or self._models.get(request.model) or self._plan
+        plan = self._plan_for(request, principal)
         body = unpin_body(request.body)
         body = _capped(body, plan)
         saved: list[tuple[str, int]] = []

@@ -12,3 +12,6 @@ class NoOptimizer:
     async def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest:
         body = unpin_body(request.body)  # a client's pin flags never reach a provider
         return request if body is request.body else replace(request, body=body)
+
+    def plan_key(self, request: ChatRequest, principal: Principal) -> str:
+        return ""
