@@ -107,7 +107,9 @@ class Gateway:
                     trace.saved_tokens = sent.saved_tokens
                     route = trace.route = self.router.route(sent, trace.principal)  # 5. route
                     response = await self.caller.call(sent, route, trace)  # 6. call provider
-                cost, answered_by = self.account(trace, sent, response), response.target.model
+                cost = self.account(trace, sent, response)
+                # A hit called no model: it neither counts tokens against rate limits nor teaches output sizes.
+                answered_by = "" if response.cache else response.target.model
                 # 7. record, before anything else can fail or be cancelled: the call is paid for.
                 self.record(self.finished(trace, cost, request, output_text(response)))
                 recorded = True

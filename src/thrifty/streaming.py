@@ -182,7 +182,7 @@ class ChatStream:
         try:
             self._gateway.record(entry)  # before settling: a budget store that fails must not lose the row
         finally:
-            await settle(self._admission, cost, trace, self.target.model)
+            await settle(self._admission, cost, trace, "" if trace.cache else self.target.model)
 
 
 def streamed_text(payloads: list[bytes]) -> str:

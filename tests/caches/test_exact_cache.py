@@ -534,3 +534,35 @@ def test_a_feature_whose_plan_shapes_answers_gets_its_own_entries(tmp_path: Path
         ]
     assert up.requests[0].json["stop"] == ["\n\n"] and "stop" not in up.requests[1].json
     assert len(up.requests) == 2
+
+
+def test_hits_call_no_model_so_they_count_no_tokens_against_rate_limits(tmp_path: Path, up: FakeUpstream) -> None:
+    """The miss counts its 1,200 tokens against a 1,500-a-minute limit; hits must not add theirs, else a tenant
+    served from its cache is refused on tokens no provider ever saw."""
+    config = MEMORY + '\n[[rate_limits]]\nscope = "tenant"\ntpm = 1500\n'
+    with gateway(tmp_path, up, config) as gw, client(gw) as c:
+        seen = [
+            c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0).headers[
+                "x-thrifty-cache"
+            ]
+            for _ in range(4)
+        ]
+        seen.append(
+            c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0, stream=True).headers[
+                "x-thrifty-cache"
+            ]
+        )
+    assert seen == ["miss", "exact", "exact", "exact", "exact"]
+    assert len(up.requests) == 1
+
+
+def test_the_report_counts_a_hit_as_a_request_but_not_its_tokens_again(tmp_path: Path, up: FakeUpstream) -> None:
+    from thrifty.ledger.queries import report
+
+    with gateway(tmp_path, up, MEMORY) as gw, client(gw) as c:
+        for _ in range(3):
+            c.chat.completions.create(model="fast", messages=HI, temperature=0)
+        ledger_rows(gw)  # flushed
+        [row] = report(gw.runtime.ledger.engine, "tenant")
+    assert (row.requests, row.input_tokens, row.output_tokens) == (3, 1000, 200)
+    assert row.cost_usd == Decimal("0.00027") and row.baseline_cost_usd == Decimal("0.00081")

@@ -69,6 +69,16 @@ def _count_where(flag: Any) -> Any:
     return func.sum(case((flag, 1), else_=0))
 
 
+CACHE_HITS = ("exact", "semantic")
+
+
+def _billed_sum(column: Any) -> Any:
+    """Tokens a provider billed: a cache hit's row keeps the stored call's tokens (its baseline is priced on
+    them), but no model read or wrote them again, so they are left out of the sums."""
+    r = tables.requests.c
+    return func.coalesce(func.sum(case((r.cache.in_(CACHE_HITS), 0), else_=column)), 0)
+
+
 def report(engine: Engine, by: str, since: float | None = None) -> list[ReportRow]:
     """``by`` is one grouping or several joined by commas (``feature,day``: cost per feature per day)."""
     r = tables.requests.c
@@ -81,10 +91,10 @@ def report(engine: Engine, by: str, since: float | None = None) -> list[ReportRo
         *groups,
         func.count(),
         _count_where(r.status != "ok"),
-        func.coalesce(func.sum(r.input_tokens), 0),
-        func.coalesce(func.sum(r.output_tokens), 0),
-        func.coalesce(func.sum(r.cache_read_tokens), 0),
-        func.coalesce(func.sum(r.cache_write_tokens), 0),
+        *(
+            _billed_sum(column)
+            for column in (r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens)
+        ),
         func.coalesce(func.sum(r.cost_nusd), 0),
         func.coalesce(func.sum(r.baseline_cost_nusd), 0),
         _count_where(r.unpriced),
