@@ -177,3 +177,11 @@ async def test_a_size_bound_keeps_the_newest_rows_at_each_sweep(pgvector_url: st
         assert await store.purge(PurgeScope()) == 100
     finally:
         await store.aclose()
+
+
+async def test_one_replica_removes_an_entry_for_all(stores: Stores) -> None:
+    one, two = stores(), stores()
+    await one.add("p", "stale", unit(1, 0, 0, 0), "capital of France?", entry(age_s=30))
+    await one.add("p", "other", unit(0, 1, 0, 0), "capital of Spain?", entry())
+    await two.remove("stale")
+    assert [key for key, *_ in await one.search("p", unit(1, 0, 0, 0), 5)] == ["other"]

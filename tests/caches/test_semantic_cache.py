@@ -405,3 +405,16 @@ def test_the_partition_holds_unknown_fields_and_the_plan_but_not_the_user() -> N
     assert partition() == partition(user="bob", metadata={"a": 1}, stream=True)
     assert partition(verbosity="low") != partition(verbosity="high") != partition()
     assert partition(plan_key="abc") != partition()
+
+
+def test_a_feature_whose_ttl_an_entry_outlived_stores_its_own_answer(tmp_path: Path, up: FakeUpstream) -> None:
+    extra = SEMANTIC.format(embedder="minilm") + "[cache.features.news]\nttl_s = 0.3\n"
+    news = {"x-thrifty-feature": "news"}
+    question = user("How do I reset my account password?")
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            assert ask(c, SYSTEM, question)[0] == "miss"
+            time.sleep(0.5)
+            assert ask(c, SYSTEM, question, extra_headers=news)[0] == "miss"  # too old for news ...
+            assert ask(c, SYSTEM, question, extra_headers=news)[0] == "semantic"  # ... so news keeps its own
+    assert len(up.requests) == 2

@@ -64,6 +64,7 @@ class PgVectorStore:
             f"DELETE FROM {self._table} WHERE key IN "
             f"(SELECT key FROM {self._table} ORDER BY created_at DESC OFFSET :keep)"
         )
+        self._remove = text(f"DELETE FROM {self._table} WHERE key = :key")
         self._adds = 0
         try:
             with self._engine.connect() as conn:
@@ -105,6 +106,9 @@ class PgVectorStore:
     def _fetch(self, statement: TextClause, params: dict[str, Any]) -> list[Any]:
         with self._engine.connect() as conn:
             return list(conn.execute(statement, params))
+
+    async def remove(self, key: str) -> None:
+        await asyncio.to_thread(self._delete, self._remove, {"key": key})
 
     async def purge(self, scope: PurgeScope) -> int:
         where, params = _where(scope)

@@ -17,7 +17,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from thrifty.caches.entries import CacheEntry, PurgeScope
@@ -56,6 +56,7 @@ class Candidate:
 class VectorStore(Protocol):
     async def add(self, partition: str, key: str, vector: Vector, text: str, entry: CacheEntry) -> None: ...
     async def search(self, partition: str, vector: Vector, k: int) -> list[tuple[str, float, str, CacheEntry]]: ...
+    async def remove(self, key: str) -> None: ...
     async def purge(self, scope: PurgeScope) -> int: ...
 
 
@@ -84,6 +85,9 @@ class MemoryVectors:
                 continue
             found.append((key, cosine, text, entry))
         return found
+
+    async def remove(self, key: str) -> None:
+        self._drop(key)
 
     async def purge(self, scope: PurgeScope) -> int:
         now = time.time()
@@ -184,8 +188,14 @@ class SemanticCache:
             return
         try:
             nearest = await self._vectors.search(query.partition, vector, 1)
-            if nearest and nearest[0][2] == query.text:
-                return  # the same question is already answered in this partition
+            if nearest and nearest[0][2] == query.text:  # the same question is already answered here ...
+                key, _, _, stored = nearest[0]
+                if stored.created_at >= entry.created_at - ttl_s:
+                    return  # ... recently enough for this rule
+                # ... but too long ago for this rule (another feature's TTL is longer): the fresh answer takes
+                # its place, kept as long as the old one would have been.
+                await self._vectors.remove(key)
+                entry = replace(entry, expires_at=max(entry.expires_at, stored.expires_at))
             await self._vectors.add(query.partition, "s_" + secrets.token_hex(12), vector, query.text, entry)
         except (OSError, SQLAlchemyError) as exc:
             log.warning("semantic cache unavailable (%s): answer not stored", exc.__class__.__name__)
