@@ -10,11 +10,23 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from thrifty.protocols import Admission
-from thrifty.types import Cost, JsonObject, LedgerEntry, Payload, Principal, Route, Status, Target, Usage
+from thrifty.types import (
+    ChatResponse,
+    Cost,
+    JsonObject,
+    LedgerEntry,
+    Payload,
+    Principal,
+    Route,
+    Status,
+    Target,
+    Usage,
+)
 
 log = logging.getLogger("thrifty")
 
@@ -107,6 +119,15 @@ def finish_reason_of(answer: JsonObject) -> str | None:
 def max_output_tokens_of(request: JsonObject) -> int | None:
     cap = request.get("max_completion_tokens") or request.get("max_tokens")
     return cap if isinstance(cap, int) and not isinstance(cap, bool) else None
+
+
+def as_asked(response: ChatResponse, saved_tokens: Sequence[tuple[str, int]]) -> ChatResponse:
+    """The answer to keep in the cache, with the prompt tokens the client's request would have taken before the
+    optimizers shortened it: a hit's baseline is priced on them (the lever that saved them was paid for once)."""
+    saved = sum(tokens for _, tokens in saved_tokens)
+    if not saved or response.usage is None:
+        return response
+    return replace(response, usage=replace(response.usage, input_tokens=response.usage.input_tokens + saved))
 
 
 def without_cache(usage: Usage) -> Usage:

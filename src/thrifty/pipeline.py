@@ -14,7 +14,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
 
-from thrifty.accounting import Counterfactual, Trace, settle, split_savings, with_escalations, without_cache
+from thrifty.accounting import (
+    Counterfactual,
+    Trace,
+    as_asked,
+    settle,
+    split_savings,
+    with_escalations,
+    without_cache,
+)
 from thrifty.caches.verify import SemanticVerifier
 from thrifty.calling import ProviderCaller
 from thrifty.errors import ThriftyError
@@ -122,7 +130,7 @@ class Gateway:
                     self.record_failure(trace, "internal_error")
                 raise
             if fresh:
-                await self.cache.store(request, trace.principal, response)
+                await self.cache.store(request, trace.principal, as_asked(response, trace.saved_tokens))
             elif response.cache == "semantic" and self.verifier is not None:
                 self.verifier.sample(request, trace.principal, response)
         finally:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from thrifty.accounting import Trace, max_output_tokens_of, settle, with_escalations
+from thrifty.accounting import Trace, as_asked, max_output_tokens_of, settle, with_escalations
 from thrifty.completions import assemble, chunks_of
 from thrifty.errors import ThriftyError
 from thrifty.protocols import Admission
@@ -155,7 +155,9 @@ class ChatStream:
             return
         body = assemble(self._payloads, self.target.model)
         response = ChatResponse(body, self._usage, self.target, self._trace.upstream_ms)
-        await self._gateway.cache.store(self._request, self._trace.principal, response)
+        await self._gateway.cache.store(
+            self._request, self._trace.principal, as_asked(response, self._trace.saved_tokens)
+        )
 
     def _estimated(self, text: str) -> Usage:
         """The usage of a stream that never reported it: the prompt as the provider told it, if it did, and the

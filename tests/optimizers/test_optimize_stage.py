@@ -122,3 +122,31 @@ def test_guards_reserve_for_the_largest_default_cap_the_optimize_stage_may_set(t
         "features": {"long": {"caps": {"default_max_tokens": 8000}}},
     }
     assert settings_from_dict(raw, base_dir=tmp_path).reserved_output_tokens() == 8000
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_hit_on_a_pruned_answer_keeps_the_baseline_of_the_whole_prompt(tmp_path: Path, stream: bool) -> None:
+    """The miss paid for the pruned prompt and credited the pruned tokens to ``prune``; the hit saves the whole
+    call, so its baseline is the client's whole prompt, as the miss's was."""
+    optimize = "\n[cache]\nexact = true\n[optimize.prune]\nbudget_tokens = 600\n"
+    context = "\n\n".join(problems())
+    question = problems()[7].split(".")[0] + ". What is the answer?"
+    messages = [{"role": "user", "content": f"<context>{context}</context>\n\n{question}"}]
+    with FakeUpstream() as up:
+        (tmp_path / "thrifty.toml").write_text(config_text(up, extra=optimize))
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                for _ in range(2):
+                    answer = client.chat.completions.create(
+                        model="fast",
+                        messages=messages,  # type: ignore[arg-type]
+                        temperature=0,
+                        stream=stream,
+                        stream_options={"include_usage": True} if stream else openai.NOT_GIVEN,
+                    )
+                    if stream:
+                        list(answer)  # type: ignore[call-overload]
+            miss, hit = ledger_rows(gw)
+    assert (miss["cache"], hit["cache"]) == ("", "exact")
+    assert hit["cost_nusd"] == 0 and miss["cost_nusd"] > 0
+    assert hit["baseline_cost_nusd"] == miss["baseline_cost_nusd"] > miss["cost_nusd"] * 3 // 2
