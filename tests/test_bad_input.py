@@ -162,6 +162,17 @@ def test_the_providers_refusing_the_gateways_key_is_not_the_clients_bad_key(gw: 
     assert error["code"] == "upstream_auth_failed" and "gateway's credentials" in str(error["message"])
 
 
+def test_a_provider_account_out_of_credit_falls_back_to_the_next_target(gw: ServerThread, up: FakeUpstream) -> None:
+    """An upstream 402 is the gateway's account out of credit, not the client's: another target may still answer,
+    and when none does the client is not told that it must pay."""
+    up.script([Fault.status(402)])  # 'resilient': a refused connection, then this 402, then gpt-4o
+    response = post(gw, b'{"model": "resilient", "messages": [{"role": "user", "content": "x"}]}')
+    assert response.status_code == 200 and response.headers["x-thrifty-model"] == "gpt-4o"
+    up.mode = Fault.status(402)
+    response = post(gw, b'{"model": "fast", "messages": [{"role": "user", "content": "x"}]}')
+    assert response.status_code == 502 and error_of(response)["code"] == "upstream_auth_failed"
+
+
 def test_upstream_garbage_is_a_502_and_a_row(gw: ServerThread, up: FakeUpstream) -> None:
     up.mode = Fault.garbage()
     response = post(gw, b'{"model": "fast", "messages": [{"role": "user", "content": "x"}]}')

@@ -29,7 +29,7 @@ from thrifty.pricing import CatalogPricer, ModelPrice
 from thrifty.protocols import Guard, Optimizer, Provider, ResponseCache, Router
 from thrifty.providers.http import Timeouts
 from thrifty.routers.latency import LatencyAwareRouter, LatencyTracker
-from thrifty.routers.pool import ALL_CAPABILITIES, ModelInfo
+from thrifty.routers.pool import ALL_CAPABILITIES, EligibleRouter, ModelInfo
 from thrifty.routers.static import StaticRouter
 from thrifty.settings import CapsSettings, CascadeSettings, OptimizeSettings, ProviderSettings, Settings
 from thrifty.tokens import TiktokenCounter
@@ -331,6 +331,8 @@ def build_router(
             )
         else:
             routers[alias] = StaticRouter({alias: targets}, info, counter)
+        if model.router != "static":  # the static router leaves out unfit targets itself
+            routers[alias] = EligibleRouter(routers[alias], info, counter)
         if model.max_latency_ms is not None:
             routers[alias] = LatencyAwareRouter(routers[alias], latency, model.max_latency_ms)
     return AliasRouter(routers)

@@ -2,7 +2,8 @@
 
 Retryable failures (429, 5xx, timeouts, refused connections, a stream that fails before its first token) fall
 through to the next target; targets that keep failing are tried last for a while (``Cooldowns``). On a cascade
-route, an answer that fails a check is paid for, recorded by ``on_escalation``, and the next tier is asked.
+route, an answer that fails a check is paid for, recorded by ``on_escalation``, and the next tier is asked; its
+tiers keep their order (a failing cheap tier is skipped, never moved behind a stronger one).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class ProviderCaller:
 
     async def call(self, request: ChatRequest, route: Route, trace: Trace) -> ChatResponse:
         last: ThriftyError | None = None
-        targets = self.cooldowns.order(route.targets)
+        cascade = route.cascade is not None
+        targets = self.cooldowns.in_tiers(route.targets) if cascade else self.cooldowns.order(route.targets)
         for index, target in enumerate(targets):
             started = time.perf_counter()
             try:
@@ -41,7 +43,7 @@ class ProviderCaller:
             finally:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000
             self.cooldowns.succeeded(target)
-            if route.cascade is not None and index < len(targets) - 1:
+            if cascade and index < len(targets) - 1:
                 failed = route.cascade.first_failure(request, response)
                 if failed is not None:
                     self._on_escalation(trace, request, response, failed)

@@ -20,8 +20,8 @@
         ├── UpstreamRateLimited     429 rate_limit_error       retryable
         ├── UpstreamUnavailable     503 api_error              retryable (5xx, refused connection)
         ├── UpstreamTimeout         504 timeout                retryable
-        ├── UpstreamAuthFailed      502 api_error              retryable (the provider refused the gateway's key)
-        └── UpstreamRejected        4xx as the provider said   not retryable (bad request, auth ...)
+        ├── UpstreamAuthFailed      502 api_error              retryable (the gateway's key or account: 401/402/403)
+        └── UpstreamRejected        4xx as the provider said   not retryable (the request itself: 400, 404 ...)
 
 Every class knows its HTTP status, the OpenAI error ``type`` and whether the next target may be tried.
 Provider adapters translate their failures into this tree once, at the boundary; the server renders it.
@@ -166,8 +166,9 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamAuthFailed(UpstreamError):
-    """A 401 or 403 from the provider: the gateway's credentials for it, not the client's, are at fault, so the
-    client must not be told its own key is invalid; another target (other credentials) may still answer."""
+    """A 401, 402 or 403 from the provider: the gateway's credentials or account there (402: out of credit), not
+    the client's, are at fault, so the client must not be told its own key is invalid or unpaid; another target
+    (other credentials, another account) may still answer."""
 
     default_code = "upstream_auth_failed"
 
@@ -194,6 +195,8 @@ def upstream_error_for_status(status: int, message: str, code: str | None = None
         return UpstreamRateLimited(message)
     if status == 408:
         return UpstreamTimeout(message)
+    if status == 402:
+        return UpstreamAuthFailed(f"the gateway's account with the provider is out of credit (HTTP 402): {message}")
     if status in (401, 403):
         return UpstreamAuthFailed(f"the provider refused the gateway's credentials (HTTP {status}): {message}")
     if status >= 500:

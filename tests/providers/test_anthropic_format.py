@@ -741,6 +741,7 @@ def test_rejected_request_keeps_anthropic_message_and_type() -> None:
         (429, "rate_limit_error", UpstreamRateLimited),
         (400, "invalid_request_error", UpstreamRejected),
         (401, "authentication_error", UpstreamAuthFailed),
+        (402, "billing_error", UpstreamAuthFailed),  # the gateway's account, so another target is tried
     ],
 )
 def test_status_decides_the_error_class(status: int, error_type: str, expected: type[UpstreamError]) -> None:

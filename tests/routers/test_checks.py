@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
@@ -14,11 +15,13 @@ from thrifty.routers.checks import (
     RefusalCheck,
     RegexCheck,
     SelfConsistencyCheck,
+    Verdict,
     answer_from_openai,
     evaluate_arithmetic,
     extract_final_number,
     majority,
     run_checks,
+    schema_problem,
 )
 
 
@@ -139,3 +142,69 @@ def test_a_cascade_reads_a_json_schema_it_cannot_use_as_none() -> None:
         answer = {"choices": [{"message": {"role": "assistant", "content": '{"a": 1}'}, "finish_reason": "stop"}]}
         response = ChatResponse(answer, None, Target("up", "gpt-4o-mini"), 1.0)
         assert Checks(names=("json",)).first_failure(ChatRequest(body, "r"), response) is None
+
+
+def test_a_tool_call_is_the_answer_and_text_checks_pass_it() -> None:
+    """An agent's step answers with a tool call and no text: read as empty, it would escalate every time."""
+    from thrifty.routers.cascade import Checks
+    from thrifty.types import ChatRequest, ChatResponse, Target
+
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {"choices": [{"message": {"content": None, "tool_calls": [call]}, "finish_reason": "tool_calls"}]}
+    answer = answer_from_openai(body)
+    assert answer == Answer("", "tool_calls", tool_calls=1)
+    checks = [RefusalCheck(), LengthCheck(min_chars=20), RegexCheck(r"\d"), JsonCheck(), FinalNumberCheck()]
+    checks += [ArithmeticCheck(), SelfConsistencyCheck()]
+    assert run_checks(answer, checks).passed
+    # A tool call cut off at the token limit has incomplete arguments: that is still a failure.
+    assert not LengthCheck().check(Answer("", "length", tool_calls=1)).passed
+    cascade = Checks(names=("refusal", "nonempty", "json"), min_length=5, regex=r"\d")
+    request = ChatRequest({"model": "auto", "messages": [], "response_format": {"type": "json_object"}}, "r")
+    assert cascade.first_failure(request, ChatResponse(body, None, Target("up", "m"), 1.0)) is None
+    # A failure is named by the check that failed, as configured.
+    empty = {"choices": [{"message": {"content": ""}, "finish_reason": "stop"}]}
+    assert cascade.first_failure(request, ChatResponse(empty, None, Target("up", "m"), 1.0)) == "nonempty"
+
+
+@pytest.mark.parametrize(
+    ("schema", "value", "problem"),
+    [
+        ({"properties": {"a": True}}, {"a": [1]}, None),
+        ({"properties": {"a": False}}, {"a": 1}, "$.a: not allowed by the schema"),
+        ({"properties": {"a": False}}, {"b": 1}, None),
+        ({"items": [{"type": "integer"}, {"type": "string"}]}, [1, "x", None], None),
+        ({"items": [{"type": "integer"}], "additionalItems": False}, [1, 2], "$[1]: not allowed by the schema"),
+        ({"prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, ["a", 1], None),
+        ({"prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, ["a", "b"], "$[1]: expected integer"),
+        ({"enum": None}, 1, None),
+        ({"type": "int"}, 1, None),
+        ({"type": ["int", "string"]}, 1, None),
+        ({"type": {"not": "a type"}}, 1, None),
+        ({"minimum": "0"}, -1, None),
+        ({"maxLength": None}, "abc", None),
+        ({"required": [["a"]], "properties": []}, {}, None),
+        ({"additionalProperties": False, "patternProperties": {"^x": {}}}, {"x1": 1}, None),
+    ],
+)
+def test_a_json_schema_is_read_as_far_as_it_can_be_and_never_crashes(
+    schema: dict[str, object], value: object, problem: str | None
+) -> None:
+    """Valid JSON Schema beyond the subset the check reads (boolean schemas, tuple items, unknown type names)
+    used to raise after the cheap answer was paid for."""
+    assert schema_problem(value, schema, "$") == problem
+
+
+@dataclass(frozen=True)
+class BrokenCheck:
+    name: str = "broken"
+
+    def check(self, answer: Answer) -> Verdict:
+        raise KeyError("a check's own bug")
+
+
+def test_a_check_that_raises_passes_the_answer_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """It runs after the cheap answer was paid for: raising would lose that answer and its ledger row."""
+    assert run_checks(Answer("fine"), [BrokenCheck(), RefusalCheck()]).passed
+    verdict = run_checks(Answer("I'm sorry, but I can't help with that."), [BrokenCheck(), RefusalCheck()])
+    assert (verdict.passed, verdict.check) == (False, "refusal")  # the checks after it still judge
+    assert "answer check 'broken' raised" in caplog.text

@@ -14,6 +14,7 @@ from routing_data import STRONG, WEAK, synthetic_records
 from fakes.upstream import FakeUpstream, Fault
 from gateway_harness import config_text
 from thrifty.errors import ConfigError
+from thrifty.routers.cascade import CascadeRouter, Checks
 from thrifty.routers.latency import LatencyAwareRouter, LatencyTracker
 from thrifty.routers.learned import train
 from thrifty.routers.learned_stage import LearnedRouter
@@ -68,6 +69,14 @@ def test_targets_over_the_limit_are_kept_for_last() -> None:
     everyone_slow = LatencyAwareRouter(StaticRouter({"auto": (FAST, SLOW)}), LatencyTracker({FAST: 5e3, SLOW: 6e3}), 10)
     tracker_route = everyone_slow.route(request(), NOBODY)
     assert tracker_route.targets == (FAST, SLOW) and "kept for last" not in tracker_route.reason
+
+
+def test_a_cascade_keeps_its_tiers_in_order_however_slow() -> None:
+    """A cascade's order is its tiers: a slow cheap tier moved last would make it escalate downward."""
+    tracker = LatencyTracker({SLOW: 3000.0, FAST: 200.0})
+    router = LatencyAwareRouter(CascadeRouter((SLOW, FAST), Checks()), tracker, max_latency_ms=1000)
+    route = router.route(request(), NOBODY)
+    assert route.targets == (SLOW, FAST) and route.cascade == Checks()
 
 
 def test_a_latency_weight_avoids_a_slow_strong_model_unless_it_is_worth_it() -> None:

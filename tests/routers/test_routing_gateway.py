@@ -70,6 +70,21 @@ def test_pool_skips_models_lacking_a_capability_or_the_context(tmp_path: Path, u
     assert rows[0]["baseline_cost_nusd"] == 4_500_000 and rows[0]["cost_nusd"] == 270_000
 
 
+@pytest.mark.parametrize("router", ['router = "rules"\ndefault = "mini"', 'router = "cascade"'])
+def test_rules_and_cascades_leave_out_models_lacking_a_capability_or_the_context(
+    tmp_path: Path, up: FakeUpstream, router: str
+) -> None:
+    """A rule or a cascade's cheap tier may name a model without tools or a long enough context: its 400 would not
+    be retried, so the model that can answer would never be asked."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    with gateway(tmp_path, up, f'\n[models.auto]\npool = ["mini", "big"]\n{router}\n') as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            assert ask(client, "easy").headers["x-thrifty-model"] == "gpt-4o-mini"
+            assert ask(client, "easy", tools=[tool]).headers["x-thrifty-model"] == "gpt-4o"
+            assert ask(client, "easy " * 3000).headers["x-thrifty-model"] == "gpt-4o"
+    assert [r.json["model"] for r in up.requests] == ["gpt-4o-mini", "gpt-4o", "gpt-4o"]
+
+
 def test_rules_pick_by_feature_and_keyword_and_say_why(tmp_path: Path, up: FakeUpstream) -> None:
     rules = """
 [models.auto]
@@ -123,6 +138,69 @@ def test_cascade_escalates_on_a_failed_check_and_records_both_calls(tmp_path: Pa
         ("gpt-4o-mini", "check:refusal", 270_000)
     ] * 2
     assert len(rows) == 5
+
+
+def test_a_cascade_takes_a_tool_call_as_the_answer(tmp_path: Path, up: FakeUpstream) -> None:
+    """A tool call has no text to check: read as an empty or too short answer, every agent step would escalate
+    and be paid for twice."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    # Not the pool's mini, which has no tools.
+    agent = '\n[models.agent]\ntargets = ["up::gpt-4.1-mini", "up::gpt-4.1"]\nrouter = "cascade"\n'
+    agent += '[models.agent.cascade]\nmin_length = 20\nregex = "\\\\d"\n'
+    with gateway(tmp_path, up, agent) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            called = client.chat.completions.with_raw_response.create(
+                model="agent", messages=[{"role": "user", "content": "please call tool f"}], tools=[tool]
+            )
+        rows = ledger_rows(gw)
+    assert called.headers["x-thrifty-model"] == "gpt-4.1-mini"
+    assert called.parse().choices[0].message.tool_calls[0].function.name == "f"  # type: ignore[index]
+    assert [(r["model"], r["status"]) for r in rows] == [("gpt-4.1-mini", "ok")]
+
+
+def test_a_cascade_checks_json_against_any_valid_schema_and_records_the_paid_call(tmp_path: Path) -> None:
+    """Boolean sub-schemas, tuple items, a null enum, an unknown type name: valid JSON Schema the check does not
+    fully read. Crashing on it lost the cheap call already paid for (an internal error with no cost)."""
+    schema = {
+        "type": "object",
+        "properties": {"a": True, "b": {"items": [{"type": "integer"}]}, "c": {"enum": None}, "d": {"type": "int"}},
+        "required": ["a"],
+    }
+    json_cascade = '\n[models.auto]\npool = ["mini", "big"]\nrouter = "cascade"\n'
+    json_cascade += '[models.auto.cascade]\nchecks = ["json"]\n'
+    with FakeUpstream(
+        usage=FakeUsage(input_tokens=1000, output_tokens=200), reply=lambda body: '{"a": 1, "b": [2]}'
+    ) as up:
+        with gateway(tmp_path, up, json_cascade) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                answer = ask(
+                    client,
+                    "json please",
+                    response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+                )
+            rows = ledger_rows(gw)
+    assert answer.headers["x-thrifty-model"] == "gpt-4o-mini"
+    assert [(r["model"], r["status"], r["cost_nusd"]) for r in rows] == [("gpt-4o-mini", "ok", 270_000)]
+
+
+def test_a_cascade_keeps_its_tiers_in_order_while_one_cools_down(tmp_path: Path) -> None:
+    """A cooling cheap tier is skipped, never moved behind the strong one: the cascade would then escalate
+    downward and serve the cheap model's answer unchecked."""
+
+    def strong_hedges(body: dict[str, Any]) -> str:
+        return "I don't know." if body["model"] == "gpt-4o" else "mini answers"
+
+    cascade = '\n[models.auto]\npool = ["mini", "big"]\nrouter = "cascade"\n'
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5), reply=strong_hedges) as up:
+        up.script([Fault.status(503), Fault.ok()] * 3)  # mini fails three times: it cools down
+        with gateway(tmp_path, up, cascade) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                for _ in range(4):
+                    last = ask(client, "a question")
+            assert [str(t) for t in gw.runtime.gateway.caller.cooldowns.cooling()] == ["up::gpt-4o-mini"]
+        models = [r.json["model"] for r in up.requests]
+    assert last.headers["x-thrifty-model"] == "gpt-4o"
+    assert models == ["gpt-4o-mini", "gpt-4o"] * 3 + ["gpt-4o"]
 
 
 CASCADE_WITH_BUDGET = """

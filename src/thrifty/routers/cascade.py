@@ -45,7 +45,7 @@ class Checks:
             if name == "refusal":
                 checks.append(RefusalCheck())
             elif name == "nonempty":
-                checks.append(LengthCheck(min_chars=1))
+                checks.append(LengthCheck(min_chars=1, name="nonempty"))
             elif name == "final_number":
                 checks.append(FinalNumberCheck())
             elif name == "arithmetic":

@@ -2,16 +2,20 @@
 
 Every check here runs in production: it sees the answer (and what the provider returned with it), never a gold
 label. A check that cannot judge (no log-probabilities given, one sample where self-consistency needs several)
-passes and says why: escalating on missing evidence would turn every such call into two.
+passes and says why: escalating on missing evidence would turn every such call into two. So does every check
+of the text when the answer is a tool call: the call is the answer, and an agent's every step would otherwise
+be paid twice.
 
 Checks are plain objects with a ``name`` and ``check(answer) -> Verdict``; ``run_checks`` returns the first
-failure, which the ledger records as the reason for escalating.
+failure, which the ledger records as the reason for escalating. A check that raises passes (and is logged): it
+runs after the cheap answer was paid for, and an exception there would lose that answer and its ledger row.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import logging
 import math
 import operator
 import re
@@ -20,6 +24,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
+
+log = logging.getLogger("thrifty")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,8 @@ class Answer:
     """Per-token log-probabilities of the answer, when the provider returned them."""
     samples: tuple[str, ...] = ()
     """Further samples of the same request (``n > 1``), for self-consistency."""
+    tool_calls: int = 0
+    """How many tools the answer calls; its text (often none) is then not what the checks judge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +58,29 @@ def answer_from_openai(body: dict[str, Any]) -> Answer:
     """The first choice of a ``chat.completion`` body, with its log-probabilities and the other choices as samples."""
     choices = body.get("choices") or [{}]
     first = choices[0]
-    content = (first.get("message") or {}).get("content") or ""
+    message = first.get("message") or {}
+    content = message.get("content") or ""
+    calls = len(message.get("tool_calls") or ()) + (1 if message.get("function_call") else 0)
     tokens = ((first.get("logprobs") or {}).get("content")) or None
     logprobs = tuple(float(t["logprob"]) for t in tokens) if tokens else None
     samples = tuple(((c.get("message") or {}).get("content") or "") for c in choices[1:])
-    return Answer(content, first.get("finish_reason"), logprobs, samples)
+    return Answer(content, first.get("finish_reason"), logprobs, samples, calls)
 
 
 def run_checks(answer: Answer, checks: Iterable[AnswerCheck]) -> Verdict:
     """The first failing check's verdict, or a pass."""
     for check in checks:
-        verdict = check.check(answer)
+        try:
+            verdict = check.check(answer)
+        except Exception:  # a check's own bug or an input it never met: see the module docstring
+            log.exception("answer check %r raised; the answer passes it", check.name)
+            continue
         if not verdict.passed:
             return verdict
     return Verdict(True, "all")
+
+
+_TOOL_CALL = "a tool call: no text to judge"
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,8 @@ class LengthCheck:
         size = len(answer.text.strip())
         if answer.finish_reason == "length":
             return Verdict(False, self.name, "cut off at the token limit")
+        if answer.tool_calls:
+            return Verdict(True, self.name, _TOOL_CALL)
         if size < self.min_chars:
             return Verdict(False, self.name, f"{size} characters, fewer than {self.min_chars}")
         if self.max_chars is not None and size > self.max_chars:
@@ -90,6 +109,8 @@ class RegexCheck:
     name: str = "regex"
 
     def check(self, answer: Answer) -> Verdict:
+        if answer.tool_calls:
+            return Verdict(True, self.name, _TOOL_CALL)
         found = re.search(self.pattern, answer.text, re.S) is not None
         if found == self.must_match:
             return Verdict(True, self.name)
@@ -114,6 +135,8 @@ class RefusalCheck:
     name: str = "refusal"
 
     def check(self, answer: Answer) -> Verdict:
+        if answer.tool_calls:
+            return Verdict(True, self.name, _TOOL_CALL)
         for pattern in self.patterns:
             found = re.search(pattern, answer.text, re.I)
             if found:
@@ -126,13 +149,15 @@ class JsonCheck:
     """The answer parses as JSON (a Markdown code fence around it is allowed) and fits ``schema`` if given.
 
     The schema is the common subset of JSON Schema: type, properties, required, additionalProperties (false),
-    items, enum, minimum, maximum, minLength, maxLength.
+    items, prefixItems, enum, minimum, maximum, minLength, maxLength, and ``true``/``false`` schemas.
     """
 
     schema: dict[str, Any] | None = None
     name: str = "json"
 
     def check(self, answer: Answer) -> Verdict:
+        if answer.tool_calls:
+            return Verdict(True, self.name, _TOOL_CALL)
         text = answer.text.strip()
         fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.S)
         try:
@@ -154,39 +179,72 @@ _JSON_TYPES: dict[str, Callable[[object], bool]] = {
 }
 
 
-def schema_problem(value: object, schema: dict[str, Any], where: str) -> str | None:
-    """The first way ``value`` breaks ``schema``, or None."""
+def schema_problem(value: object, schema: object, where: str) -> str | None:
+    """The first way ``value`` breaks ``schema``, or None.
+
+    The schema is the client's, valid JSON Schema beyond the subset read here: what this cannot interpret (an
+    unknown type name, a bound that is not a number, a keyword it does not know) is not checked, never a crash.
+    A ``true`` schema accepts anything and ``false`` nothing, as JSON Schema says.
+    """
+    if schema is False:
+        return f"{where}: not allowed by the schema"
+    if not isinstance(schema, dict):
+        return None
     kind = schema.get("type")
-    kinds = [kind] if isinstance(kind, str) else list(kind or [])
-    if kinds and not any(_JSON_TYPES[k](value) for k in kinds):
+    kinds = [kind] if isinstance(kind, str) else kind if isinstance(kind, list) else []
+    known = all(isinstance(k, str) and k in _JSON_TYPES for k in kinds)
+    if kinds and known and not any(_JSON_TYPES[k](value) for k in kinds):
         return f"{where}: expected {' or '.join(kinds)}"
-    if "enum" in schema and value not in schema["enum"]:
-        return f"{where}: {value!r} is not one of {schema['enum']}"
+    enum = schema.get("enum")
+    if isinstance(enum, list) and value not in enum:
+        return f"{where}: {value!r} is not one of {enum}"
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            return f"{where}: {value} < minimum {schema['minimum']}"
-        if "maximum" in schema and value > schema["maximum"]:
-            return f"{where}: {value} > maximum {schema['maximum']}"
+        low, high = _bound(schema, "minimum"), _bound(schema, "maximum")
+        if low is not None and value < low:
+            return f"{where}: {value} < minimum {low}"
+        if high is not None and value > high:
+            return f"{where}: {value} > maximum {high}"
     if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            return f"{where}: shorter than {schema['minLength']}"
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            return f"{where}: longer than {schema['maxLength']}"
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            if problem := schema_problem(item, schema["items"], f"{where}[{i}]"):
-                return problem
+        shortest, longest = _bound(schema, "minLength"), _bound(schema, "maxLength")
+        if shortest is not None and len(value) < shortest:
+            return f"{where}: shorter than {shortest}"
+        if longest is not None and len(value) > longest:
+            return f"{where}: longer than {longest}"
+    if isinstance(value, list):
+        return _array_problem(value, schema, where)
     if isinstance(value, dict):
         return _object_problem(value, schema, where)
     return None
 
 
+def _bound(schema: dict[str, Any], key: str) -> float | None:
+    bound = schema.get(key)
+    return bound if isinstance(bound, int | float) and not isinstance(bound, bool) else None
+
+
+def _array_problem(value: list[Any], schema: dict[str, Any], where: str) -> str | None:
+    # A list under "items" (before JSON Schema 2020-12) gives each position its schema and "additionalItems" the
+    # rest; since 2020-12 "prefixItems" does that and "items" is for the rest.
+    items, prefix = schema.get("items"), schema.get("prefixItems")
+    if isinstance(items, list):
+        prefix, items = items, schema.get("additionalItems")
+    positional = prefix if isinstance(prefix, list) else []
+    for i, item in enumerate(value):
+        if problem := schema_problem(item, positional[i] if i < len(positional) else items, f"{where}[{i}]"):
+            return problem
+    return None
+
+
 def _object_problem(value: dict[str, Any], schema: dict[str, Any], where: str) -> str | None:
-    missing = [k for k in schema.get("required", []) if k not in value]
+    required = schema.get("required")
+    missing = [k for k in required if isinstance(k, str) and k not in value] if isinstance(required, list) else []
     if missing:
         return f"{where}: missing {missing}"
-    properties = schema.get("properties", {})
-    if schema.get("additionalProperties") is False and (extra := sorted(set(value) - set(properties))):
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    # Keys that patternProperties allows are not extra, and that keyword is not read here.
+    closed = schema.get("additionalProperties") is False and "patternProperties" not in schema
+    if closed and (extra := sorted(set(value) - set(properties))):
         return f"{where}: unexpected {extra}"
     for key, sub in properties.items():
         if key in value and (problem := schema_problem(value[key], sub, f"{where}.{key}")):
@@ -235,6 +293,8 @@ class FinalNumberCheck:
     name: str = "final-number"
 
     def check(self, answer: Answer) -> Verdict:
+        if answer.tool_calls:
+            return Verdict(True, self.name, _TOOL_CALL)
         if extract_final_number(answer.text, strict=self.strict) is None:
             return Verdict(False, self.name, "no final numeric answer")
         return Verdict(True, self.name)
@@ -290,6 +350,8 @@ class ArithmeticCheck:
     name: str = "arithmetic"
 
     def check(self, answer: Answer) -> Verdict:
+        if answer.tool_calls:
+            return Verdict(True, self.name, _TOOL_CALL)
         chains = [m.group(1) for m in _ANNOTATION.finditer(answer.text)]
         chains += [m.group(0) for m in _CHAIN.finditer(_ANNOTATION.sub(" ", answer.text))]
         for chain in chains:
@@ -320,6 +382,8 @@ class SelfConsistencyCheck:
     name: str = "self-consistency"
 
     def check(self, answer: Answer) -> Verdict:
+        if answer.tool_calls:
+            return Verdict(True, self.name, _TOOL_CALL)
         if not answer.samples:
             return Verdict(True, self.name, "one sample only: not judged")
         _, share = majority([self.extract(t) for t in (answer.text, *answer.samples)])

@@ -22,6 +22,18 @@ class Cooldowns:
         warm = [t for t in targets if self._until.get(t, 0.0) <= now]
         return warm + [t for t in targets if t not in warm]
 
+    def in_tiers(self, targets: Sequence[Target]) -> list[Target]:
+        """A cascade's tiers in their order, less cooling ones a later warm tier can stand in for.
+
+        ``order`` would move a cooling cheap tier behind the strong one, and the cascade would then escalate
+        downward and return the cheap answer unchecked.
+        """
+        if not self._until:
+            return list(targets)
+        now = time.monotonic()
+        warm = [self._until.get(t, 0.0) <= now for t in targets]
+        return [t for i, t in enumerate(targets) if warm[i] or not any(warm[i + 1 :])]
+
     def failed(self, target: Target) -> None:
         streak = self._streak.get(target, 0) + 1
         self._streak[target] = streak

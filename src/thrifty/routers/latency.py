@@ -9,7 +9,8 @@ Two ways to use it, per alias:
 
 - ``max_latency_ms``: ``LatencyAwareRouter`` wraps any router; targets expected to be slower than the limit move
   behind those that are not (they stay as fallbacks), so a slow model is called only when no fast one is left.
-  Unknown latency counts as fast: a new target gets its first calls and so its first measurement.
+  Unknown latency counts as fast: a new target gets its first calls and so its first measurement. A cascade's
+  tiers keep their order.
 - ``latency_weight`` (learned routers): each second of expected latency costs that much predicted quality, so a
   slow model is chosen only where the router predicts it is that much better than a faster one.
 """
@@ -56,6 +57,8 @@ class LatencyAwareRouter:
 
     def route(self, request: ChatRequest, principal: Principal) -> Route:
         route = self._inner.route(request, principal)
+        if route.cascade is not None:
+            return route  # a cascade's order is its tiers: a slow cheap tier moved last would escalate downward
         slow = [t for t in route.targets if (self._tracker.expected_ms(t) or 0.0) > self._max_ms]
         if not slow or len(slow) == len(route.targets):
             return route

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from thrifty.protocols import Router
 from thrifty.tokens import TiktokenCounter
-from thrifty.types import ChatRequest, Target
+from thrifty.types import ChatRequest, Principal, Route, Target
 
 ALL_CAPABILITIES = frozenset({"tools", "vision", "json"})
 
@@ -53,3 +54,23 @@ def eligible(targets: Sequence[Target], info: Mapping[Target, ModelInfo], needs:
             continue
         fit.append(target)
     return fit or list(targets)
+
+
+class EligibleRouter:
+    """Another router's order less the targets lacking what the request needs.
+
+    Rules, cascades and learned routers choose by cost and quality, not by what a model can take: a tool call,
+    an image or a long prompt sent to a model without it is a 400, which is not retried, so the capable model
+    after it would never be asked. Filtering the whole route also keeps such models out of fallbacks and
+    cascade tiers; the order, the cascade's checks and the router's reason are kept.
+    """
+
+    def __init__(self, inner: Router, info: Mapping[Target, ModelInfo], counter: TiktokenCounter) -> None:
+        self._inner, self._info, self._counter = inner, dict(info), counter
+
+    def route(self, request: ChatRequest, principal: Principal) -> Route:
+        route = self._inner.route(request, principal)
+        if not any(target in self._info for target in route.targets):
+            return route  # nothing known about these models: counting the prompt would tell nothing
+        needs = needs_of(request, self._counter, route.targets[0].model)
+        return replace(route, targets=tuple(eligible(route.targets, self._info, needs)))
