@@ -84,3 +84,61 @@ async def test_a_long_stream_renews_its_budget_holds(tmp_path: Path) -> None:
         finally:
             await runtime.aclose()
     assert len(payloads) > 3 and admission.extended >= len(payloads) - 1
+
+
+FALLBACK = """
+[models.pair]
+targets = ["anth::claude-3-5-haiku-latest", "up::gpt-4o"]
+
+[models.twins]
+targets = ["up::gpt-4o-mini", "up::gpt-4o"]
+"""
+
+
+@pytest.mark.parametrize("alias", ["pair", "twins"])
+def test_a_stream_that_fails_after_its_opening_chunk_falls_back(tmp_path: Path, alias: str) -> None:
+    """Anthropic's ``message_start`` and OpenAI's role-only first chunk come before any answer: a stream that
+    breaks after them has told the client nothing yet, so the next target answers it, and the failing one
+    counts toward its cooldown."""
+    import openai
+
+    from fakes.upstream import Fault
+    from gateway_harness import config_text, ledger_rows
+    from thrifty.server.run import ServerThread
+    from thrifty.settings import load_settings
+
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
+        (tmp_path / "thrifty.toml").write_text(config_text(up, extra=FALLBACK))
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+            up.script([Fault.drop_mid_stream(after_chunks=1)])
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                chunks = list(
+                    client.chat.completions.create(
+                        model=alias, messages=[{"role": "user", "content": "a b c"}], stream=True
+                    )
+                )
+            (row,) = ledger_rows(gw)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: a b c"
+    assert [r.json["model"] for r in up.requests][-1] == "gpt-4o"
+    assert (row["model"], row["status"]) == ("gpt-4o", "ok")
+
+
+def test_a_provider_that_keeps_failing_mid_stream_is_cooled_down(tmp_path: Path) -> None:
+    import openai
+
+    from fakes.upstream import Fault
+    from gateway_harness import config_text
+    from thrifty.server.run import ServerThread
+    from thrifty.settings import load_settings
+
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
+        (tmp_path / "thrifty.toml").write_text(config_text(up, extra=FALLBACK))
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+            up.script([Fault.drop_mid_stream(after_chunks=3)] * 3)
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                ask = {"model": "twins", "messages": [{"role": "user", "content": "a b c d e f"}], "stream": True}
+                for _ in range(3):
+                    with pytest.raises(openai.APIError):
+                        list(client.chat.completions.create(**ask))  # type: ignore[call-overload]
+                list(client.chat.completions.create(**ask))  # type: ignore[call-overload]
+    assert [r.json["model"] for r in up.requests] == ["gpt-4o-mini"] * 3 + ["gpt-4o"]

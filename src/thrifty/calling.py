@@ -1,16 +1,19 @@
 """Stage 6: call the route's targets in order until one answers well enough.
 
-Retryable failures (429, 5xx, timeouts, refused connections, a stream that fails before its first token) fall
-through to the next target; targets that keep failing are tried last for a while (``Cooldowns``). On a cascade
-route, an answer that fails a check is paid for, recorded by ``on_escalation``, and the next tier is asked; its
-tiers keep their order (a failing cheap tier is skipped, never moved behind a stronger one).
+Retryable failures (429, 5xx, timeouts, refused connections, a stream that fails before the first chunk that
+carries any of the answer) fall through to the next target; targets that keep failing are tried last for a
+while (``Cooldowns``). On a cascade route, an answer that fails a check is paid for, recorded by
+``on_escalation``, and the next tier is asked; its tiers keep their order (a failing cheap tier is skipped,
+never moved behind a stronger one).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+
+import orjson
 
 from thrifty.accounting import Trace
 from thrifty.errors import ThriftyError, UpstreamError
@@ -18,7 +21,15 @@ from thrifty.protocols import Provider
 from thrifty.providers.http import first_item
 from thrifty.routers.cooldown import Cooldowns
 from thrifty.streaming import OpenedStream, replay
-from thrifty.types import ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse, Route, Target
+from thrifty.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    Route,
+    StreamChunk,
+    Target,
+)
 
 log = logging.getLogger("thrifty")
 
@@ -86,14 +97,62 @@ class ProviderCaller:
             started = time.perf_counter()
             chunks = self.providers[target.provider].stream(request, target.model)
             try:
-                first = await first_item(chunks)
+                lead = await leading_chunks(chunks)
             except ThriftyError as exc:
                 await chunks.aclose()
                 last = self._fall_through(target, exc, trace)
                 continue
             finally:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000
-            self.cooldowns.succeeded(target)
+            # Not yet a success for the cooldowns: the stream tells them how it ended (``ChatStream``).
             trace.ttft_ms = trace.elapsed_ms()
-            return OpenedStream(target, first, chunks)
+            return OpenedStream(target, lead[0], _after(lead[1:], chunks) if len(lead) > 1 else chunks)
         raise last or UpstreamError("the route has no targets")
+
+
+LEAD_LIMIT = 16
+"""Chunks read at most before the stream is handed to the client, waiting for the first with any answer."""
+
+
+async def leading_chunks(chunks: AsyncGenerator[StreamChunk, None]) -> list[StreamChunk]:
+    """The chunks up to the first that carries any of the answer (text, a tool call, reasoning, a refusal, a
+    finish reason), so that a stream failing before it falls back like one failing before its first byte: a
+    role-only opening chunk (OpenAI's, or Anthropic's ``message_start``) is not yet an answer."""
+    lead = [await first_item(chunks)]
+    while len(lead) < LEAD_LIMIT and not carries_answer(lead[-1]):
+        following = await anext(chunks, None)
+        if following is None:
+            break
+        lead.append(following)
+    return lead
+
+
+def carries_answer(chunk: StreamChunk) -> bool:
+    if chunk.usage_only:
+        return False
+    try:
+        data = orjson.loads(chunk.payload)
+    except orjson.JSONDecodeError:
+        return True  # not ours to judge: the client gets it as sent
+    choices = data.get("choices") if isinstance(data, dict) else None
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if choice.get("finish_reason") or (
+            isinstance(delta, dict) and any(value for key, value in delta.items() if key != "role")
+        ):
+            return True
+    return False
+
+
+async def _after(
+    lead: Sequence[StreamChunk], rest: AsyncGenerator[StreamChunk, None]
+) -> AsyncGenerator[StreamChunk, None]:
+    try:
+        for chunk in lead:
+            yield chunk
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()

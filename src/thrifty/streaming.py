@@ -112,9 +112,13 @@ class ChatStream:
                     yield chunk.payload
                 chunk = await anext(self._opened.rest, None)
             status = "ok"
+            if not self._trace.cache:
+                self._gateway.caller.cooldowns.succeeded(self.target)
             await self._store()
         except ThriftyError as exc:
             status, self.error = "error", exc
+            if exc.retryable and not self._trace.cache:  # failing mid-stream counts toward a cooldown too
+                self._gateway.caller.cooldowns.failed(self.target)
             # Recorded before the client hears of the failure, as a finished stream is before [DONE].
             await self._finish(status, exc.error_type)
             yield orjson.dumps(exc.to_openai())
