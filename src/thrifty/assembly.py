@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from thrifty.routers.pool import ALL_CAPABILITIES, EligibleRouter, ModelInfo
 from thrifty.routers.static import StaticRouter
 from thrifty.settings import CapsSettings, CascadeSettings, OptimizeSettings, ProviderSettings, Settings
 from thrifty.tokens import TiktokenCounter
-from thrifty.types import Caller, ChatRequest, ChatResponse, LedgerEntry, Principal, Target
+from thrifty.types import Caller, ChatRequest, ChatResponse, LedgerEntry, Principal, Target, Usage
 
 if TYPE_CHECKING:
     from thrifty.caches.embedders import CachedEmbedder
@@ -142,7 +142,7 @@ def build_runtime(settings: Settings) -> Runtime:
         # The structured-output watch reads each answer from its entry; the ledger stores it only if asked to.
         capture_payloads=settings.ledger.capture_payloads or bool(watch),
         observers=[detector, latency, *_span_observer(settings), *watch],
-        baselines=baselines(settings, aliases),
+        baselines=baselines(settings, aliases, pricer),
     )
     bind_summarizer(gateway)
     if settings.cache.verify_sample:
@@ -207,16 +207,32 @@ def pool_info(settings: Settings) -> dict[Target, ModelInfo]:
     return info
 
 
-def baselines(settings: Settings, aliases: Mapping[str, tuple[Target, ...]]) -> dict[str, Target]:
-    """What each alias's savings are measured against: as configured, else the first target of a plain list,
-    else the pool's strongest (the model a team would use without a router)."""
+def baselines(
+    settings: Settings, aliases: Mapping[str, tuple[Target, ...]], pricer: CatalogPricer | None = None
+) -> dict[str, Target]:
+    """What each alias's savings are measured against: as configured, else the model a team would use without a
+    router: a pool's strongest, a cascade's last tier, the dearest target of a rules or learned router (by
+    list price; the last one if none is priced), the first target of a plain list (the fallbacks after it are
+    not what was asked for)."""
+    pricer = pricer or build_pricer(settings)
     chosen = {}
     for alias, model in settings.models.items():
+        targets = aliases[alias]
         if model.baseline:
             chosen[alias] = _pick(settings, model.baseline)
+        elif model.pool or model.router == "cascade":
+            chosen[alias] = targets[-1]
+        elif model.router in ("rules", "learned"):
+            chosen[alias] = _dearest(targets, pricer)
         else:
-            chosen[alias] = aliases[alias][-1] if model.pool else aliases[alias][0]
+            chosen[alias] = targets[0]
     return chosen
+
+
+def _dearest(targets: Sequence[Target], pricer: CatalogPricer) -> Target:
+    reference = Usage(1_000_000, 1_000_000)
+    priced = [(usd, i) for i, t in enumerate(targets) if (usd := pricer.cost(t, reference).usd) is not None]
+    return targets[max(priced)[1]] if priced else targets[-1]
 
 
 def _pick(settings: Settings, name: str) -> Target:

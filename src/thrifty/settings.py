@@ -113,7 +113,8 @@ class ModelSettings(_Strict):
     """Pool names, instead of ``targets``: tried cheapest tier first, never where a capability is missing."""
     router: Literal["static", "rules", "learned", "cascade"] = "static"
     baseline: str | None = None
-    """The model savings are measured against; default: the first target, or the pool's strongest."""
+    """The model savings are measured against; default: the first target of a static list, a pool's strongest, a
+    cascade's last tier, the dearest target of a rules or learned router."""
     rules: list[RuleSettings] = []
     default: str | None = None
     cascade: CascadeSettings | None = None

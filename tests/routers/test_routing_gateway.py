@@ -296,3 +296,29 @@ def test_streams_fall_back_and_carry_the_route(tmp_path: Path, up: FakeUpstream)
             list(raw.parse())
     assert raw.headers["x-thrifty-model"] == "gpt-4o"
     assert raw.headers["x-thrifty-route"] == "static; configured order"
+
+
+@pytest.mark.parametrize(
+    ("router", "targets"),
+    [
+        ('router = "cascade"', '["up::gpt-4o-mini", "up::gpt-4o"]'),
+        ('router = "rules"\ndefault = "up::gpt-4o-mini"', '["up::gpt-4o-mini", "up::gpt-4o"]'),
+    ],
+)
+def test_a_routed_list_of_targets_is_measured_against_its_strongest(
+    tmp_path: Path, up: FakeUpstream, router: str, targets: str
+) -> None:
+    """Listed cheapest first, a cascade's first target is the model it saves on, not the one it saves against;
+    a rules router's is whichever the list names first. Without a router a team would send everything to the
+    dearest, so that is the baseline, and the cheap answer is credited to routing."""
+    up.usage = FakeUsage(input_tokens=1000, output_tokens=100)
+    config = f"\n[models.routed]\ntargets = {targets}\n{router}\n"
+    with gateway(tmp_path, up, config) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            client.chat.completions.create(model="routed", messages=[{"role": "user", "content": "What is 2 + 2?"}])
+        (row,) = ledger_rows(gw)
+        with gw.runtime.ledger.engine.connect() as conn:
+            savings = {s.lever: s.savings_nusd for s in conn.execute(select(tables.savings))}
+    # gpt-4o-mini: 1,000 x 0.15 + 100 x 0.60 per million; gpt-4o: 1,000 x 2.50 + 100 x 10.
+    assert (row["model"], row["cost_nusd"], row["baseline_cost_nusd"]) == ("gpt-4o-mini", 210_000, 3_500_000)
+    assert savings == {"routing": 3_290_000}
