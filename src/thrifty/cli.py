@@ -264,25 +264,31 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _router_errors(run: Callable[[], str]) -> int:
+    """A router command's output; a missing file or unusable data is a one-line error, not a traceback."""
+    try:
+        print(run())
+    except (OSError, ValueError) as exc:
+        raise BadRequest(str(exc)) from exc
+    return 0
+
+
 def cmd_router_train(args: argparse.Namespace) -> int:
     from thrifty.routers.learned import train_command
 
-    print(train_command(args.data, args.out, args.embedder))
-    return 0
+    return _router_errors(lambda: train_command(args.data, args.out, args.embedder))
 
 
 def cmd_router_calibrate(args: argparse.Namespace) -> int:
     from thrifty.routers.calibrate import calibrate_command
 
-    print(calibrate_command(args.router, args.data, args.keep))
-    return 0
+    return _router_errors(lambda: calibrate_command(args.router, args.data, args.keep))
 
 
 def cmd_eval_router(args: argparse.Namespace) -> int:
     from thrifty.routers.evaluate import eval_command
 
-    print(eval_command(args.data, args.router, args.decisions))
-    return 0
+    return _router_errors(lambda: eval_command(args.data, args.router, args.decisions))
 
 
 def cmd_eval_cache(args: argparse.Namespace) -> int:

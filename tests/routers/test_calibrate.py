@@ -9,7 +9,7 @@ from routing_data import STRONG, WEAK, synthetic_records
 
 from thrifty.routers.calibrate import calibrate, calibrate_command
 from thrifty.routers.learned import LearnedRouter, load, save, train
-from thrifty.routers.outcomes import write_outcomes
+from thrifty.routers.outcomes import ModelOutcome, OutcomeRecord, write_outcomes
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,58 @@ def test_calibrate_command_saves_the_point(router: LearnedRouter, tmp_path: Path
     assert point is not None
     again = calibrate(load(tmp_path / "r"), synthetic_records(200, seed=5), 0.95)
     assert again.point == point
+
+
+def with_model(records: list[OutcomeRecord], name: str, quality: float, cost: str) -> list[OutcomeRecord]:
+    return [OutcomeRecord(r.prompt, {**r.outcomes, name: ModelOutcome(quality, Decimal(cost))}) for r in records]
+
+
+def test_a_model_the_router_does_not_know_is_never_the_operating_point(router: LearnedRouter) -> None:
+    """A free, perfect model in the data that the router was never trained on: the gateway cannot send anything to
+    it, so calibration must not count on it (it once chose 'always other' and saved a point that meant 'always
+    the cheapest' in the gateway)."""
+    data = with_model(synthetic_records(300, seed=2), "other", 1.0, "0")
+    result = calibrate(router, data, 0.95)
+    assert result.point.model != "other" and "other" not in result.shares
+    assert result.best_model == STRONG and result.met
+    plain = calibrate(router, synthetic_records(300, seed=2), 0.95)
+    assert (result.point, result.quality, result.expected_cost_usd) == (
+        plain.point,
+        plain.quality,
+        plain.expected_cost_usd,
+    )
+
+
+def test_a_model_the_router_knows_but_the_data_never_measured_is_refused(router: LearnedRouter, tmp_path: Path) -> None:
+    only_weak = [OutcomeRecord(r.prompt, {WEAK: r.outcomes[WEAK]}) for r in synthetic_records(50, seed=2)]
+    with pytest.raises(ValueError, match=STRONG):
+        calibrate(router, only_weak, 0.95)
+    save(router, tmp_path / "r")
+    write_outcomes(tmp_path / "o.jsonl", only_weak)
+    from thrifty.cli import main
+
+    assert main(["router", "calibrate", "--router", str(tmp_path / "r"), "--data", str(tmp_path / "o.jsonl")]) == 1
+
+
+def test_a_fixed_model_is_judged_on_the_quality_it_would_really_get() -> None:
+    """Where a model was not measured, "always that model" stands for the router's own choice; it must be judged
+    on that mix, not on the model's mean where it was measured, or calibration picks a point that then misses.
+
+    Here "d" is perfect and cheap but measured on the alpha prompts only; on the beta prompts the router (trained
+    on other data) would pick the weak model, which fails them all. "Always d" is really 0.5, so the strong
+    model must take the beta prompts."""
+
+    def outcome(quality: float, cost: str) -> ModelOutcome:
+        return ModelOutcome(quality, Decimal(cost))
+
+    training, data = [], []
+    for i in range(60):
+        alpha = {"d": outcome(1, "0.0001"), STRONG: outcome(1, "0.01"), WEAK: outcome(1, "0.00001")}
+        training.append(OutcomeRecord(f"alpha question number {i}", alpha))
+        training.append(OutcomeRecord(f"beta question number {i}", {**alpha, STRONG: outcome(0, "0.01")}))
+        data.append(OutcomeRecord(f"alpha question {i}", alpha))
+        data.append(OutcomeRecord(f"beta question {i}", {STRONG: outcome(1, "0.01"), WEAK: outcome(0, "0.00001")}))
+    router = train(training, dim=256, alpha=1.0)
+    result = calibrate(router, data, 0.95)
+    assert result.met, (result.point, result.quality, result.target_quality)
+    assert result.point.model != "d" and result.shares[STRONG] >= 0.5

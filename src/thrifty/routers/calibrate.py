@@ -49,7 +49,15 @@ class Calibration:
 def calibrate(router: LearnedRouter, records: list[OutcomeRecord], keep: float = 0.95) -> Calibration:
     if not 0 < keep <= 1:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
-    data = to_matrix(records)
+    unmeasured = [m for m in router.models if not any(m in r.outcomes for r in records)]
+    if unmeasured:
+        raise ValueError(
+            f"the data has no outcome of {', '.join(unmeasured)}, which the router may choose: calibrate on data "
+            "that measures every model the router was trained on"
+        )
+    # Only the router's models: one it does not know is never chosen in the gateway, so no operating point may
+    # lean on it; prompts with none of its models measured say nothing here.
+    data = to_matrix([r for r in records if any(m in r.outcomes for m in router.models)], router.models)
     ref = reference(data)
     target = keep * float(ref.quality[ref.best])
     predicted, relative = router_predictions(router, data)
@@ -59,9 +67,11 @@ def calibrate(router: LearnedRouter, records: list[OutcomeRecord], keep: float =
         (float(curve.cost_usd[i]), -float(curve.quality[i]), OperatingPoint(float(curve.weights[i])))
         for i in range(len(curve.weights))
     ]
-    for j, model in enumerate(data.models):
-        if model in router.models:
-            candidates.append((float(ref.cost_usd[j]), -float(ref.quality[j]), OperatingPoint(0.0, model)))
+    for model in data.models:
+        # Scored as the result is: on every prompt, the router's own choice where the model was not measured.
+        fixed = OperatingPoint(0.0, model)
+        quality, cost = realized(data, _choice(data, predicted, relative, fixed))
+        candidates.append((cost, -quality, fixed))
     meeting = [c for c in candidates if -c[1] >= target - 1e-12]
     _, _, point = min(meeting, key=lambda c: c[:2]) if meeting else min(candidates, key=lambda c: (c[1], c[0]))
     choice = _choice(data, predicted, relative, point)
