@@ -130,7 +130,8 @@ class Gateway:
                     self.record_failure(trace, "internal_error")
                 raise
             if fresh:
-                await self.cache.store(request, trace.principal, as_asked(response, trace.saved_tokens))
+                stored = as_asked(response, trace.saved_tokens)
+                await self.cache.store(request, trace.principal, stored, trace.started_at)
             elif response.cache == "semantic" and self.verifier is not None:
                 self.verifier.sample(request, trace.principal, response)
         finally:

@@ -57,7 +57,13 @@ class ResponseCache(Protocol):
     """Stage 3: an answer already paid for."""
 
     async def lookup(self, request: ChatRequest, principal: Principal) -> ChatResponse | None: ...
-    async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None: ...
+    async def store(
+        self, request: ChatRequest, principal: Principal, response: ChatResponse, asked_at: float = 0.0
+    ) -> None:
+        """``asked_at``: when the request arrived (``time.time()``); an answer asked for before a purge that
+        covers it is not stored after it."""
+        ...
+
     def release(self, request: ChatRequest, principal: Principal) -> None:
         """Called when a request that missed ends, answered or not (identical requests may be waiting on it)."""
 

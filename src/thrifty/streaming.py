@@ -159,9 +159,8 @@ class ChatStream:
             return
         body = assemble(self._payloads, self.target.model)
         response = ChatResponse(body, self._usage, self.target, self._trace.upstream_ms)
-        await self._gateway.cache.store(
-            self._request, self._trace.principal, as_asked(response, self._trace.saved_tokens)
-        )
+        stored = as_asked(response, self._trace.saved_tokens)
+        await self._gateway.cache.store(self._request, self._trace.principal, stored, self._trace.started_at)
 
     def _estimated(self, text: str) -> Usage:
         """The usage of a stream that never reported it: the prompt as the provider told it, if it did, and the

@@ -566,3 +566,24 @@ def test_the_report_counts_a_hit_as_a_request_but_not_its_tokens_again(tmp_path:
         [row] = report(gw.runtime.ledger.engine, "tenant")
     assert (row.requests, row.input_tokens, row.output_tokens) == (3, 1000, 200)
     assert row.cost_usd == Decimal("0.00027") and row.baseline_cost_usd == Decimal("0.00081")
+
+
+def test_an_answer_asked_for_before_a_purge_is_not_stored_after_it(tmp_path: Path, up: FakeUpstream) -> None:
+    """A purge (the knowledge behind a feature changed) must not be undone by an answer that was in flight."""
+    import threading
+
+    import httpx
+
+    up.script([Fault.delay(1.0)])
+    with gateway(tmp_path, up, MEMORY) as gw, client(gw) as c:
+        slow = threading.Thread(target=lambda: c.chat.completions.create(model="fast", messages=HI, temperature=0))
+        slow.start()
+        deadline = time.time() + 5
+        while not up.requests and time.time() < deadline:  # the slow answer is being asked for
+            time.sleep(0.01)
+        assert httpx.post(gw.base_url + "/admin/cache/purge", json={"tenant": "default"}).json() == {"purged": 0}
+        slow.join(10)
+        again = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+        last = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+    assert again.headers["x-thrifty-cache"] == "miss" and last.headers["x-thrifty-cache"] == "exact"
+    assert len(up.requests) == 2

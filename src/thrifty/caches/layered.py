@@ -12,6 +12,7 @@ of the stream), but may wait for one that does.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Mapping
@@ -26,6 +27,8 @@ from thrifty.types import ChatRequest, ChatResponse, Principal, Target
 log = logging.getLogger("thrifty.cache")
 BYPASS = "bypass"
 COALESCE_WAIT_S = 60.0
+PURGES_KEPT_S = 6 * 3600.0
+"""How long a purge keeps answers asked for before it out of the cache (a stream may run for hours)."""
 """How long a request waits for an identical one already asking the model before asking for itself."""
 
 
@@ -85,6 +88,8 @@ class LayeredCache:
         """Exact key -> (the request id asking the model for it, its answer to come)."""
         self._leading: dict[str, str] = {}
         """Request id -> the exact key it leads for."""
+        self._purges: collections.deque[tuple[float, PurgeScope]] = collections.deque(maxlen=1024)
+        """Recent purges in this process (when, what): answers asked for before one are not stored after it."""
         self.coalesced = 0
 
     def _applies(self, request: ChatRequest) -> bool:
@@ -140,16 +145,20 @@ class LayeredCache:
         if found is not None and not found[1].done():
             found[1].set_result(entry)
 
-    async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None:
+    async def store(
+        self, request: ChatRequest, principal: Principal, response: ChatResponse, asked_at: float = 0.0
+    ) -> None:
         """Never raises: the answer was paid for, and a cache that cannot keep it must not lose its cost."""
         rule = self.policy.rule(request.model, principal.feature)
         if response.cache or not (rule.exact or rule.semantic) or not self._applies(request):
             return
         if response.usage is None or not cacheable_response(response.body, self.policy.settings.cache_tool_calls):
             return
+        entry = CacheEntry.of(request, principal, response, rule.ttl_s)
+        if self._purged_since(asked_at, entry):
+            return  # asked for before a purge that covers it: what the purge meant to remove must not come back
         try:
             if rule.exact:
-                entry = CacheEntry.of(request, principal, response, rule.ttl_s)
                 try:
                     await self.entries.put(exact_key(request, principal, self._aliases[request.model]), entry)
                 finally:  # after the write, so that no identical request can miss between the two
@@ -159,7 +168,17 @@ class LayeredCache:
         except Exception as exc:  # a store's own errors (Redis, SQLite, pgvector) and anything else
             log.warning("cache: answer not stored (%s: %s)", exc.__class__.__name__, exc)
 
+    def _purged_since(self, asked_at: float, entry: CacheEntry) -> bool:
+        if not self._purges:
+            return False
+        now = time.time()
+        while self._purges and self._purges[0][0] < now - PURGES_KEPT_S:
+            self._purges.popleft()
+        return any(at >= asked_at and scope.matches(entry, now) for at, scope in self._purges)
+
     async def purge(self, scope: PurgeScope) -> int:
+        if scope.older_than_s is None:  # an age-bounded purge never covers an answer still being asked for
+            self._purges.append((time.time(), scope))
         purged = await self.entries.purge(scope)
         if self.semantic is not None:
             purged += await self.semantic.purge(scope)

@@ -9,7 +9,9 @@ class NoCache:
     async def lookup(self, request: ChatRequest, principal: Principal) -> ChatResponse | None:
         return None
 
-    async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse) -> None:
+    async def store(
+        self, request: ChatRequest, principal: Principal, response: ChatResponse, asked_at: float = 0.0
+    ) -> None:
         return None
 
     def release(self, request: ChatRequest, principal: Principal) -> None:
