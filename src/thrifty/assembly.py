@@ -346,7 +346,7 @@ def build_router(
                 settings.path(model.router_dir), targets, model.threshold, latency, model.latency_weight
             )
         else:
-            routers[alias] = StaticRouter({alias: targets}, info, counter)
+            routers[alias] = StaticRouter({alias: targets}, info, counter, tiers=bool(model.pool))
         if model.router != "static":  # the static router leaves out unfit targets itself
             routers[alias] = EligibleRouter(routers[alias], info, counter)
         if model.max_latency_ms is not None:

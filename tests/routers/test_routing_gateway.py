@@ -295,7 +295,7 @@ def test_streams_fall_back_and_carry_the_route(tmp_path: Path, up: FakeUpstream)
             )
             list(raw.parse())
     assert raw.headers["x-thrifty-model"] == "gpt-4o"
-    assert raw.headers["x-thrifty-route"] == "static; configured order"
+    assert raw.headers["x-thrifty-route"] == "tiers; cheapest capable tier first"
 
 
 @pytest.mark.parametrize(
@@ -322,3 +322,16 @@ def test_a_routed_list_of_targets_is_measured_against_its_strongest(
     # gpt-4o-mini: 1,000 x 0.15 + 100 x 0.60 per million; gpt-4o: 1,000 x 2.50 + 100 x 10.
     assert (row["model"], row["cost_nusd"], row["baseline_cost_nusd"]) == ("gpt-4o-mini", 210_000, 3_500_000)
     assert savings == {"routing": 3_290_000}
+
+
+def test_a_pool_credits_its_cheaper_tier_to_routing(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, '\n[models.auto]\npool = ["mini", "big"]\n') as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            raw = ask(client, "hi")
+        (row,) = ledger_rows(gw)
+        with gw.runtime.ledger.engine.connect() as conn:
+            savings = {s.lever: s.savings_nusd for s in conn.execute(select(tables.savings))}
+    assert raw.headers["x-thrifty-route"] == "tiers; cheapest capable tier first"
+    # gpt-4o-mini: 1,000 x 0.15 + 200 x 0.60 per million, against gpt-4o's 1,000 x 2.50 + 200 x 10.
+    assert (row["model"], row["cost_nusd"], row["baseline_cost_nusd"]) == ("gpt-4o-mini", 270_000, 4_500_000)
+    assert savings == {"routing": 4_230_000}

@@ -12,15 +12,21 @@ from thrifty.types import ChatRequest, Principal, Route, Target
 
 
 class StaticRouter:
-    """The configured targets of the requested alias, in order, less those lacking what the request needs."""
+    """The configured targets of the requested alias, in order, less those lacking what the request needs.
+
+    Over a pool (``tiers``) the order is the pool's, cheapest tier first, and the choice is routing: it names
+    itself ``tiers`` (in ``x-thrifty-route``), and what it saves against the pool's strongest model is credited
+    to the routing lever, not to fallbacks."""
 
     def __init__(
         self,
         aliases: Mapping[str, tuple[Target, ...]],
         info: Mapping[Target, ModelInfo] | None = None,
         counter: TiktokenCounter | None = None,
+        tiers: bool = False,
     ) -> None:
         self._aliases, self._info, self._counter = dict(aliases), dict(info or {}), counter
+        self._name, self._reason = ("tiers", "cheapest capable tier first") if tiers else ("static", "configured order")
 
     def route(self, request: ChatRequest, principal: Principal) -> Route:
         targets = self._aliases.get(request.model)
@@ -28,7 +34,7 @@ class StaticRouter:
             raise unknown_model(request.model, self._aliases)
         if self._info and self._counter is not None:
             targets = tuple(eligible(targets, self._info, needs_of(request, self._counter, targets[0].model)))
-        return Route(targets, "static", "configured order")
+        return Route(targets, self._name, self._reason)
 
 
 @dataclass(frozen=True, slots=True)
