@@ -312,3 +312,19 @@ def test_a_long_backlog_is_folded_in_chunks_the_summarizer_can_take() -> None:
         assert "Summary so far" in complete.asked[-1]
     assert 2 <= len(complete.asked) <= 8 and turns < 10
     assert not any("Turn 1:" in str(m.get("content")) for m in out.messages[2:])
+
+
+def test_images_and_later_instructions_are_never_folded_into_the_text_summary() -> None:
+    """A summary is text: an image folded into it would be gone from the request; a developer message in the
+    middle is an instruction the model must still read as one."""
+    summarizer, complete = HistorySummarizer(TiktokenCounter()), Recorder()
+    summarizer.bind(complete)
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/floor-plan.png"}}
+    plan_turn = {"role": "user", "content": [{"type": "text", "text": "Here is our floor plan."}, image]}
+    french = {"role": "developer", "content": "From now on, answer in French."}
+    messages = conversation(3)
+    messages[1:1] = [plan_turn, {"role": "assistant", "content": "Nice plan."}, french]
+    out = run(summarizer, messages, SummarizePlan(after_tokens=100, model="fast", keep_last_messages=2))
+    assert out.called_model and out.tokens_saved > 0
+    assert plan_turn in out.messages and french in out.messages
+    assert all("floor plan" not in asked and "French" not in asked for asked in complete.asked)

@@ -10,11 +10,13 @@ whole history again) once those pass the threshold in turn. Conversations that s
 summary (up to ``PER_KEY``, found by the longest matching prefix); a client that edits the history gets a fresh
 one. A store outage costs only the saving.
 
-What stays verbatim, always: system and developer messages at the start, the last ``keep_last_messages``
-messages (moved back to a user message, so the kept part starts where a provider expects one), any message the
-client marks ``"thrifty_pin": true`` (the flag is removed before the request leaves), and tool results stay with
-the assistant message that called them. If the summarizer fails or is refused (budget, rate limit), the request
-goes out unsummarized: the summary is an optimization, never a reason to fail a request.
+What stays verbatim, always: system and developer messages (at the start or later: a later one is an
+instruction, not a turn to paraphrase), messages that carry images, audio or files (a summary is text: they
+would be lost), the last ``keep_last_messages`` messages (moved back to a user message, so the kept part starts
+where a provider expects one), any message the client marks ``"thrifty_pin": true`` (the flag is removed before
+the request leaves), and tool results stay with the assistant message that called them. If the summarizer
+fails or is refused (budget, rate limit), the request goes out unsummarized: the summary is an optimization,
+never a reason to fail a request.
 """
 
 from __future__ import annotations
@@ -265,13 +267,24 @@ def _groups(messages: Sequence[JsonObject], head: int) -> list[tuple[int, int, b
     """``(start, end, pinned)`` units after the system prompt: a message and the tool results that answer it."""
     groups: list[tuple[int, int, bool]] = []
     for i in range(head, len(messages)):
-        pinned = bool(messages[i].get(PIN))
+        pinned = _kept_verbatim(messages[i])
         if groups and messages[i].get("role") == "tool":
             start, _, was = groups[-1]
             groups[-1] = (start, i + 1, was or pinned)
         else:
             groups.append((i, i + 1, pinned))
     return groups
+
+
+def _kept_verbatim(message: JsonObject) -> bool:
+    """Pinned by the client, an instruction (a system or developer message), or carrying media a text summary
+    would drop."""
+    if message.get(PIN) or message.get("role") in _SYSTEM_ROLES:
+        return True
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(part, dict) and part.get("type", "text") != "text" for part in content
+    )
 
 
 def _tail_start(messages: Sequence[JsonObject], groups: Sequence[tuple[int, int, bool]], keep: int) -> int:
