@@ -27,8 +27,8 @@ def test_clean_messages_drops_a_verbatim_repeated_instruction_and_keeps_the_firs
     assert result.messages[0] == messages[0]  # the system prompt is reported on, never silently rewritten
     assert result.messages[1]["content"] == "My chain slips."
     assert result.messages[2] == messages[2]  # what the model said is never rewritten
-    assert result.messages[3]["content"] == [{"type": "text", "text": "It still slips after oiling."}]
-    assert result.dropped == (RULE, RULE)
+    assert result.messages[3] == messages[3]  # the latest user turn is what is asked now: it keeps every sentence
+    assert result.dropped == (RULE,)
     assert result.tokens_after == COUNTER.count_messages(MODEL, result.messages)
     assert result.tokens_after < result.tokens_before
     assert messages[1]["content"] == f"My chain slips.   {RULE}"  # input untouched
@@ -89,3 +89,26 @@ def test_lint_prices_filler_whitespace_and_a_verbose_prompt() -> None:
 
 def test_a_clean_prompt_has_no_findings() -> None:
     assert lint_prompt("You help customers choose bikes. Answer in English.", MODEL, Decimal(1), COUNTER) == []
+
+
+def test_the_latest_user_turn_keeps_an_instruction_an_earlier_turn_gave() -> None:
+    ask = "Translate the following sentence into German for me please."
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": f"{ask} Hello my friend."},
+        {"role": "assistant", "content": "Hallo mein Freund."},
+        {"role": "user", "content": f"{ask} Good night."},
+    ]
+    assert clean_messages(messages, COUNTER, MODEL).messages == messages
+
+
+def test_spaces_in_inline_code_json_and_tables_are_data() -> None:
+    code = "Why does `re.split('a  b', s)` differ from `re.split('a b', s)`?"
+    table = "name     qty   price\nchain      3   12.00\nbell            4.50"
+    json_result = '{"label": "a  b", "note": "two  spaces"}'
+    messages: list[dict[str, Any]] = [
+        {"role": "tool", "tool_call_id": "t", "content": json_result},
+        {"role": "tool", "tool_call_id": "u", "content": table},
+        {"role": "user", "content": code},
+    ]
+    assert clean_messages(messages, COUNTER, MODEL).messages == messages
+    assert collapse_whitespace("A  sloppy   line of prose.") == "A sloppy line of prose."

@@ -75,8 +75,18 @@ def collapse_whitespace(text: str) -> str:
 
 def _collapse(prose: str) -> str:
     prose = _TRAILING.sub("", prose)
-    prose = _INNER_RUN.sub(" ", prose)
-    return _BLANK_LINES.sub("\n\n", prose)
+    if prose.lstrip()[:1] in ("{", "["):  # JSON: spaces inside its strings are data
+        return _BLANK_LINES.sub("\n\n", prose)
+    lines = prose.split("\n")
+    runs = [len(_INNER_RUN.findall(line)) for line in lines]
+    for i, line in enumerate(lines):
+        # A line with code (inline code spans, operators, markup) keeps its spaces; so does a row of a fixed-width
+        # table (runs in it and in a neighbour, two or more in one of them), where a run may be an empty cell.
+        near = [runs[j] for j in (i - 1, i + 1) if 0 <= j < len(lines)]
+        table = runs[i] > 0 and any(n > 0 and max(n, runs[i]) > 1 for n in near)
+        if runs[i] and not table and not _CODE_LIKE.search(line):
+            lines[i] = _INNER_RUN.sub(" ", line)
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines))
 
 
 def is_prose(sentence: str, min_words: int = 6) -> bool:
@@ -142,23 +152,28 @@ def clean_messages(
 
     System and developer prompts are left exactly as written unless ``edit_system``: their owner hears about
     them from ``lint_prompt`` instead. Their sentences still count as said, so a user message repeating one
-    loses the repeat. A text that would be left empty keeps its repeats: an empty message changes the dialogue.
+    loses the repeat, except the latest user message, which keeps every sentence (it is what is asked now). A
+    text that would be left empty keeps its repeats: an empty message changes the dialogue.
     """
     seen: set[str] = set()
     dropped: list[str] = []
     out: list[Message] = []
-    for message in messages:
+    latest = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    for index, message in enumerate(messages):
         role = message.get("role")
         if role not in _EDITED_ROLES:
             out.append(message)
             continue
         read_only = role in _SYSTEM_ROLES and not edit_system
+        # The latest user turn is what is being asked now: a sentence repeated from an earlier turn is its
+        # instruction again, not boilerplate, and stays.
+        keeps_repeats = read_only or index == latest
         cleaned = dict(message)
         for part in text_parts(message):
             text = slot_text(message, part) if read_only else collapse_whitespace(slot_text(message, part))
             repeats = repeated_sentences(text, seen, min_repeat_words)
             kept = collapse_whitespace(_without(text, repeats))
-            if repeats and kept.strip() and not read_only:
+            if repeats and kept.strip() and not keeps_repeats:
                 dropped.extend(text[s:e] for s, e in repeats)
                 text = kept
             _set_text(cleaned, part, text)
