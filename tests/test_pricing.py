@@ -83,3 +83,20 @@ def test_an_override_prices_hour_writes_at_the_write_price_unless_given_its_own(
     hourly = CatalogPricer({"m": ModelPrice(Decimal(1), Decimal(1), None, Decimal(2), Decimal(3))})
     assert plain.cost(mine, usage).usd == Decimal(2)
     assert hourly.cost(mine, usage).usd == Decimal(3)
+
+
+def test_optimizer_shares_add_up_under_tiered_prices() -> None:
+    """gemini-2.5-pro bills every prompt token at a higher rate past 200k: 100k tokens pruned from a 250k prompt
+    save more than 100k tokens at the base rate, and the levers' shares must still sum to the whole."""
+    from thrifty.accounting import counterfactual
+
+    p = CatalogPricer(catalog_providers={"google": ["google"]})
+    gemini = Target("google", "gemini-2.5-pro")
+    sent = Usage(input_tokens=150_000, output_tokens=1000)
+    here = counterfactual(p, gemini, sent, [("summarize", 40_000), ("prune", 60_000)])
+    original = p.cost(gemini, Usage(input_tokens=250_000, output_tokens=1000)).usd
+    assert here.uncached.usd is not None and here.original.usd == original is not None
+    assert sum(here.optimized.values()) == original - here.uncached.usd
+    assert here.optimized["summarize"] > 0 and here.optimized["prune"] > 0
+    alone = sum(p.cost(gemini, Usage(tokens)).usd or 0 for tokens in (40_000, 60_000))
+    assert alone < original - here.uncached.usd  # what pricing each lever's tokens on their own credited

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
-from thrifty.protocols import Admission
+from thrifty.protocols import Admission, Pricer
 from thrifty.types import (
     ChatResponse,
     Cost,
@@ -143,6 +143,26 @@ class Counterfactual:
     uncached: Cost
     original: Cost
     optimized: dict[str, Decimal]
+
+
+def counterfactual(
+    pricer: Pricer, target: Target, uncached: Usage, saved_tokens: Sequence[tuple[str, int]]
+) -> Counterfactual:
+    """What ``target`` would have charged without its prompt cache, and for the client's original prompt.
+
+    Each optimizer's share is the price of its tokens at the point it ran, stepping back from the prompt sent
+    through the levers in reverse: the shares add up to the original's price minus the sent one's even where the
+    price per token grows with the prompt (tiered prices), which pricing each lever's tokens alone would miss."""
+    sent = pricer.cost(target, uncached)
+    optimized: dict[str, Decimal] = {}
+    before, prompt = sent, uncached
+    for lever, tokens in reversed(saved_tokens):
+        prompt = replace(prompt, input_tokens=prompt.input_tokens + tokens)
+        cost = pricer.cost(target, prompt)
+        if before.usd is not None and cost.usd is not None:
+            optimized[lever] = optimized.get(lever, Decimal(0)) + cost.usd - before.usd
+        before = cost
+    return Counterfactual(sent, before, optimized)
 
 
 def split_savings(cost: Cost, baseline: Cost, here: Counterfactual, cache: str, model_lever: str) -> dict[str, Decimal]:

@@ -15,9 +15,9 @@ from dataclasses import replace
 from decimal import Decimal
 
 from thrifty.accounting import (
-    Counterfactual,
     Trace,
     as_asked,
+    counterfactual,
     settle,
     split_savings,
     with_escalations,
@@ -249,11 +249,7 @@ class Gateway:
         )
         baseline = self.pricer.cost(self.baselines[trace.requested_model], original)
         target = trace.target or self.baselines[trace.requested_model]
-        here = Counterfactual(
-            self.pricer.cost(target, uncached),
-            self.pricer.cost(target, original),
-            {lever: self.pricer.cost(target, Usage(tokens)).usd or Decimal(0) for lever, tokens in trace.saved_tokens},
-        )
+        here = counterfactual(self.pricer, target, uncached, trace.saved_tokens)
         payload = None
         if self.capture_payloads and request is not None:
             body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
