@@ -121,3 +121,23 @@ def test_a_fixed_model_is_judged_on_the_quality_it_would_really_get() -> None:
     result = calibrate(router, data, 0.95)
     assert result.met, (result.point, result.quality, result.target_quality)
     assert result.point.model != "d" and result.shares[STRONG] >= 0.5
+
+
+def test_a_model_measured_on_a_few_prompts_is_never_the_fixed_operating_point() -> None:
+    """'Always weak' would send every prompt to a model measured on five of them: it is no candidate."""
+
+    def outcome(quality: float, cost: str) -> ModelOutcome:
+        return ModelOutcome(quality, Decimal(cost))
+
+    records = [
+        OutcomeRecord(
+            f"question {i} about topic {i % 7}",
+            {"strong": outcome(1, "0.01"), "mid": outcome(0.5, "0.001")}
+            | ({"weak": outcome(0, "0.0001")} if i < 5 else {}),
+        )
+        for i in range(100)
+    ]
+    router = train(records, dim=256, alpha=1.0)
+    result = calibrate(router, records, 0.9)
+    assert result.point.model != "weak" and result.shares.get("weak", 0) < 0.5
+    assert result.met

@@ -2,7 +2,8 @@
 
 ``thrifty router calibrate --router ROUTER_DIR --data OUTCOMES.jsonl --keep 0.95`` runs ``calibrate_command``: every
 cost weight that changes a decision on the data is tried, and so is "always model m" for each model the router
-knows (a router that cannot beat the best model at the target falls back to it rather than missing the target).
+knows that the data measured on every prompt (a router that cannot beat the best model at the target falls back to
+it rather than missing the target).
 The cheapest candidate whose mean quality on the data reaches ``keep`` x the best single model's is saved in the
 router directory, and the gateway routes with it from then on.
 
@@ -67,11 +68,12 @@ def calibrate(router: LearnedRouter, records: list[OutcomeRecord], keep: float =
         (float(curve.cost_usd[i]), -float(curve.quality[i]), OperatingPoint(float(curve.weights[i])))
         for i in range(len(curve.weights))
     ]
-    for model in data.models:
-        # Scored as the result is: on every prompt, the router's own choice where the model was not measured.
-        fixed = OperatingPoint(0.0, model)
-        quality, cost = realized(data, _choice(data, predicted, relative, fixed))
-        candidates.append((cost, -quality, fixed))
+    measured_everywhere = [bool(column.all()) for column in data.available.T]
+    for j, model in enumerate(data.models):
+        # "Always m" sends every prompt to m: it is a candidate only where the data measured m on every prompt
+        # (scored elsewhere on a mix, or on m's measured prompts alone, it could look like what it is not).
+        if measured_everywhere[j]:
+            candidates.append((float(ref.cost_usd[j]), -float(ref.quality[j]), OperatingPoint(0.0, model)))
     meeting = [c for c in candidates if -c[1] >= target - 1e-12]
     _, _, point = min(meeting, key=lambda c: c[:2]) if meeting else min(candidates, key=lambda c: (c[1], c[0]))
     choice = _choice(data, predicted, relative, point)
@@ -94,11 +96,8 @@ def _choice(
     data: OutcomeMatrix, predicted: NDArray[np.float64], relative: NDArray[np.float64], point: OperatingPoint
 ) -> NDArray[np.float64]:
     np = require_numpy()
-    if point.model is not None:
-        # A fixed model is scored where it was measured; elsewhere the router's own choice stands in.
-        fixed = data.models.index(point.model)
-        fallback = _choice(data, predicted, relative, OperatingPoint(0.0))
-        return np.where(data.available[:, fixed], fixed, fallback)  # type: ignore[no-any-return]
+    if point.model is not None:  # measured on every prompt (a candidate only then)
+        return np.full(len(data.prompts), data.models.index(point.model))  # type: ignore[no-any-return]
     masked = np.where(data.available, predicted, np.nan)
     return choose_indices(masked, relative, point, data.models)
 
