@@ -142,3 +142,38 @@ def test_a_provider_that_keeps_failing_mid_stream_is_cooled_down(tmp_path: Path)
                         list(client.chat.completions.create(**ask))  # type: ignore[call-overload]
                 list(client.chat.completions.create(**ask))  # type: ignore[call-overload]
     assert [r.json["model"] for r in up.requests] == ["gpt-4o-mini"] * 3 + ["gpt-4o"]
+
+
+async def test_an_abandoned_stream_closes_the_provider_stream_behind_its_lead(tmp_path: Path) -> None:
+    """The chunks read ahead (while waiting for one with the answer) must not hide the provider's stream from
+    the close: left open, the provider would go on generating, and billing, for nobody."""
+    from thrifty.calling import leading_chunks
+    from thrifty.types import StreamChunk
+
+    closed: list[bool] = []
+
+    async def provider() -> Any:
+        try:
+            yield StreamChunk(b'{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}')
+            yield StreamChunk(b'{"choices": [{"index": 0, "delta": {"content": "Hel"}}]}')
+            yield StreamChunk(b'{"choices": [{"index": 0, "delta": {"content": "lo"}}]}')
+        finally:
+            closed.append(True)
+
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
+        runtime = build_runtime(settings_for(tmp_path, up))
+        runtime.start()
+        try:
+            from thrifty.streaming import OpenedStream
+
+            request = ChatRequest({"model": "fast", "messages": [{"role": "user", "content": "x"}]}, "req_left")
+            chunks = provider()
+            lead = await leading_chunks(chunks)
+            assert len(lead) == 2  # the role-only chunk, then the first with text
+            opened = OpenedStream(Target("up", "gpt-4o-mini"), lead[0], chunks, lead=tuple(lead[1:]))
+            trace = Trace("req_left", "chat", "fast", streamed=True)
+            stream = ChatStream(runtime.gateway, request, request, trace, opened, CountingAdmission(request))
+            await stream.abandon()
+        finally:
+            await runtime.aclose()
+    assert closed == [True]

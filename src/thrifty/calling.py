@@ -43,7 +43,10 @@ class ProviderCaller:
     async def call(self, request: ChatRequest, route: Route, trace: Trace) -> ChatResponse:
         last: ThriftyError | None = None
         cascade = route.cascade is not None
-        targets = self.cooldowns.in_tiers(route.targets) if cascade else self.cooldowns.order(route.targets)
+        ordered = self.cooldowns.in_tiers(route.targets) if cascade else self.cooldowns.order(route.targets)
+        # A cascade's cooling tiers, skipped while a later tier is warm, are still the last resort when every
+        # warm one fails: tried after them (in tier order, checked among themselves), never before.
+        targets = [*ordered, *(t for t in route.targets if t not in ordered)]
         for index, target in enumerate(targets):
             started = time.perf_counter()
             try:
@@ -54,7 +57,7 @@ class ProviderCaller:
             finally:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000
             self.cooldowns.succeeded(target)
-            if cascade and index < len(targets) - 1:
+            if cascade and index < len(targets) - 1 and index != len(ordered) - 1:
                 failed = route.cascade.first_failure(request, response)
                 if failed is not None:
                     self._on_escalation(trace, request, response, failed)
@@ -106,7 +109,7 @@ class ProviderCaller:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000
             # Not yet a success for the cooldowns: the stream tells them how it ended (``ChatStream``).
             trace.ttft_ms = trace.elapsed_ms()
-            return OpenedStream(target, lead[0], _after(lead[1:], chunks) if len(lead) > 1 else chunks)
+            return OpenedStream(target, lead[0], chunks, lead=tuple(lead[1:]))
         raise last or UpstreamError("the route has no targets")
 
 
@@ -144,15 +147,3 @@ def carries_answer(chunk: StreamChunk) -> bool:
         ):
             return True
     return False
-
-
-async def _after(
-    lead: Sequence[StreamChunk], rest: AsyncGenerator[StreamChunk, None]
-) -> AsyncGenerator[StreamChunk, None]:
-    try:
-        for chunk in lead:
-            yield chunk
-        async for chunk in rest:
-            yield chunk
-    finally:
-        await rest.aclose()

@@ -41,6 +41,8 @@ class OpenedStream:
     usage: Usage | None = None
     """Known before the first chunk when a whole answer is replayed (a cache hit, a cascade's chosen answer): it
     was paid for in full, however little of it the client stays to read."""
+    lead: tuple[StreamChunk, ...] = ()
+    """Chunks already read after ``first`` (while waiting for one with any of the answer): sent before ``rest``."""
 
 
 async def replay(response: ChatResponse) -> OpenedStream:
@@ -94,6 +96,7 @@ class ChatStream:
         wants_usage = self._request.client_wants_usage
         allowance = getattr(self._admission, "output_allowance", None)
         chunk: StreamChunk | None = self._opened.first
+        lead = list(self._opened.lead)
         try:
             while chunk is not None:
                 if allowance is not None and self._past(allowance):
@@ -110,10 +113,8 @@ class ChatStream:
                     self._payloads.append(chunk.payload)
                 if wants_usage or not chunk.usage_only:
                     yield chunk.payload
-                chunk = await anext(self._opened.rest, None)
+                chunk = lead.pop(0) if lead else await anext(self._opened.rest, None)
             status = "ok"
-            if not self._trace.cache:
-                self._gateway.caller.cooldowns.succeeded(self.target)
             await self._store()
         except ThriftyError as exc:
             status, self.error = "error", exc
@@ -173,6 +174,8 @@ class ChatStream:
 
     async def _finish(self, status: Status, error_type: str) -> None:
         trace = self._trace
+        if status != "error" and not trace.cache:  # done, or left by its client: the provider did its part
+            self._gateway.caller.cooldowns.succeeded(self.target)
         trace.max_output_tokens = max_output_tokens_of(self._sent.body)
         trace.finish_reason = trace.finish_reason or last_finish_reason(self._payloads)
         trace.upstream_ms = 0.0 if trace.cache else trace.elapsed_ms()

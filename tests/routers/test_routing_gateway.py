@@ -335,3 +335,16 @@ def test_a_pool_credits_its_cheaper_tier_to_routing(tmp_path: Path, up: FakeUpst
     # gpt-4o-mini: 1,000 x 0.15 + 200 x 0.60 per million, against gpt-4o's 1,000 x 2.50 + 200 x 10.
     assert (row["model"], row["cost_nusd"], row["baseline_cost_nusd"]) == ("gpt-4o-mini", 270_000, 4_500_000)
     assert savings == {"routing": 4_230_000}
+
+
+def test_a_cooling_cascade_tier_is_still_the_last_resort(tmp_path: Path) -> None:
+    cascade = '\n[models.auto]\npool = ["mini", "big"]\nrouter = "cascade"\n'
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
+        up.script([Fault.status(503), Fault.ok()] * 3 + [Fault.status(503)])  # mini cools; then big fails once
+        with gateway(tmp_path, up, cascade) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                for _ in range(4):
+                    last = ask(client, "a question")
+        models = [r.json["model"] for r in up.requests]
+    assert models == ["gpt-4o-mini", "gpt-4o"] * 3 + ["gpt-4o", "gpt-4o-mini"]
+    assert last.headers["x-thrifty-model"] == "gpt-4o-mini"
