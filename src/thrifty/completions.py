@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from thrifty.providers.anthropic_format import cache_creation
 from thrifty.types import ChatResponse, JsonObject, StreamChunk, Usage
 
 CHARS_PER_CHUNK = 48
@@ -25,6 +26,10 @@ def usage_body(usage: Usage) -> JsonObject:
     }
     if usage.cache_read_tokens:
         body["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
+    if usage.cache_write_tokens:  # as ``anthropic_format.openai_usage`` passes them on: none lost in a replay
+        body["cache_creation_input_tokens"] = usage.cache_write_tokens
+    if usage.cache_write_1h_tokens:
+        body["cache_creation"] = cache_creation(usage)
     return body
 
 

@@ -736,3 +736,19 @@ def test_hour_long_cache_writes_survive_the_round_trip() -> None:
     assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (500, 400)
     assert openai_response_to_anthropic(body) == original
     assert at.Message.model_validate(original).usage.cache_creation is not None
+
+
+async def test_a_replayed_answer_keeps_its_cache_writes_for_an_anthropic_client() -> None:
+    """A cache hit or a cascade's chosen answer is streamed from its ``Usage``: the cache writes (and those kept
+    for an hour) must reach an Anthropic client's usage, not turn into uncached input."""
+    import orjson
+
+    from thrifty.completions import chunks_of
+    from thrifty.providers.anthropic_inbound import _usage_from_openai
+    from thrifty.types import ChatResponse, Target
+
+    usage = Usage(input_tokens=1000, output_tokens=5, cache_write_tokens=600, cache_write_1h_tokens=400)
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+    chunks = [chunk async for chunk in chunks_of(ChatResponse(answer, usage, Target("a", "claude"), 0.0))]
+    last = orjson.loads(chunks[-1].payload)["usage"]
+    assert _usage_from_openai(last) == usage
