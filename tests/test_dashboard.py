@@ -72,6 +72,7 @@ def entry(n: int, at: float, cost: Decimal, who: Principal, model: str, saved: d
         ttft_ms=None,
         status="ok",
         savings_usd=saved,
+        cache=("exact", "verify-agree", "", "", "")[n % 5],
     )
 
 
@@ -150,6 +151,7 @@ def sums(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
         "cost": sum(r["cost_nusd"] or 0 for r in rows),
         "baseline": sum(r["baseline_cost_nusd"] or 0 for r in rows),
         "unpriced": sum(bool(r["unpriced"]) for r in rows),
+        "cache_hits": sum(r["cache"] in ("exact", "semantic") for r in rows),  # a verification is no hit
     }
 
 
@@ -160,6 +162,7 @@ def shown(spend: dict[str, Any]) -> dict[str, int]:
         "cost": int(Decimal(spend["cost_usd"]) * NANO),
         "baseline": int(Decimal(spend["baseline_cost_usd"]) * NANO),
         "unpriced": spend["unpriced_requests"],
+        "cache_hits": spend["cache_hits"],
     }
 
 

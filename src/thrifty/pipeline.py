@@ -261,7 +261,8 @@ class Gateway:
         return trace.entry("ok", cost, baseline, savings=savings, payload=payload)
 
     def _record_escalation(self, trace: Trace, request: ChatRequest, response: ChatResponse, check: str) -> None:
-        """A cascade step whose answer failed a check: paid for, so recorded, and charged to routing."""
+        """A cascade step whose answer failed a check: paid for, so recorded, and charged to routing (or to the
+        lever that made the gateway's own call)."""
         usage = response.usage or self.estimate_usage(request, response.target, output_text(response))
         cost = self.pricer.cost(response.target, usage)
         trace.escalations += 1  # the step's id stays short whatever the model's name (ids are 64 characters at most)
@@ -273,7 +274,8 @@ class Gateway:
             trace.started_at,
         )
         step.upstream_ms = response.upstream_ms
-        savings = {"routing": -cost.usd} if cost.usd else {}
+        # The gateway's own call (a summary through a cascade alias) charges its lever, as its answer does.
+        savings = {request.charged_to or "routing": -cost.usd} if cost.usd else {}
         trace.escalated_usd += cost.usd or Decimal(0)
         trace.escalated_unpriced = trace.escalated_unpriced or cost.usd is None
         trace.escalated_usage += usage

@@ -348,3 +348,28 @@ def test_a_cooling_cascade_tier_is_still_the_last_resort(tmp_path: Path) -> None
         models = [r.json["model"] for r in up.requests]
     assert models == ["gpt-4o-mini", "gpt-4o"] * 3 + ["gpt-4o", "gpt-4o-mini"]
     assert last.headers["x-thrifty-model"] == "gpt-4o-mini"
+
+
+def test_a_summary_escalating_through_a_cascade_is_charged_to_the_summarize_lever(tmp_path: Path) -> None:
+    from thrifty.assembly import build_runtime
+    from thrifty.types import ChatRequest, ChatResponse, Principal, Target
+
+    with FakeUpstream() as up:
+        (tmp_path / "thrifty.toml").write_text(config_text(up, extra=POOL))
+        runtime = build_runtime(load_settings(tmp_path / "thrifty.toml"))
+        runtime.start()
+        try:
+            request = ChatRequest({"model": "fast", "messages": []}, "req_sum.summary", charged_to="summarize")
+            trace = Trace("req_sum.summary", "chat", "fast")
+            trace.principal = Principal("acme")
+            answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}}]}
+            response = ChatResponse(answer, Usage(1000, 10), Target("up", "gpt-4o-mini"), 1.0)
+            runtime.gateway._record_escalation(trace, request, response, "nonempty")
+            assert runtime.ledger.flush(10)
+            with runtime.ledger.engine.connect() as conn:
+                saved = conn.execute(select(tables.savings.c.lever, tables.savings.c.savings_nusd)).all()
+        finally:
+            import asyncio
+
+            asyncio.run(runtime.aclose())
+    assert [(lever, nusd) for lever, nusd in saved] == [("summarize", -156_000)]

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Row
 from thrifty.guards.budget_book import load_budgets, spend_since
 from thrifty.guards.budgets import Budget, window
 from thrifty.ledger import tables
-from thrifty.ledger.queries import GROUPS, plain, savings_by_lever
+from thrifty.ledger.queries import CACHE_HITS, GROUPS, plain, savings_by_lever
 
 HOUR_S = 3600
 DAY_S = 86400
@@ -111,7 +111,7 @@ def _spend_columns() -> list[Any]:
         func.coalesce(func.sum(r.cost_nusd), 0),
         func.coalesce(func.sum(r.baseline_cost_nusd), 0),
         _count_where(r.unpriced),
-        _count_where(r.cache != ""),
+        _count_where(r.cache.in_(CACHE_HITS)),  # not the semantic cache's verification calls
     ]
 
 
