@@ -379,3 +379,17 @@ def test_a_prompt_that_may_be_written_to_a_provider_cache_reserves_the_write_pri
         assert exact is not None and bound is not None and bound >= ceil_nusd(exact)
     # Where writes cost nothing extra (OpenAI), nothing changes.
     assert estimator().worst_case(plain)[0] == CatalogPricer(PRICES).cost(MINI, Usage(est.worst_case(plain)[1], 1)).usd
+
+
+def test_a_raised_limit_alerts_again_when_it_is_reached() -> None:
+    """Reached at $10, raised to $100: reaching $100 is news again (a hard budget starts refusing there)."""
+    sink = Sink()
+    alerts = BudgetAlerts(sink)  # type: ignore[arg-type]
+    period = "budget:b:202601"
+    alerts(Budget("b", "tenant", "acme", "month", Decimal(10)), period, to_nusd(Decimal(11)) or 0)
+    raised = Budget("b", "tenant", "acme", "month", Decimal(100))
+    alerts(raised, period, to_nusd(Decimal(60)) or 0)
+    alerts(raised, period, to_nusd(Decimal(100)) or 0)
+    alerts(raised, period, to_nusd(Decimal(101)) or 0)
+    assert [a.dedupe_key.rsplit(":", 1)[1] for a in sink.fired] == ["50", "80", "100", "50", "80", "100"]
+    assert len({a.dedupe_key for a in sink.fired}) == 6

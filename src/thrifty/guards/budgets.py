@@ -341,6 +341,8 @@ class BudgetAlerts:
         self._next: dict[tuple[str, int], float] = {}
         """Per period and limit, the spend at which the next threshold fires: other settlements return at once.
         Keyed by the limit too, so a budget whose limit is changed (``thrifty budget set``) is judged afresh."""
+        self._first_limit: dict[str, int] = {}
+        """Per period, the limit first seen: its alerts keep their plain keys, a changed limit's carry it."""
 
     def __call__(self, budget: Budget, period_key: str, spent_nusd: int) -> None:
         limit = to_nusd(budget.limit_usd) or 1
@@ -350,15 +352,18 @@ class BudgetAlerts:
         self._next[(period_key, limit)] = min(unfired, default=math.inf)
         for threshold in THRESHOLDS:
             percent = int(threshold * 100)
-            if spent_nusd >= limit * threshold and f"{period_key}:{percent}" not in self._fired:
-                self._fired.add(f"{period_key}:{percent}")
+            # Keyed by the limit too: a raised limit crossed again is news (a hard budget refuses again).
+            first = self._first_limit.setdefault(period_key, limit)
+            key = f"{period_key}:{percent}" if limit == first else f"{period_key}:limit-{limit}:{percent}"
+            if spent_nusd >= limit * threshold and key not in self._fired:
+                self._fired.add(key)
                 self._sink.fire(
                     Alert(
                         "budget",
                         "critical" if threshold >= 1 else "warning",
                         budget.scope,
                         budget.scope_id,
-                        f"{period_key}:{percent}",
+                        key,
                         f"budget {budget.budget_id} ({budget.scope} {budget.scope_id}) reached {percent}% of "
                         f"${budget.limit_usd} per {budget.period}: ${from_nusd(spent_nusd):.6f} spent"
                         + ("" if budget.hard else " (soft budget: nothing is refused)"),
