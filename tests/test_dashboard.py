@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -418,3 +419,37 @@ def test_grafana_dashboard_reads_only_metrics_the_gateway_exposes() -> None:
     assert all(panel["datasource"]["uid"] == "${datasource}" for panel in panels)
     names = {v["name"] for v in dashboard["templating"]["list"]}
     assert names == {"datasource", "tenant", "feature", "provider", "model"}
+
+
+def rate_buckets(url: str, journal: Path) -> None:
+    from thrifty.ledger.dashboard_queries import rate_history
+
+    minute = 1_750_000_000 // 60 * 60
+    ledger = SqlLedger(url, journal, 10)
+    ledger.start()
+    try:
+        who = Principal("acme", "", "", "search", "")
+        for n, at in enumerate([minute + 1, minute + 59.9, minute + 60]):
+            ledger.record(replace(entry(n, at, Decimal(n + 1) / NANO, who, "m", {}), cache=""))
+        hit = replace(entry(9, minute + 2, Decimal(0), who, "m", {}), request_id="hist-hit", cache="exact")
+        ledger.record(hit)
+        assert ledger.flush()
+        found = sorted(rate_history(ledger.engine, minute - 60, 60))
+    finally:
+        ledger.close()
+    b = minute // 60
+    assert found == [
+        ("feature", "search", b, 3, 1900),  # 1 + 2 nano-dollars; the hit's 950 tokens are not counted again
+        ("feature", "search", b + 1, 3, 950),
+        ("tenant", "acme", b, 3, 1900),
+        ("tenant", "acme", b + 1, 3, 950),
+    ]
+
+
+def test_rate_history_for_the_anomaly_detector_on_sqlite(tmp_path: Path) -> None:
+    rate_buckets(f"sqlite:///{tmp_path / 'rates.sqlite'}", tmp_path / "journal")
+
+
+@pytest.mark.postgres
+def test_rate_history_for_the_anomaly_detector_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    rate_buckets(pg_url, tmp_path / "journal")

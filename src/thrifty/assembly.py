@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,6 +36,8 @@ from thrifty.routers.static import StaticRouter
 from thrifty.settings import CapsSettings, CascadeSettings, OptimizeSettings, ProviderSettings, Settings
 from thrifty.tokens import TiktokenCounter
 from thrifty.types import Caller, ChatRequest, ChatResponse, LedgerEntry, Principal, Target, Usage
+
+log = logging.getLogger("thrifty")
 
 if TYPE_CHECKING:
     from thrifty.caches.embedders import CachedEmbedder
@@ -126,6 +130,7 @@ def build_runtime(settings: Settings) -> Runtime:
     detector = AnomalyDetector(
         sink, AnomalySettings(a.fast_window_s, a.factor, a.min_usd_per_hour, a.min_tokens_per_hour)
     )
+    seed_anomalies(detector, ledger)
     watch = _structured_watch(settings, counter, pricer, metrics)
     gateway = Gateway(
         aliases=aliases,
@@ -205,6 +210,20 @@ def pool_info(settings: Settings) -> dict[Target, ModelInfo]:
         capabilities = ALL_CAPABILITIES if model.capabilities is None else frozenset(model.capabilities)
         info[Target.parse(model.target)] = ModelInfo(model.tier, model.context_window, capabilities)
     return info
+
+
+def seed_anomalies(detector: AnomalyDetector, ledger: SqlLedger) -> None:
+    """The detector's past rates from the ledger; a database that cannot answer leaves it to learn them anew
+    (the gateway starts all the same)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from thrifty.ledger.dashboard_queries import rate_history
+    from thrifty.observe.anomaly import BUCKET_S, KEEP_S
+
+    try:
+        detector.seed(rate_history(ledger.engine, time.time() - KEEP_S, BUCKET_S))
+    except SQLAlchemyError as exc:
+        log.warning("anomaly detection starts without its history (%s)", exc.__class__.__name__)
 
 
 def baselines(

@@ -152,3 +152,65 @@ def test_budget_thresholds_and_unpriced_traffic_alert_once(tmp_path: Path) -> No
     assert [m.split("reached ")[1].split("%")[0] for m in budget_alerts] == ["50", "80", "100"]
     assert all("soft budget" in m for m in budget_alerts)
     assert [a.scope_id for a in sent if a.kind == "unpriced"] == ["my-private-finetune"]
+
+
+def steady(feature: str, start: float, end: float, prefix: str) -> list[LedgerEntry]:
+    """$0.10 a minute ($6 an hour, above the $1 floor), one call a minute."""
+    return [
+        LedgerEntry(
+            f"req_{prefix}_{int(at)}",
+            at,
+            "chat",
+            Principal("acme", "", "", feature, ""),
+            "smart",
+            "up",
+            "gpt-4o",
+            Usage(100, 10),
+            Decimal("0.10"),
+            Decimal("0.10"),
+            1.0,
+            1.0,
+            None,
+            "ok",
+        )
+        for at in range(int(start), int(end), 60)
+    ]
+
+
+def test_a_restarted_gateway_judges_rates_against_the_ledgers_past(tmp_path: Path) -> None:
+    """Without its history a restarted detector compares every scope with nothing and calls steady traffic a
+    runaway; seeded from the ledger it stays quiet on the same traffic."""
+    import asyncio
+
+    from thrifty.assembly import build_runtime
+    from thrifty.observe.alerts import AlertSink
+    from thrifty.observe.anomaly import AnomalyDetector
+
+    now = time.time()
+    past = steady("search", now - 3900, now - 300, "h")
+    for day in range(1, 8):
+        past += steady("search", now - day * 86400 - 3600, now - day * 86400, f"d{day}")
+    recent = steady("search", now - 290, now, "n")
+    with FakeUpstream() as up:
+        (tmp_path / "thrifty.toml").write_text(config_text(up))
+        settings = load_settings(tmp_path / "thrifty.toml")
+        first = build_runtime(settings)
+        first.start()
+        for entry in past:
+            first.ledger.record(entry)
+        assert first.ledger.flush(10)
+        asyncio.run(first.aclose())
+        restarted = build_runtime(settings)
+        restarted.start()
+        try:
+            detector, sink = restarted.anomalies, restarted.alerts
+            assert detector is not None and sink is not None
+            for entry in recent:
+                detector(entry)
+            assert [a.message for a in sink.sent if a.kind == "anomaly"] == []
+            cold = AnomalyDetector(AlertSink(restarted.ledger.engine))
+            for entry in recent:
+                cold(entry)
+            assert any(a.kind == "anomaly" for a in cold._sink.sent)  # what the seed prevents
+        finally:
+            asyncio.run(restarted.aclose())

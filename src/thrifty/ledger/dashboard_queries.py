@@ -248,3 +248,24 @@ def snapshot(engine: Engine, window: Window, now: float, budgets: Sequence[Budge
         "budgets": [state.as_json() for state in budget_states(engine, datetime.fromtimestamp(now, UTC), budgets)],
         "alerts": recent_alerts(engine, window.since),
     }
+
+
+def rate_history(engine: Engine, since: float, bucket_s: int) -> list[tuple[str, str, int, int, int]]:
+    """``(scope, scope id, bucket, nano-dollars, tokens)`` per feature and per tenant since ``since``: what the
+    anomaly detector needs to judge rates against their past after a restart. Tokens are those billed (a cache
+    hit's row keeps the stored call's, which no model read again)."""
+    from thrifty.ledger.writer import utc_day
+
+    r = tables.requests.c
+    bucket = _bucket_of(bucket_s, engine.dialect.name)
+    billed = case((r.cache.in_(CACHE_HITS), 0), else_=r.input_tokens + r.output_tokens)
+    found: list[tuple[str, str, int, int, int]] = []
+    with engine.connect() as conn:
+        for scope, column in (("feature", r.feature), ("tenant", r.tenant)):
+            query = (
+                select(column, bucket, func.coalesce(func.sum(r.cost_nusd), 0), func.coalesce(func.sum(billed), 0))
+                .where(r.day >= utc_day(since), r.started_at >= since, column != "")
+                .group_by(column, bucket)
+            )
+            found.extend((scope, str(k), int(b), int(n or 0), int(t or 0)) for k, b, n, t in conn.execute(query))
+    return found

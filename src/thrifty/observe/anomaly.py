@@ -8,12 +8,14 @@ Two windows, both compared with a baseline of the same scope:
 
 An anomaly alerts when a rate is ``factor`` times its baseline and above an absolute floor (so a feature going
 from 1 cent to 6 cents an hour stays quiet), once per incident: it re-arms only after the rate falls back.
-Unpriced traffic alerts once per model. Buckets are per minute and kept for eight days.
+Unpriced traffic alerts once per model. Buckets are per minute and kept for eight days; at start-up they are
+filled from the ledger (``seed``), so a restart does not make every scope's own rate look new.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from thrifty.observe.alerts import Alert, AlertSink
@@ -23,6 +25,7 @@ BUCKET_S = 60
 KEEP_S = 8 * 86400
 DAY_S = 86400
 CHECK_EVERY_S = 2.0
+HITS = ("exact", "semantic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +61,8 @@ class AnomalyDetector:
             )
         bucket = int(entry.started_at // BUCKET_S)
         usd = float(entry.cost_usd or 0)
-        tokens = entry.usage.input_tokens + entry.usage.output_tokens
+        # A cache hit's row keeps the stored call's tokens, which no model read again.
+        tokens = 0 if entry.cache in HITS else entry.usage.input_tokens + entry.usage.output_tokens
         for scope, scope_id in (("feature", entry.principal.feature), ("tenant", entry.principal.tenant)):
             if not scope_id:
                 continue
@@ -72,6 +76,15 @@ class AnomalyDetector:
                 self._check(key, entry.started_at)
             if len(self._usd[key]) > KEEP_S // BUCKET_S + 120:
                 self._prune(key, entry.started_at)
+
+    def seed(self, history: Iterable[tuple[str, str, int, int, int]]) -> None:
+        """The past per-minute rates (``ledger.dashboard_queries.rate_history``), so that a restarted gateway judges
+        each scope against its own past instead of against nothing: without it, every scope above the floor
+        would alert as a runaway after each restart."""
+        for scope, scope_id, bucket, nusd, tokens in history:
+            key = (scope, scope_id)
+            self._usd[key][bucket] = self._usd[key].get(bucket, 0.0) + nusd / 1e9
+            self._tokens[key][bucket] = self._tokens[key].get(bucket, 0.0) + tokens
 
     def _check(self, key: tuple[str, str], now: float) -> None:
         s = self._settings
