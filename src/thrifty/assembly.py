@@ -61,9 +61,10 @@ class Runtime:
         try:
             migrate(self.ledger.engine)
         except Exception as exc:
-            import logging
-
-            logging.getLogger("thrifty").warning("ledger database not ready at start-up: %s", exc)
+            log.warning("ledger database not ready at start-up: %s", exc)
+        else:  # only a database that answered is asked for the past (one that is down would delay the start)
+            if self.anomalies is not None:
+                seed_anomalies(self.anomalies, self.ledger)
         self.ledger.start()
         self.keys.start()
         if self.budgets is not None:
@@ -130,7 +131,6 @@ def build_runtime(settings: Settings) -> Runtime:
     detector = AnomalyDetector(
         sink, AnomalySettings(a.fast_window_s, a.factor, a.min_usd_per_hour, a.min_tokens_per_hour)
     )
-    seed_anomalies(detector, ledger)
     watch = _structured_watch(settings, counter, pricer, metrics)
     gateway = Gateway(
         aliases=aliases,
