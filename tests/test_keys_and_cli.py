@@ -94,6 +94,12 @@ def test_cli_config_check_keys_and_report(tmp_path: Path, up: FakeUpstream) -> N
     assert rows[""]["unpriced_requests"] == 1
     text = thrifty("report", "--by", "model", cwd=tmp_path)
     assert "1 requests are unpriced" in text.stdout and "gpt-4o-mini" in text.stdout
+    # A model with no price shows no cost at all, never $0.
+    [mystery] = [line for line in text.stdout.splitlines() if line.startswith("my-private-finetune")]
+    assert "unpriced" in mystery and "$0" not in mystery
+    by_model = thrifty("report", "--by", "model", "--json", cwd=tmp_path)
+    models = {r["group"]: r for r in json.loads(by_model.stdout)["rows"]}
+    assert models["my-private-finetune"]["cost_usd"] is None and models["gpt-4o-mini"]["cost_usd"] == "0.00081"
 
     listed = thrifty("keys", "list", cwd=tmp_path)
     assert key_id in listed.stdout and "active" in listed.stdout and secret not in listed.stdout

@@ -61,8 +61,8 @@ def print_simulation(result: SimulationResult) -> None:
     print(report_table("model", result.by_model))
     print("\nSpend by feature (from the ledger)")
     print(report_table("feature", result.by_feature))
-    total = sum((r.cost_usd for r in result.by_feature), Decimal(0))
-    baseline = sum((r.baseline_cost_usd for r in result.by_feature), Decimal(0))
+    total = sum((r.cost_usd or Decimal(0) for r in result.by_feature), Decimal(0))
+    baseline = sum((r.baseline_cost_usd or Decimal(0) for r in result.by_feature), Decimal(0))
     print(f"\nPaid {usd(total)} against a baseline of {usd(baseline)}; saved {usd(baseline - total)}.")
     for lever, amount in sorted(result.savings.items()):
         print(f"  saved by {lever}: {usd(amount)}")

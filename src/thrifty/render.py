@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
 from thrifty.ledger.cutoffs import CutoffRow
@@ -61,8 +61,8 @@ def report_table(by: str, rows: Sequence[ReportRow]) -> str:
             r.input_tokens,
             r.output_tokens,
             r.cache_read_tokens,
-            r.cost_usd,
-            r.baseline_cost_usd,
+            usd(r.cost_usd),
+            usd(r.baseline_cost_usd),
             r.unpriced,
         ]
         for r in rows
@@ -74,11 +74,17 @@ def report_table(by: str, rows: Sequence[ReportRow]) -> str:
         sum(r.input_tokens for r in rows),
         sum(r.output_tokens for r in rows),
         sum(r.cache_read_tokens for r in rows),
-        sum((r.cost_usd for r in rows), Decimal(0)),
-        sum((r.baseline_cost_usd for r in rows), Decimal(0)),
+        usd(_total(r.cost_usd for r in rows)),
+        usd(_total(r.baseline_cost_usd for r in rows)),
         sum(r.unpriced for r in rows),
     ]
     return table(headers, [*body, total])
+
+
+def _total(values: Iterable[Decimal | None]) -> Decimal | None:
+    """The sum of the priced values; None (unpriced) when none is."""
+    priced = [v for v in values if v is not None]
+    return sum(priced, Decimal(0)) if priced else None
 
 
 def cutoffs_table(rows: Sequence[CutoffRow]) -> str:

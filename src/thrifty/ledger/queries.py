@@ -33,8 +33,9 @@ class ReportRow:
     output_tokens: int
     cache_read_tokens: int
     cache_write_tokens: int
-    cost_usd: Decimal
-    baseline_cost_usd: Decimal
+    cost_usd: Decimal | None
+    """None when no request of the group has a price: never shown as $0."""
+    baseline_cost_usd: Decimal | None
     unpriced: int
     estimated: int
 
@@ -47,8 +48,8 @@ class ReportRow:
             "output_tokens": self.output_tokens,
             "cache_read_tokens": self.cache_read_tokens,
             "cache_write_tokens": self.cache_write_tokens,
-            "cost_usd": plain(self.cost_usd),
-            "baseline_cost_usd": plain(self.baseline_cost_usd),
+            "cost_usd": None if self.cost_usd is None else plain(self.cost_usd),
+            "baseline_cost_usd": None if self.baseline_cost_usd is None else plain(self.baseline_cost_usd),
             "unpriced_requests": self.unpriced,
             "estimated_token_requests": self.estimated,
         }
@@ -95,8 +96,8 @@ def report(engine: Engine, by: str, since: float | None = None) -> list[ReportRo
             _billed_sum(column)
             for column in (r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens)
         ),
-        func.coalesce(func.sum(r.cost_nusd), 0),
-        func.coalesce(func.sum(r.baseline_cost_nusd), 0),
+        func.sum(r.cost_nusd),  # NULL when every row of the group is unpriced
+        func.sum(r.baseline_cost_nusd),
         _count_where(r.unpriced),
         _count_where(r.tokens_estimated),
     ).group_by(*groups)
@@ -114,8 +115,8 @@ def report(engine: Engine, by: str, since: float | None = None) -> list[ReportRo
             output_tokens=int(row[width + 3] or 0),
             cache_read_tokens=int(row[width + 4] or 0),
             cache_write_tokens=int(row[width + 5] or 0),
-            cost_usd=_usd(row[width + 6]),
-            baseline_cost_usd=_usd(row[width + 7]),
+            cost_usd=None if row[width + 6] is None else _usd(row[width + 6]),
+            baseline_cost_usd=None if row[width + 7] is None else _usd(row[width + 7]),
             unpriced=int(row[width + 8] or 0),
             estimated=int(row[width + 9] or 0),
         )
