@@ -211,7 +211,7 @@ def test_client_abandoning_a_stream_is_recorded_as_cancelled(gw: ServerThread, u
     body = b'{"model": "fast", "stream": true, "messages": [{"role": "user", "content": "a b c d e f g h"}]}'
     with socket.create_connection(("127.0.0.1", gw.port)) as sock:
         request = (
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             + f"content-length: {len(body)}\r\n\r\n".encode()
             + body
         )

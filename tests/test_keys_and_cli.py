@@ -179,3 +179,36 @@ def test_lint_reports_cost_per_call_and_what_breaks_prefix_caching(tmp_path: Pat
     assert "$2.50 per million tokens" in result.stdout
     assert "repeated-instruction" in result.stdout and "said 2 times verbatim" in result.stdout
     assert "timestamp" in result.stdout and "tools not in a stable order" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("headers", "served"),
+    [
+        ({}, True),
+        ({"origin": "http://127.0.0.1:8787"}, True),  # the dashboard's own page
+        ({"x-forwarded-for": "203.0.113.7"}, False),  # a reverse proxy on this host speaks for someone else
+        ({"forwarded": "for=203.0.113.7"}, False),
+        ({"x-real-ip": "203.0.113.7"}, False),
+        ({"via": "1.1 nginx"}, False),
+        ({"origin": "https://attacker.example"}, False),  # a web page in a browser on this machine
+        ({"origin": "null"}, False),
+        ({"host": "rebound.attacker.example:8787"}, False),  # a DNS name rebound to 127.0.0.1
+    ],
+)
+def test_keyless_mode_serves_programs_on_this_machine_only(
+    tmp_path: Path, up: FakeUpstream, headers: dict[str, str], served: bool
+) -> None:
+    import httpx
+
+    (tmp_path / "thrifty.toml").write_text(config_text(up))
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+        answer = httpx.post(
+            gw.base_url + "/v1/chat/completions",
+            json={"model": "fast", "messages": HI},
+            headers=headers,
+        )
+        purge = httpx.post(gw.base_url + "/admin/cache/purge", json={}, headers=headers)
+    assert (answer.status_code == 200) is served, answer.text
+    assert (purge.status_code == 200) is served, purge.text
+    if not served:
+        assert answer.json()["error"]["type"] == "permission_error"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 LOOPBACK = ("127.", "::1", "::ffff:127.")
+_PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip", b"via")
+_LOCAL_NAMES = frozenset({"localhost", socket.gethostname().lower()})
 
 
 class Request:
@@ -51,18 +54,42 @@ class Request:
             if not message.get("more_body", False):
                 return b"".join(parts)
 
+    def from_this_machine(self) -> bool:
+        """Whether the request comes from a program on this machine, which keyless mode serves as an admin.
+
+        The TCP peer must be loopback, and nothing may say it speaks for someone else: a reverse proxy on this
+        host (any ``Forwarded``, ``X-Forwarded-For``, ``X-Real-IP`` or ``Via`` header), a web page in a browser
+        here (an ``Origin`` that is not this machine: a page must not drive the gateway), or a DNS name rebound
+        to 127.0.0.1 (a ``Host`` that is not a loopback name)."""
+        client = self.scope.get("client")
+        peer = client[0] if client else ""
+        if not (peer.startswith(LOOPBACK) or peer == "localhost"):
+            return False
+        if any(self.header(name) for name in _PROXY_HEADERS):
+            return False
+        origin = self.header(b"origin")
+        if origin and not _loopback_host(origin.split("://", 1)[-1]):
+            return False
+        host = self.header(b"host")
+        return not host or _loopback_host(host)
+
     def caller(self, body_user: object = None) -> Caller:
         authorization = self.header(b"authorization")
         api_key = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
-        client = self.scope.get("client")
-        host = client[0] if client else ""
         return Caller(
             api_key=api_key or self.header(b"x-api-key") or None,
-            loopback=host.startswith(LOOPBACK) or host == "localhost",
+            loopback=self.from_this_machine(),
             user=_bounded("x-thrifty-user", self.header(b"x-thrifty-user") or _text(body_user), 256),
             feature=_bounded("x-thrifty-feature", self.header(b"x-thrifty-feature"), 128),
             session=_bounded("x-thrifty-session", self.header(b"x-thrifty-session"), 256),
         )
+
+
+def _loopback_host(host: str) -> bool:
+    """``127.0.0.1``, ``[::1]``, ``localhost`` or this machine's own name, with or without a port."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]").lower()
+    return name in _LOCAL_NAMES or name.startswith(LOOPBACK) or name == "::1"
 
 
 def _text(value: object) -> str:

@@ -50,6 +50,9 @@ def uvicorn_config(app: ThriftyApp, host: str, port: int) -> Any:
         http="httptools",
         lifespan="on",
         access_log=False,
+        # The gateway reads the TCP peer itself: trusting X-Forwarded-For (uvicorn's default from
+        # FORWARDED_ALLOW_IPS) would let a remote client claim to be 127.0.0.1.
+        proxy_headers=False,
         log_level="warning",
         timeout_keep_alive=75,
     )
