@@ -212,3 +212,24 @@ def test_keyless_mode_serves_programs_on_this_machine_only(
     assert (purge.status_code == 200) is served, purge.text
     if not served:
         assert answer.json()["error"]["type"] == "permission_error"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('[models.r]\ntargets = ["up::gpt-4o-mini"]\nrouter = "rules"\ndefault = "up::gpt-4o"\n', "default"),
+        (
+            '[models.r]\ntargets = ["up::gpt-4o-mini"]\nrouter = "rules"\n[[models.r.rules]]\nuse = "nowhere::x"\n',
+            "rules[0].use",
+        ),
+        ('[models.r]\ntargets = ["up::gpt-4o-mini"]\nrouter = "rules"\n[[models.r.rules]]\nuse = "typo"\n', "typo"),
+        ('[models.r]\ntargets = ["up::gpt-4o-mini"]\nbaseline = "gpt4"\n', "baseline"),
+    ],
+)
+def test_a_rule_may_only_choose_among_its_aliases_targets(tmp_path: Path, extra: str, message: str) -> None:
+    """A rule naming a model outside the alias would be called without budgets or quotes knowing its price (or
+    on a provider that does not exist): refused when the config is read."""
+    (tmp_path / "thrifty.toml").write_text('[providers.up]\nkind = "openai"\n' + extra)
+    result = thrifty("config", "check", cwd=tmp_path)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

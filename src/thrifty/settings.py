@@ -336,12 +336,28 @@ class Settings(_Strict):
             for name in model.pool:
                 if name not in self.pool:
                     raise ValueError(f"models.{alias}: pool model {name!r} is not in [pool]")
-            for target in self.alias_targets(alias):
+            targets = self.alias_targets(alias)
+            for target in targets:
                 if target.provider not in self.providers:
                     known = ", ".join(sorted(self.providers)) or "none"
                     raise ValueError(
                         f"models.{alias}: target {target} names provider {target.provider!r}, "
                         f"which is not configured (providers: {known})"
+                    )
+            if model.baseline and self._named_target(model.baseline) is None:
+                raise ValueError(
+                    f"models.{alias}.baseline: {model.baseline!r} is neither a pool name nor a 'provider::model'"
+                )
+            # A rule's choice must be one of the alias's targets: budgets, quotes and fallbacks know only those.
+            named = [(f"rules[{i}].use", r.use) for i, r in enumerate(model.rules)]
+            named += [("default", model.default)] if model.default else []
+            for where, name in named:
+                chosen = self._named_target(name)
+                if chosen not in targets:
+                    listed = ", ".join(str(t) for t in targets)
+                    raise ValueError(
+                        f"models.{alias}.{where}: {name!r} is not one of the alias's targets ({listed}); "
+                        "list it in targets (or pool) as well"
                     )
         for alias in self.optimize.models:
             if alias not in self.models:
@@ -367,6 +383,15 @@ class Settings(_Strict):
     def cascade_aliases(self) -> frozenset[str]:
         """Aliases that may call all their targets for one request (a worst case is then their sum)."""
         return frozenset(alias for alias, model in self.models.items() if model.router == "cascade")
+
+    def _named_target(self, name: str) -> Target | None:
+        """A pool name or a ``provider::model`` target; None if it is neither."""
+        if name in self.pool:
+            return Target.parse(self.pool[name].target)
+        try:
+            return Target.parse(name)
+        except ValueError:
+            return None
 
     def alias_targets(self, alias: str) -> tuple[Target, ...]:
         """The alias's targets in the order they are tried: as listed, or the pool's by tier, cheapest first."""
