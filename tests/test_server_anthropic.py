@@ -168,3 +168,14 @@ def test_anthropic_sdk_client_gets_errors_in_anthropic_shape(
     up.mode = Fault.status(429)
     with pytest.raises(anthropic.RateLimitError):
         claude_client.messages.create(model="claude", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+
+
+def test_an_anthropic_client_reaches_an_openai_reasoning_model(tmp_path: Path, up: FakeUpstream) -> None:
+    """Anthropic clients must send max_tokens; OpenAI's reasoning models refuse that field for
+    max_completion_tokens: the cap is sent the way they take it."""
+    with running_gateway(tmp_path, up, extra='\n[models.thinker]\ntargets = ["up::o4-mini"]\n') as gw:
+        with anthropic.Anthropic(base_url=gw.base_url, api_key="unused", max_retries=0) as client:
+            message = client.messages.create(model="thinker", max_tokens=300, messages=HI)  # type: ignore[arg-type]
+    assert message.content[0].type == "text"
+    sent = up.requests[-1].json
+    assert sent["max_completion_tokens"] == 300 and "max_tokens" not in sent

@@ -7,6 +7,7 @@ reaches the client only when the client asked for it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -26,10 +27,18 @@ from thrifty.types import (
     Usage,
 )
 
+_REASONING_MODEL = re.compile(r"^(?:[\w.-]+/)?(?:o\d|gpt-5)")
+"""OpenAI's reasoning models (o1, o3, o4-mini, gpt-5 ...), which refuse ``max_tokens`` for ``max_completion_tokens``."""
+
 
 def to_openai(body: JsonObject, model: str, *, stream: bool, cache_key: bool = False) -> JsonObject:
     out = dict(body)
     out["model"] = model
+    if "max_tokens" in out and _REASONING_MODEL.match(model):
+        # A cap set the older way (by an Anthropic client through /v1/messages, which must send one, or by the
+        # gateway's own budget and caps) would be refused with a 400: it is sent the way these models take it.
+        cap = out.pop("max_tokens")
+        out.setdefault("max_completion_tokens", cap)
     if cache_key and "prompt_cache_key" not in out:
         out["prompt_cache_key"] = prefix_key(body)
     if stream:
