@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -179,3 +180,17 @@ def test_an_anthropic_client_reaches_an_openai_reasoning_model(tmp_path: Path, u
     assert message.content[0].type == "text"
     sent = up.requests[-1].json
     assert sent["max_completion_tokens"] == 300 and "max_tokens" not in sent
+
+
+def test_a_messages_stream_without_upstream_usage_reports_the_counted_usage_and_its_cost(tmp_path: Path) -> None:
+    import httpx
+
+    with FakeUpstream(usage=None) as up:
+        with running_gateway(tmp_path, up) as gw:
+            up.mode = Fault.ok()
+            body = {"model": "fast", "max_tokens": 50, "stream": True, "messages": HI}
+            text = httpx.post(gw.base_url + "/v1/messages", json=body, timeout=10).text
+    deltas = [line for line in text.splitlines() if line.startswith("data:") and '"message_delta"' in line]
+    usage = json.loads(deltas[-1][5:])["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0  # counted offline: the upstream said nothing
+    assert ": x-thrifty-cost-usd 0." in text

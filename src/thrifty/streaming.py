@@ -128,6 +128,11 @@ class ChatStream:
             if self.cost is None:
                 await self._finish(status, "")
 
+    @property
+    def usage(self) -> Usage | None:
+        """What the stream was charged for, reported or counted, once it has ended (None before)."""
+        return self._trace.usage if self.cost is not None else None
+
     async def _renew(self) -> None:
         """Reservations expire, so that none leak; a stream that runs long keeps its own alive."""
         self._renewed_at = time.monotonic()

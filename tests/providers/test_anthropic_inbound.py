@@ -452,18 +452,21 @@ def test_refusal_becomes_text_with_a_refusal_stop() -> None:
     assert message.content[0].text == "I can't help with that."  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"choices": []},
-        {},
-        {"choices": [{"message": {"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{oops"}}]}}]},
-        {"choices": [{"message": {"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "[1]"}}]}}]},
-    ],
-)
+@pytest.mark.parametrize("body", [{"choices": []}, {}])
 def test_unusable_upstream_answers_are_upstream_errors(body: JsonObject) -> None:
     with pytest.raises(UpstreamError):
         openai_response_to_anthropic(body)
+
+
+@pytest.mark.parametrize("arguments", ['{"city": "Par', "[1]", "null"])
+def test_a_paid_tool_call_with_broken_arguments_still_reaches_the_client(arguments: str) -> None:
+    """Cut off at the token limit mid-call, or a model's slip: the answer was paid for, and an error would make
+    the Anthropic SDK retry (and pay) for the same cut again."""
+    call = {"id": "c", "type": "function", "function": {"name": "weather", "arguments": arguments}}
+    body = completion({"content": None, "tool_calls": [call]}, "length")
+    message = at.Message.model_validate(openai_response_to_anthropic(body))
+    assert message.stop_reason == "max_tokens"
+    assert [(b.type, b.name, b.input) for b in message.content] == [("tool_use", "weather", {})]  # type: ignore[union-attr]
 
 
 def test_anthropic_response_survives_the_round_trip() -> None:

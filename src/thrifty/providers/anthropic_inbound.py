@@ -16,11 +16,15 @@ translated back. ``anthropic_format`` makes the opposite trip, to Anthropic upst
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from thrifty.errors import BadRequest, UpstreamError
-from thrifty.providers.anthropic_format import cache_creation, cache_write_split
+from thrifty.providers.anthropic_format import cache_creation
+from thrifty.providers.openai import usage_from_openai
 from thrifty.types import JsonObject, Usage
+
+log = logging.getLogger("thrifty")
 
 Event = tuple[str, JsonObject]
 """One server-sent event: its name and its data."""
@@ -236,14 +240,9 @@ def _tool(tool: Any) -> JsonObject:
 
 
 def _usage_from_openai(usage: JsonObject) -> Usage:
-    details = usage.get("prompt_tokens_details") or {}
-    return Usage(
-        input_tokens=usage.get("prompt_tokens") or 0,
-        output_tokens=usage.get("completion_tokens") or 0,
-        cache_read_tokens=details.get("cached_tokens") or 0,
-        cache_write_tokens=usage.get("cache_creation_input_tokens") or 0,
-        cache_write_1h_tokens=cache_write_split(usage)[1],
-    )
+    """The gateway's OpenAI-shaped usage, read as every upstream's is (cache reads the DeepSeek way, cache
+    writes and the 1-hour part included)."""
+    return usage_from_openai(usage) or Usage()
 
 
 def _anthropic_usage(usage: Usage) -> JsonObject:
@@ -285,13 +284,17 @@ def openai_response_to_anthropic(body: JsonObject) -> JsonObject:
 
 
 def _tool_use(call: JsonObject) -> JsonObject:
+    """A tool call as a ``tool_use`` block. Arguments that are not a JSON object (a call cut off at the token
+    limit, a model's slip) become ``{}``, logged: the answer was paid for, and an error here would make the
+    client retry and pay again for the same cut."""
     function = call.get("function") or {}
     try:
         arguments = json.loads(function.get("arguments") or "{}")
-    except (TypeError, ValueError) as exc:
-        raise UpstreamError(f"the model's arguments for tool {function.get('name')!r} are not JSON") from exc
+    except (TypeError, ValueError):
+        arguments = None
     if not isinstance(arguments, dict):
-        raise UpstreamError(f"the model's arguments for tool {function.get('name')!r} are not a JSON object")
+        log.warning("the model's arguments for tool %r are not a JSON object; sent as {}", function.get("name"))
+        arguments = {}
     return {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": arguments}
 
 

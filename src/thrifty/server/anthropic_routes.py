@@ -65,8 +65,11 @@ async def _events(stream: ChatStream) -> AsyncGenerator[bytes, None]:
                 yield _event(name, data)
     finally:
         await chunks.aclose()
-    for name, data in translator.finish(None):
+    # The usage the stream was charged for: the upstream's, or counted offline when it reported none.
+    for name, data in translator.finish(stream.usage):
         yield _event(name, data)
+    cost = stream.cost.header() if stream.cost is not None else "unpriced"
+    yield b": x-thrifty-cost-usd " + cost.encode() + b"\n\n"  # as on /v1/chat/completions; SDKs skip comments
 
 
 def _event(name: str, data: object) -> bytes:
