@@ -587,3 +587,12 @@ def test_an_answer_asked_for_before_a_purge_is_not_stored_after_it(tmp_path: Pat
         last = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
     assert again.headers["x-thrifty-cache"] == "miss" and last.headers["x-thrifty-cache"] == "exact"
     assert len(up.requests) == 2
+
+
+def test_an_answer_cached_from_a_stream_is_served_whole_with_its_usage(tmp_path: Path, up: FakeUpstream) -> None:
+    with gateway(tmp_path, up, MEMORY) as gw, client(gw) as c:
+        list(c.chat.completions.create(model="fast", messages=HI, temperature=0, stream=True))
+        hit = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+    assert hit.headers["x-thrifty-cache"] == "exact"
+    usage = hit.parse().usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (1000, 200)

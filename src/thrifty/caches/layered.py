@@ -21,6 +21,7 @@ from typing import Protocol
 
 from thrifty.caches.entries import CacheEntry, EntryStore, PurgeScope
 from thrifty.caches.keys import cacheable_request, cacheable_response, exact_key
+from thrifty.completions import usage_body
 from thrifty.settings import CacheSettings
 from thrifty.types import ChatRequest, ChatResponse, Principal, Target
 
@@ -191,4 +192,6 @@ class LayeredCache:
 def hit(entry: CacheEntry, request: ChatRequest, kind: str) -> ChatResponse:
     """The stored answer under this request's id, marked as served from the cache."""
     body = dict(entry.body, id="chatcmpl-" + request.request_id.removeprefix("req_"))
+    if not body.get("usage"):  # an answer stored from a stream was assembled without one
+        body["usage"] = usage_body(entry.usage)
     return ChatResponse(body, entry.usage, entry.target, 0.0, cache=kind)
