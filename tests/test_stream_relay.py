@@ -177,3 +177,16 @@ async def test_an_abandoned_stream_closes_the_provider_stream_behind_its_lead(tm
         finally:
             await runtime.aclose()
     assert closed == [True]
+
+
+def test_reasoning_text_is_counted_when_the_provider_reports_no_usage() -> None:
+    """DeepSeek's reasoner and vLLM stream their reasoning as reasoning_content: billed output, which a stream
+    without usage must count, and a budget cut must see."""
+    from thrifty.streaming import streamed_text
+
+    payloads = [
+        b'{"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "First, 2 + 2 is 4."}}]}',
+        b'{"choices": [{"index": 0, "delta": {"content": "4"}}]}',
+    ]
+    assert streamed_text(payloads) == "4"  # the answer, as the ledger keeps it
+    assert streamed_text(payloads, billed=True) == "First, 2 + 2 is 4.4"

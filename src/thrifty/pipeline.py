@@ -42,7 +42,7 @@ from thrifty.protocols import (
 from thrifty.routers.cooldown import Cooldowns
 from thrifty.routers.static import unknown_model
 from thrifty.streaming import ChatStream, replay
-from thrifty.tokens import TiktokenCounter, message_text
+from thrifty.tokens import TiktokenCounter, billed_text, message_text
 from thrifty.types import (
     Caller,
     ChatRequest,
@@ -235,7 +235,7 @@ class Gateway:
         ``request`` is the one sent to the provider (or the client's, for a cache hit)."""
         trace.target, trace.cache = response.target, response.cache
         trace.answered(request.body, response.body)
-        trace.usage = response.usage or self.estimate_usage(request, response.target, output_text(response))
+        trace.usage = response.usage or self.estimate_usage(request, response.target, output_text(response, True))
         return ZERO if response.cache else self.pricer.cost(response.target, trace.usage)
 
     def finished(self, trace: Trace, cost: Cost, request: ChatRequest | None = None, answer: str = "") -> LedgerEntry:
@@ -263,7 +263,7 @@ class Gateway:
     def _record_escalation(self, trace: Trace, request: ChatRequest, response: ChatResponse, check: str) -> None:
         """A cascade step whose answer failed a check: paid for, so recorded, and charged to routing (or to the
         lever that made the gateway's own call)."""
-        usage = response.usage or self.estimate_usage(request, response.target, output_text(response))
+        usage = response.usage or self.estimate_usage(request, response.target, output_text(response, True))
         cost = self.pricer.cost(response.target, usage)
         trace.escalations += 1  # the step's id stays short whatever the model's name (ids are 64 characters at most)
         step = Trace(f"{trace.request_id}.e{trace.escalations}", trace.endpoint, trace.requested_model)
@@ -286,5 +286,7 @@ class Gateway:
         self.record(trace.entry("error", cost, cost, error_type=error_type))
 
 
-def output_text(response: ChatResponse) -> str:
-    return "".join(message_text(choice.get("message") or {}) for choice in response.body.get("choices") or [])
+def output_text(response: ChatResponse, billed: bool = False) -> str:
+    """The answer's text; ``billed``: with the reasoning and refusal text a provider charges for too."""
+    read = billed_text if billed else message_text
+    return "".join(read(choice.get("message") or {}) for choice in response.body.get("choices") or [])

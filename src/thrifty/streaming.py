@@ -21,7 +21,7 @@ from thrifty.accounting import Trace, as_asked, max_output_tokens_of, settle, wi
 from thrifty.completions import assemble, chunks_of
 from thrifty.errors import ThriftyError
 from thrifty.protocols import Admission
-from thrifty.tokens import message_text
+from thrifty.tokens import billed_text, message_text
 from thrifty.types import ChatRequest, ChatResponse, Cost, Status, StreamChunk, Target, Usage
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class ChatStream:
         from a count of four characters a token; the usage recorded is counted exactly afterwards)."""
         if len(self._payloads) % 16 or not self._payloads:
             return False
-        return len(streamed_text(self._payloads)) > allowance * 4
+        return len(streamed_text(self._payloads, billed=True)) > allowance * 4
 
     def _stop_chunk(self) -> bytes:
         first = orjson.loads(self._payloads[0]) if self._payloads else {}
@@ -184,8 +184,8 @@ class ChatStream:
         trace.max_output_tokens = max_output_tokens_of(self._sent.body)
         trace.finish_reason = trace.finish_reason or last_finish_reason(self._payloads)
         trace.upstream_ms = 0.0 if trace.cache else trace.elapsed_ms()
-        text = streamed_text(self._payloads) if self._usage is None or self._gateway.capture_payloads else ""
-        trace.usage = self._usage or self._estimated(text)
+        text = streamed_text(self._payloads) if self._gateway.capture_payloads else ""
+        trace.usage = self._usage or self._estimated(streamed_text(self._payloads, billed=True))
         cost = Cost(Decimal(0)) if trace.cache else self._gateway.pricer.cost(self.target, trace.usage)
         if status == "ok":
             entry = self._gateway.finished(trace, cost, self._request, text)
@@ -198,7 +198,9 @@ class ChatStream:
             await settle(self._admission, cost, trace, "" if trace.cache else self.target.model)
 
 
-def streamed_text(payloads: list[bytes]) -> str:
+def streamed_text(payloads: list[bytes], billed: bool = False) -> str:
+    """The text streamed; ``billed``: with the reasoning and refusal text a provider charges for too."""
+    read = billed_text if billed else message_text
     parts: list[str] = []
     for payload in payloads:
         try:
@@ -206,7 +208,7 @@ def streamed_text(payloads: list[bytes]) -> str:
         except orjson.JSONDecodeError:
             continue
         for choice in chunk.get("choices") or []:
-            parts.append(message_text(choice.get("delta") or {}))
+            parts.append(read(choice.get("delta") or {}))
     return "".join(parts)
 
 

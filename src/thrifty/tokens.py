@@ -167,3 +167,14 @@ def message_text(message: dict[str, object]) -> str:
     if isinstance(calls, list):
         text += "".join(text_of(call) for call in calls)
     return text
+
+
+BILLED_EXTRAS = ("reasoning_content", "reasoning", "refusal")
+"""Output a model is paid for beside its content: DeepSeek's and vLLM's reasoning text, OpenRouter's, a refusal."""
+
+
+def billed_text(message: dict[str, object]) -> str:
+    """All the output text of a message or stream delta that a provider bills: what it answered, its tool calls,
+    and its reasoning and refusal text (counted when the provider reports no usage)."""
+    extras = "".join(value for key in BILLED_EXTRAS if isinstance(value := message.get(key), str))
+    return message_text(message) + extras
