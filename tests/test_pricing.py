@@ -100,3 +100,24 @@ def test_optimizer_shares_add_up_under_tiered_prices() -> None:
     assert here.optimized["summarize"] > 0 and here.optimized["prune"] > 0
     alone = sum(p.cost(gemini, Usage(tokens)).usd or 0 for tokens in (40_000, 60_000))
     assert alone < original - here.uncached.usd  # what pricing each lever's tokens on their own credited
+
+
+def test_audio_tokens_bill_at_the_audio_rates() -> None:
+    """gpt-audio: text $2.50 / $10 per million, audio $32 in / $64 out. Priced as text, an audio call costs an
+    eighth of its bill."""
+    from thrifty.providers.openai import usage_from_openai
+
+    reported = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 1000,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 800},
+        "completion_tokens_details": {"audio_tokens": 900},
+    }
+    usage = usage_from_openai(reported)
+    assert usage is not None and (usage.input_audio_tokens, usage.output_audio_tokens) == (800, 900)
+    cost = pricer().cost(Target("openai", "gpt-audio"), usage).usd
+    # 200 text in x 2.5 + 800 audio in x 32 + 100 text out x 10 + 900 audio out x 64, per million.
+    assert cost == Decimal("0.0847")
+    from thrifty.accounting import without_cache
+
+    assert without_cache(usage) == usage  # the baseline keeps the audio: no cache was involved

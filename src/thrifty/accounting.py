@@ -132,7 +132,7 @@ def as_asked(response: ChatResponse, saved_tokens: Sequence[tuple[str, int]]) ->
 
 def without_cache(usage: Usage) -> Usage:
     """The same tokens as if no provider cache had been read or written."""
-    return Usage(usage.input_tokens, usage.output_tokens, estimated=usage.estimated)
+    return replace(usage, cache_read_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0)
 
 
 @dataclass(frozen=True, slots=True)

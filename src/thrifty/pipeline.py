@@ -242,11 +242,7 @@ class Gateway:
         """The row of a request that was answered. Its baseline is the alias's first target for the same tokens,
         with no cache of any kind: the difference is what the levers saved."""
         uncached = without_cache(trace.usage)
-        original = Usage(
-            uncached.input_tokens + sum(tokens for _, tokens in trace.saved_tokens),
-            uncached.output_tokens,
-            estimated=uncached.estimated,
-        )
+        original = replace(uncached, input_tokens=uncached.input_tokens + sum(t for _, t in trace.saved_tokens))
         baseline = self.pricer.cost(self.baselines[trace.requested_model], original)
         target = trace.target or self.baselines[trace.requested_model]
         here = counterfactual(self.pricer, target, uncached, trace.saved_tokens)

@@ -6,8 +6,8 @@ never $0, and it is warned about once per model.
 
 Cache tokens are priced as providers bill them: ``Usage.input_tokens`` includes cache reads and writes, so the
 uncached remainder is billed at the input price, reads at the cache-read price and writes at the cache-write
-price (writes kept for an hour at the 1-hour write price, where the model has one). Each token is billed exactly
-once.
+price (writes kept for an hour at the 1-hour write price, where the model has one); audio tokens, where the
+model prices them, at the audio rates. Each token is billed exactly once.
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ def catalog_price(model: str, provider_id: str | None) -> PriceFn:
                 cache_read_tokens=usage.cache_read_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
                 cache_write_1h_tokens=min(usage.cache_write_1h_tokens, usage.cache_write_tokens),
+                input_audio_tokens=min(usage.input_audio_tokens, usage.input_tokens),
+                output_audio_tokens=min(usage.output_audio_tokens, usage.output_tokens),
             ),
             model_ref=model,
             provider_id=provider_id,
@@ -140,7 +142,14 @@ def catalog_price(model: str, provider_id: str | None) -> PriceFn:
     return tiered
 
 
+AUDIO_PRICES = ("input_audio_mtok", "output_audio_mtok", "cache_audio_read_mtok")
+
+
 def _flat_price(model_price: Any) -> ModelPrice | None:
+    """The price as plain numbers, or None when the catalog must do the arithmetic: tiers, or audio that bills
+    at its own rate."""
+    if any(getattr(model_price, name, None) is not None for name in AUDIO_PRICES):
+        return None
     prices = {name: getattr(model_price, name, None) for name in ("input_mtok", "output_mtok")}
     cache_keys = ("cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
     cache = {name: getattr(model_price, name, None) for name in cache_keys}

@@ -45,6 +45,10 @@ class Usage:
     cache_write_tokens: int = 0
     estimated: bool = False
     cache_write_1h_tokens: int = 0
+    input_audio_tokens: int = 0
+    """The part of ``input_tokens`` that is audio (OpenAI's ``prompt_tokens_details.audio_tokens``)."""
+    output_audio_tokens: int = 0
+    """The part of ``output_tokens`` that is audio; audio bills at several times the text price."""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -54,6 +58,8 @@ class Usage:
             self.cache_write_tokens + other.cache_write_tokens,
             self.estimated or other.estimated,
             self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            self.input_audio_tokens + other.input_audio_tokens,
+            self.output_audio_tokens + other.output_audio_tokens,
         )
 
 

@@ -393,3 +393,19 @@ def test_a_raised_limit_alerts_again_when_it_is_reached() -> None:
     alerts(raised, period, to_nusd(Decimal(101)) or 0)
     assert [a.dedupe_key.rsplit(":", 1)[1] for a in sink.fired] == ["50", "80", "100", "50", "80", "100"]
     assert len({a.dedupe_key for a in sink.fired}) == 6
+
+
+def test_a_request_with_audio_reserves_the_audio_rates() -> None:
+    """gpt-audio bills audio in at $32 and out at $64 per million against $2.50 / $10 for text: a request sending
+    audio and asking for it back must reserve at those rates."""
+    pricer = CatalogPricer(catalog_providers={"up": ["openai"]})
+    audio = Target("up", "gpt-audio")
+    est = CostEstimator(pricer, TiktokenCounter(), {"fast": (audio,)})
+    spoken = [{"role": "user", "content": [{"type": "text", "text": "Answer this."}, AUDIO]}]
+    body = {"model": "fast", "messages": spoken, "max_tokens": 100, "modalities": ["text", "audio"]}
+    worst, tokens = est.worst_case(ChatRequest(body, "r"))
+    as_text = pricer.cost(audio, Usage(tokens, 100)).usd
+    assert worst is not None and as_text is not None and worst > 10 * as_text / 2
+    assert worst == pricer.cost(audio, Usage(tokens, 100, input_audio_tokens=tokens, output_audio_tokens=100)).usd
+    bound = est.worst_case_bound(ChatRequest(body, "r"))
+    assert bound is not None and bound >= ceil_nusd(worst)

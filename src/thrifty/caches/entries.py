@@ -40,6 +40,8 @@ class CacheEntry:
                     self.usage.cache_write_tokens,
                     self.usage.estimated,
                     self.usage.cache_write_1h_tokens,
+                    self.usage.input_audio_tokens,
+                    self.usage.output_audio_tokens,
                 ],
                 "tenant": self.tenant,
                 "feature": self.feature,
@@ -68,11 +70,11 @@ class CacheEntry:
     @classmethod
     def from_bytes(cls, raw: bytes) -> CacheEntry:
         data = orjson.loads(raw)
-        i, o, r, w, estimated, *hour = data["usage"]  # entries stored before 1-hour writes were counted have 5
+        i, o, r, w, estimated, *more = data["usage"]  # older entries have 5 or 6 (before 1-hour writes, audio)
         return cls(
             body=data["body"],
             target=Target(data["provider"], data["model"]),
-            usage=Usage(i, o, r, w, estimated, hour[0] if hour else 0),
+            usage=Usage(i, o, r, w, estimated, *more[:3]),
             tenant=data["tenant"],
             feature=data["feature"],
             alias=data["alias"],

@@ -53,7 +53,7 @@ class CostEstimator:
         self._cascades = cascades
         self._default_max = default_max_output_tokens
         self._outputs: dict[str, tuple[int, int]] = {}
-        self._bounds: dict[tuple[str, int, int, bool], int | None] = {}
+        self._bounds: dict[tuple[str, int, int, bool, tuple[bool, bool]], int | None] = {}
         self._bounds_minute = 0
 
     def max_output_tokens(self, request: ChatRequest) -> int:
@@ -90,7 +90,7 @@ class CostEstimator:
         Targets that count text with the same encoding share one count (on the request path, counting is the
         cost); media are priced per target, since models of one encoding bill images very differently."""
         cap = self.max_output_tokens(request)
-        hour = asks_hour_cache(request)
+        hour, audio = asks_hour_cache(request), audio_of(request)
         counts: dict[str, int] = {}
         worst: Decimal | None = None
         most = 0
@@ -100,16 +100,28 @@ class CostEstimator:
                 counts[encoding] = text_tokens(self._counter, request, target.model)
             tokens = counts[encoding] + request_media_tokens(request, target.model)
             most = max(most, tokens)
-            worst = self._worse(request, worst, self._dearest(target, tokens, cap, hour))
+            worst = self._worse(request, worst, self._dearest(target, tokens, cap, hour, audio))
         return worst, most
 
-    def _dearest(self, target: Target, tokens: int, cap: int, hour: bool) -> Decimal | None:
+    def _dearest(
+        self, target: Target, tokens: int, cap: int, hour: bool, audio: tuple[bool, bool] = (False, False)
+    ) -> Decimal | None:
         """The most ``tokens`` of prompt and ``cap`` of output can cost on ``target``: a provider that caches
         prompts may bill the whole prompt as a cache write (Anthropic: 1.25x the input price, or 2x when the
-        request asks for a 1-hour cache), so that is priced too, and the dearer taken."""
-        plain = self._pricer.cost(target, Usage(tokens, cap)).usd
+        request asks for a 1-hour cache), so that is priced too, and the dearer taken. A request with audio in
+        (or asking for audio out) is priced as all audio there, which bills at several times the text rate."""
+        heard, spoken = tokens if audio[0] else 0, cap if audio[1] else 0
+        plain = self._pricer.cost(target, Usage(tokens, cap, input_audio_tokens=heard, output_audio_tokens=spoken)).usd
         written = self._pricer.cost(
-            target, Usage(tokens, cap, cache_write_tokens=tokens, cache_write_1h_tokens=tokens if hour else 0)
+            target,
+            Usage(
+                tokens,
+                cap,
+                cache_write_tokens=tokens,
+                cache_write_1h_tokens=tokens if hour else 0,
+                input_audio_tokens=heard,
+                output_audio_tokens=spoken,
+            ),
         ).usd
         if plain is None or written is None:
             return plain if written is None else written
@@ -129,8 +141,8 @@ class CostEstimator:
         same size and the same ``max_tokens`` share one price computation: a price only grows with tokens."""
         cap = self.max_output_tokens(request)
         bound_in = messages_token_bound(request.messages) + len(_definitions(request))
-        hour = asks_hour_cache(request)
-        key = (request.model, size_class(bound_in), cap, hour)
+        hour, audio = asks_hour_cache(request), audio_of(request)
+        key = (request.model, size_class(bound_in), cap, hour, audio)
         minute = int(time.time() // 60)
         if minute != self._bounds_minute or len(self._bounds) >= BOUND_PRICES:
             self._bounds.clear()
@@ -139,7 +151,7 @@ class CostEstimator:
             return self._bounds[key]
         worst: Decimal | None = None
         for target in self._aliases[request.model]:
-            worst = self._worse(request, worst, self._dearest(target, key[1], cap, hour))
+            worst = self._worse(request, worst, self._dearest(target, key[1], cap, hour, audio))
         bound = self._bounds[key] = None if worst is None else ceil_nusd(worst)
         return bound
 
@@ -164,6 +176,18 @@ def text_tokens(counter: TiktokenCounter, request: ChatRequest, model: str) -> i
 
 def request_media_tokens(request: ChatRequest, model: str) -> int:
     return sum(media_tokens(message.get("content"), model) for message in request.messages)
+
+
+def audio_of(request: ChatRequest) -> tuple[bool, bool]:
+    """Whether the prompt carries audio, and whether the answer may be audio (``modalities``)."""
+    heard = any(
+        isinstance(part, dict) and part.get("type") == "input_audio"
+        for message in request.messages
+        if isinstance(content := message.get("content"), list)
+        for part in content
+    )
+    modalities = request.body.get("modalities")
+    return heard, isinstance(modalities, list) and "audio" in modalities
 
 
 def asks_hour_cache(request: ChatRequest) -> bool:

@@ -65,7 +65,13 @@ def usage_from_openai(usage: Any) -> Usage | None:
         cache_read_tokens=int(details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens") or 0),
         cache_write_tokens=int(details.get("cache_write_tokens") or usage.get("cache_creation_input_tokens") or 0),
         cache_write_1h_tokens=cache_write_split(usage)[1],
+        input_audio_tokens=_count(details.get("audio_tokens")),
+        output_audio_tokens=_count((usage.get("completion_tokens_details") or {}).get("audio_tokens")),
     )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def from_openai(raw: bytes) -> tuple[JsonObject, Usage | None]:
