@@ -233,3 +233,23 @@ def test_a_rule_may_only_choose_among_its_aliases_targets(tmp_path: Path, extra:
     result = thrifty("config", "check", cwd=tmp_path)
     assert result.returncode == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_estimate_fails_a_ci_step_over_its_budget(tmp_path: Path, up: FakeUpstream) -> None:
+    (tmp_path / "thrifty.toml").write_text(config_text(up))
+    prompt = "Summarise the quarterly report in three bullet points."
+    ok = thrifty(
+        "estimate", "--model", "fast", "--prompt", prompt, "--max-tokens", "200", "--max-usd", "0.01", cwd=tmp_path
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "worst case for fast" in ok.stdout
+    over = thrifty(
+        "estimate", "--model", "fast", "--prompt", prompt, "--max-tokens", "200", "--max-usd", "0.0001", cwd=tmp_path
+    )
+    assert over.returncode == 1 and "over budget" in over.stderr and "--max-usd 0.0001" in over.stderr
+    long = thrifty("estimate", "--model", "fast", "--prompt", prompt, "--max-input-tokens", "5", cwd=tmp_path)
+    assert long.returncode == 1 and "input tokens is over --max-input-tokens 5" in long.stderr
+    unknown = thrifty("estimate", "--model", "mystery", "--prompt", prompt, "--max-usd", "1", cwd=tmp_path)
+    assert unknown.returncode == 1 and "unpriced" in unknown.stderr  # a price it cannot check is no pass
+    bad = thrifty("estimate", "--model", "fast", "--prompt", prompt, "--max-usd", "-1", cwd=tmp_path)
+    assert bad.returncode == 1 and "above 0" in bad.stderr and "Traceback" not in bad.stderr

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
 
 from thrifty.errors import BadRequest, ConfigError, ThriftyError
@@ -234,10 +235,30 @@ def cmd_budget_list(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from thrifty.quotes import estimate_from_cli
+    """Exit 1 when the request breaks ``--max-usd`` or ``--max-input-tokens``: a CI step that fails the build."""
+    from thrifty.quotes import Limits, estimate_from_cli
 
-    print(estimate_from_cli(_settings(args), args.model, args.prompt, args.messages, args.max_tokens, args.json))
-    return 0
+    limits = Limits(_positive_usd(args.max_usd) if args.max_usd is not None else None, args.max_input_tokens)
+    try:
+        text, breaches = estimate_from_cli(
+            _settings(args), args.model, args.prompt, args.messages, args.max_tokens, args.json, limits
+        )
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"cannot read the request: {exc}") from exc
+    print(text)
+    for breach in breaches:
+        print(f"thrifty: over budget: {breach}", file=sys.stderr)
+    return 1 if breaches else 0
+
+
+def _positive_usd(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except ArithmeticError as exc:
+        raise BadRequest(f"{text!r} is not an amount in USD") from exc
+    if not value.is_finite() or value <= 0:
+        raise BadRequest(f"{text!r}: give an amount in USD above 0")
+    return value
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -382,6 +403,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--messages", help="a JSON file: a list of messages or a whole request body")
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--max-usd", help="exit 1 if the worst case is over this (or unpriced): for CI")
+    p.add_argument("--max-input-tokens", type=int, help="exit 1 if the prompt is over this many tokens: for CI")
     p.set_defaults(run=cmd_estimate)
 
     p = sub.add_parser("lint", parents=[config], help="what a prompt costs per call and what breaks prompt caching")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,16 @@ from thrifty.types import ChatRequest, JsonObject
 
 
 def quote_body(estimator: CostEstimator, request: ChatRequest) -> JsonObject:
-    return {"model": request.model, "quotes": [_quote_json(q) for q in estimator.quotes(request)]}
+    """Each target's quote, and the alias's worst case: what a budget holds for the request (the dearest target a
+    fallback may land on; a cascade's sum, since it may pay every tier). Unpriced if any target is."""
+    quotes = estimator.quotes(request)
+    worst, _ = estimator.worst_case(request)
+    priced = all(q.worst_usd is not None for q in quotes)
+    return {
+        "model": request.model,
+        "worst_case_usd": format(worst, "f") if priced and worst is not None else None,
+        "quotes": [_quote_json(q) for q in quotes],
+    }
 
 
 def _quote_json(quote: Quote) -> dict[str, Any]:
@@ -30,9 +41,40 @@ def _quote_json(quote: Quote) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a CI check allows a request: ``thrifty estimate ... --max-usd 0.01 --max-input-tokens 4000``."""
+
+    max_usd: Decimal | None = None
+    max_input_tokens: int | None = None
+
+    def breaches(self, quoted: JsonObject) -> list[str]:
+        found = []
+        if self.max_usd is not None:
+            worst = quoted["worst_case_usd"]
+            if worst is None:
+                found.append(f"{quoted['model']}: a target is unpriced, so the worst case cannot be checked")
+            elif Decimal(worst) > self.max_usd:
+                found.append(f"{quoted['model']}: worst case ${worst} is over --max-usd {self.max_usd}")
+        if self.max_input_tokens is not None:
+            most = max(q["input_tokens"] for q in quoted["quotes"])
+            if most > self.max_input_tokens:
+                found.append(
+                    f"{quoted['model']}: {most} input tokens is over --max-input-tokens {self.max_input_tokens}"
+                )
+        return found
+
+
 def estimate_from_cli(
-    settings: Any, model: str, prompt: str | None, messages_file: str | None, max_tokens: int | None, as_json: bool
-) -> str:
+    settings: Any,
+    model: str,
+    prompt: str | None,
+    messages_file: str | None,
+    max_tokens: int | None,
+    as_json: bool,
+    limits: Limits | None = None,
+) -> tuple[str, list[str]]:
+    """The estimate to print, and what it breaches of ``limits`` (a CI step fails on any)."""
     from thrifty.assembly import build_pricer
     from thrifty.render import table
     from thrifty.routers.static import unknown_model
@@ -50,8 +92,9 @@ def estimate_from_cli(
         settings.cascade_aliases(),
     )
     quoted = quote_body(estimator, ChatRequest(body, "estimate"))
+    breaches = (limits or Limits()).breaches(quoted)
     if as_json:
-        return json.dumps(quoted, indent=2)
+        return json.dumps(quoted, indent=2), breaches
     rows = [
         [
             q["target"],
@@ -62,7 +105,9 @@ def estimate_from_cli(
         ]
         for q in quoted["quotes"]
     ]
-    return table(["target", "input tok", "max output", "expected $", "worst case $"], rows)
+    worst = quoted["worst_case_usd"] or "unpriced"
+    text = table(["target", "input tok", "max output", "expected $", "worst case $"], rows)
+    return f"{text}\n\nworst case for {model} (what a budget holds): {worst}", breaches
 
 
 def _body(model: str, prompt: str | None, messages_file: str | None, max_tokens: int | None) -> JsonObject:

@@ -409,3 +409,20 @@ def test_a_request_with_audio_reserves_the_audio_rates() -> None:
     assert worst == pricer.cost(audio, Usage(tokens, 100, input_audio_tokens=tokens, output_audio_tokens=100)).usd
     bound = est.worst_case_bound(ChatRequest(body, "r"))
     assert bound is not None and bound >= ceil_nusd(worst)
+
+
+def test_a_quote_shows_the_worst_case_a_budget_would_hold() -> None:
+    """The worst case quoted must be the one reserved: with a prompt a provider may write to its cache, and for
+    a cascade, the sum of its tiers."""
+    from thrifty.quotes import quote_body
+
+    written = ModelPrice(Decimal("0.80"), Decimal("4"), Decimal("0.08"), Decimal("1.00"))
+    pricer = CatalogPricer({**PRICES, "claude-3-5-haiku-latest": written})
+    cascade = CostEstimator(pricer, TiktokenCounter(), {"fast": (MINI, CLAUDE)}, cascades=frozenset({"fast"}))
+    held, _ = cascade.worst_case(request())
+    quoted = quote_body(cascade, request())
+    assert held is not None and Decimal(quoted["worst_case_usd"]) == held
+    per_target = {q["target"]: Decimal(q["worst_case_usd"]) for q in quoted["quotes"]}
+    assert sum(per_target.values()) == held
+    claude = cascade.quotes(request())[1]
+    assert claude.worst_usd == (Decimal(claude.input_tokens) * Decimal("1.00") + 256 * 4) / 1_000_000

@@ -116,6 +116,8 @@ def test_cost_quote_endpoint(tmp_path: Path, up: FakeUpstream) -> None:
     expected = (mini["input_tokens"] * 0.15 + 1000 * 0.6) / 1e6
     assert abs(float(mini["worst_case_usd"]) - expected) < 1e-12
     assert float(mini["expected_usd"]) < float(mini["worst_case_usd"])
+    # The alias's worst case is what a budget holds: the dearest target a fallback may land on.
+    assert quoted["worst_case_usd"] == quoted["quotes"][2]["worst_case_usd"]
     assert up.requests == []
 
 

@@ -65,7 +65,10 @@ class CostEstimator:
         return prompt_tokens(self._counter, request, target.model)
 
     def quotes(self, request: ChatRequest) -> list[Quote]:
+        """Per target: expected and worst cost; the worst is what a budget would hold on that target (cache
+        writes and audio rates included)."""
         cap = self.max_output_tokens(request)
+        hour, audio = asks_hour_cache(request), audio_of(request)
         quotes = []
         for target in self._aliases[request.model]:
             tokens_in = self.input_tokens(request, target)
@@ -77,7 +80,7 @@ class CostEstimator:
                     tokens_in,
                     cap,
                     expected_out,
-                    self._pricer.cost(target, Usage(tokens_in, cap)).usd,
+                    self._dearest(target, tokens_in, cap, hour, audio),
                     self._pricer.cost(target, Usage(tokens_in, expected_out)).usd,
                 )
             )
