@@ -253,3 +253,21 @@ def test_estimate_fails_a_ci_step_over_its_budget(tmp_path: Path, up: FakeUpstre
     assert unknown.returncode == 1 and "unpriced" in unknown.stderr  # a price it cannot check is no pass
     bad = thrifty("estimate", "--model", "fast", "--prompt", prompt, "--max-usd", "-1", cwd=tmp_path)
     assert bad.returncode == 1 and "above 0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("amount", "message"), [("-5", "above 0"), ("0", "above 0"), ("abc", "not an amount"), ("NaN", "above 0")]
+)
+def test_a_budget_set_from_the_cli_must_be_a_positive_amount(tmp_path: Path, amount: str, message: str) -> None:
+    """A hard budget of $0 (or less) refuses every request of its scope; the config file already refuses it."""
+    (tmp_path / "thrifty.toml").write_text('[ledger]\nurl = "sqlite:///ledger.sqlite"\n')
+    result = thrifty("budget", "set", "--tenant", "acme", "--usd-per-month", amount, cwd=tmp_path)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_lint_shows_no_cost_for_a_model_without_a_price(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Please  make sure to always answer in English.   " * 3)
+    result = thrifty("lint", str(prompt), "--model", "mine::my-private-finetune", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no known price" in result.stdout and "$0.0000" not in result.stdout and "unpriced" in result.stdout

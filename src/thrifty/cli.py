@@ -206,8 +206,6 @@ def cmd_cache_train(args: argparse.Namespace) -> int:
 
 
 def cmd_budget_set(args: argparse.Namespace) -> int:
-    from decimal import Decimal
-
     from thrifty.guards.budget_book import save_budget
     from thrifty.guards.budgets import Budget
 
@@ -218,7 +216,8 @@ def cmd_budget_set(args: argparse.Namespace) -> int:
     if len(scopes) != 1 or len(periods) != 1:
         raise BadRequest("give exactly one of --tenant/--key/--user/--feature/--session and one --usd-per-PERIOD")
     (scope, scope_id), (period, usd) = scopes[0], periods[0]
-    budget = save_budget(_engine(args), Budget("", scope, scope_id, period, Decimal(usd), not args.soft, args.clamp))
+    limit = _positive_usd(str(usd))  # 0 or less would refuse every request of a hard budget's scope
+    budget = save_budget(_engine(args), Budget("", scope, scope_id, period, limit, not args.soft, args.clamp))
     kind = "soft" if args.soft else "hard"
     print(f"{budget.budget_id}: {kind} budget of ${budget.limit_usd} per {period} for {scope} {scope_id}")
     return 0

@@ -51,12 +51,15 @@ def lint_file(path: Path, target: Target, pricer: CatalogPricer) -> str:
     messages, tools = load_prompt(path)
     per_mtok = pricer.cost(target, Usage(1_000_000, 0)).usd
     system = "\n\n".join(text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer"))
-    lines = [
-        f"{path}: {target.model}, input at " + (f"${per_mtok} per million tokens" if per_mtok else "no known price")
-    ]
+    known = f"${per_mtok} per million tokens" if per_mtok is not None else "no known price (costs not shown)"
+    lines = [f"{path}: {target.model}, input at {known}"]
     findings = lint_prompt(system, target.model, per_mtok or Decimal(0), TiktokenCounter()) if system else []
     if findings:
-        rows = [[f.rule, f.tokens, f"${f.usd_per_1k_calls:.4f}", f.message, f.excerpt] for f in findings]
+
+        def per_1k(usd: Decimal) -> str:
+            return "unpriced" if per_mtok is None else f"${usd:.4f}"
+
+        rows = [[f.rule, f.tokens, per_1k(f.usd_per_1k_calls), f.message, f.excerpt] for f in findings]
         lines.append(table(["finding", "tokens/call", "per 1k calls", "what", "excerpt"], rows))
     prefix = lint_prefix(messages, tools)
     if prefix:
