@@ -258,3 +258,32 @@ def test_a_bad_line_is_reported_with_its_number(tmp_path: Path) -> None:
     path.write_text(good.replace('"group":"g",', ""))
     with pytest.raises(ValueError, match="line 1: missing field 'group'"):
         read_workload(path)
+
+
+def test_a_simulation_shares_nothing_with_the_gateway_whose_config_it_copies(tmp_path: Path) -> None:
+    """Replayed answers must not reach a shared cache real users read, replayed traffic must not spend real
+    tenants' shared rate limits, and no alert may leave."""
+    from thrifty.settings import settings_from_dict
+    from thrifty.simulate import sandboxed
+
+    summarize = {"after_tokens": 100, "model": "fast", "store": "redis"}
+    live = settings_from_dict(
+        {
+            "providers": {"up": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "models": {"fast": {"targets": ["up::gpt-4o-mini"]}},
+            "cache": {"exact": True, "store": "redis", "url": "redis://127.0.0.1:6379/0", "semantic_store": "pgvector"},
+            "guards": {"store": "redis", "url": "redis://127.0.0.1:6379/0"},
+            "alerts": {"webhooks": ["http://127.0.0.1:9/hook"], "slack_webhooks": ["http://127.0.0.1:9/slack"]},
+            "optimize": {"summarize": summarize, "features": {"chat": {"summarize": summarize}}},
+            "otel": True,
+        },
+        base_dir=tmp_path,
+        source="test",
+    )
+    sim = sandboxed(live, tmp_path / "sim")
+    assert (sim.cache.store, sim.cache.semantic_store, sim.guards.store) == ("memory", "memory", "memory")
+    assert sim.alerts.webhooks == sim.alerts.slack_webhooks == [] and not sim.otel
+    summaries = [sim.optimize.summarize, sim.optimize.features["chat"].summarize]
+    assert [s.store for s in summaries if s is not None] == ["memory", "memory"]
+    assert sim.ledger.url.endswith("sim/ledger.sqlite") and sim.cache.exact  # the policy itself is kept
+    assert live.cache.store == "redis" and live.alerts.webhooks  # the config it came from is untouched

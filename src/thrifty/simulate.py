@@ -18,7 +18,7 @@ from thrifty.keys import create_key
 from thrifty.ledger import queries
 from thrifty.providers.replay import no_answer
 from thrifty.server.run import ServerThread
-from thrifty.settings import Settings
+from thrifty.settings import OptimizeSettings, Settings
 from thrifty.workload import WorkloadRecord
 
 
@@ -76,10 +76,7 @@ def simulate(
     settings: Settings, records: list[WorkloadRecord], *, concurrency: int = 8, workdir: Path | None = None
 ) -> SimulationResult:
     folder = workdir or Path(tempfile.mkdtemp(prefix="thrifty-sim-"))
-    ledger = settings.ledger.model_copy(
-        update={"url": f"sqlite:///{folder / 'ledger.sqlite'}", "journal_dir": str(folder / "journal")}
-    )
-    settings = settings.model_copy(update={"ledger": ledger})
+    settings = sandboxed(settings, folder)
     result = SimulationResult(settings.ledger_url())
     with ServerThread(settings) as server:
         engine = server.runtime.ledger.engine
@@ -91,6 +88,34 @@ def simulate(
         result.by_feature = queries.report(engine, "feature")
         result.savings = queries.savings_by_lever(engine)
     return result
+
+
+def sandboxed(settings: Settings, folder: Path) -> Settings:
+    """The policy under test with nothing shared with the gateway it may be copied from: a ledger of its own, and
+    caches, guard counters and summaries in this process (a shared Redis or pgvector would let replayed answers
+    reach real users, and replayed traffic spend real tenants' rate limits); no alerts leave, no spans."""
+    ledger = settings.ledger.model_copy(
+        update={"url": f"sqlite:///{folder / 'ledger.sqlite'}", "journal_dir": str(folder / "journal")}
+    )
+    cache = settings.cache.model_copy(update={"store": "memory", "url": "", "semantic_store": "memory"})
+    guards = settings.guards.model_copy(update={"store": "memory", "url": ""})
+    alerts = settings.alerts.model_copy(update={"webhooks": [], "slack_webhooks": []})
+
+    def local(optimize: OptimizeSettings) -> OptimizeSettings:
+        summarize = optimize.summarize
+        if summarize is None:
+            return optimize
+        return optimize.model_copy(update={"summarize": summarize.model_copy(update={"store": "memory", "url": None})})
+
+    o = settings.optimize
+    optimize = local(o).model_copy(
+        update={
+            "features": {name: local(f) for name, f in o.features.items()},
+            "models": {name: local(m) for name, m in o.models.items()},
+        }
+    )
+    update = {"ledger": ledger, "cache": cache, "guards": guards, "alerts": alerts, "optimize": optimize, "otel": False}
+    return settings.model_copy(update=update)
 
 
 async def _send_all(
