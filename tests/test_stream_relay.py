@@ -190,3 +190,34 @@ def test_reasoning_text_is_counted_when_the_provider_reports_no_usage() -> None:
     ]
     assert streamed_text(payloads) == "4"  # the answer, as the ledger keeps it
     assert streamed_text(payloads, billed=True) == "First, 2 + 2 is 4.4"
+
+
+async def test_a_stream_broken_by_anything_else_is_an_error_row_and_an_error_event(tmp_path: Path) -> None:
+    """Not every failure is the gateway's own error type (a library's exception mid-stream): it must not be
+    recorded as the client leaving, nor end the stream silently as if the answer were whole."""
+    from thrifty.types import StreamChunk
+
+    async def provider() -> Any:
+        yield StreamChunk(b'{"choices": [{"index": 0, "delta": {"content": "Hel"}}]}')
+        raise RuntimeError("a line too long for the parser")
+
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
+        runtime = build_runtime(settings_for(tmp_path, up))
+        runtime.start()
+        try:
+            from thrifty.streaming import OpenedStream
+
+            request = ChatRequest({"model": "fast", "messages": [{"role": "user", "content": "x"}]}, "req_broken")
+            chunks = provider()
+            opened = OpenedStream(Target("up", "gpt-4o-mini"), await anext(chunks), chunks)
+            trace = Trace("req_broken", "chat", "fast", streamed=True)
+            stream = ChatStream(runtime.gateway, request, request, trace, opened, CountingAdmission(request))
+            payloads = [payload async for payload in stream.chunks()]
+            assert runtime.ledger.flush(10)
+            with runtime.ledger.engine.connect() as conn:
+                (row,) = conn.execute(select(tables.requests)).mappings().all()
+        finally:
+            await runtime.aclose()
+    assert b'"error"' in payloads[-1]
+    assert (row["status"], row["error_type"]) == ("error", "internal_error")
+    assert row["output_tokens"] > 0 and row["cost_nusd"] > 0  # what was streamed is still paid for

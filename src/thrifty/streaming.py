@@ -123,6 +123,12 @@ class ChatStream:
             # Recorded before the client hears of the failure, as a finished stream is before [DONE].
             await self._finish(status, exc.error_type)
             yield orjson.dumps(exc.to_openai())
+        except Exception as exc:  # a fault of ours or a library's: the row and the client both hear of it
+            log.exception("stream %s failed", self._trace.request_id)
+            failure = ThriftyError(f"the stream failed in the gateway ({exc.__class__.__name__})")
+            status, self.error = "error", failure
+            await self._finish(status, "internal_error")
+            yield orjson.dumps(failure.to_openai())
         finally:
             await self._opened.rest.aclose()
             if self.cost is None:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from thrifty.errors import (
     UpstreamError,
@@ -23,6 +24,8 @@ from thrifty.errors import (
 )
 
 T = TypeVar("T")
+READ_BUFFER = 2**20
+"""Bytes of a response read ahead; an SSE line may be up to about twice this (a base64 image in one delta)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +61,11 @@ class HttpClient:
             )
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
             self._session = aiohttp.ClientSession(
-                headers=self._headers, timeout=timeout, connector=connector, json_serialize=_dumps_str
+                headers=self._headers,
+                timeout=timeout,
+                connector=connector,
+                json_serialize=_dumps_str,
+                read_bufsize=READ_BUFFER,
             )
         return self._session
 
@@ -88,6 +95,8 @@ class HttpClient:
             raise translate_client_error(exc) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{self.base_url}{path} went silent mid-answer") from exc
+        except (HttpProcessingError, ValueError) as exc:  # a line over the read buffer, a malformed chunk
+            raise UpstreamError(f"upstream sent a stream the gateway cannot read: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._session is not None:
