@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import openai
@@ -194,3 +195,24 @@ def test_a_messages_stream_without_upstream_usage_reports_the_counted_usage_and_
     usage = json.loads(deltas[-1][5:])["usage"]
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0  # counted offline: the upstream said nothing
     assert ": x-thrifty-cost-usd 0." in text
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": "not a schema"}}]},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": ["a", "list"]}}]},
+        {
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": "f"},
+        },
+        {"messages": [{"role": "user", "content": [{"type": "file", "file": "x"}]}]},
+    ],
+)
+def test_malformed_requests_for_an_anthropic_model_are_400s(
+    openai_client: openai.OpenAI, extra: dict[str, Any]
+) -> None:
+    body: dict[str, Any] = {"messages": HI, **extra}
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client.chat.completions.create(model="claude", **body)
+    assert refused.value.status_code == 400

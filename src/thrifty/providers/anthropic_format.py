@@ -204,6 +204,8 @@ def _user_block(part: Any) -> list[JsonObject]:
         return [_with_cache_control({"type": "image", "source": _image_source(url)}, part)]
     if kind == "file":
         file = part.get("file") or {}
+        if not isinstance(file, dict):
+            raise BadRequest("a file part's 'file' must be an object with 'file_data'", param="messages")
         media_type, data = _data_url(file.get("file_data"))
         if media_type != "application/pdf":
             raise BadRequest("Anthropic models accept files only as base64 PDF data", param="messages")
@@ -273,7 +275,10 @@ def _tool(tool: Any) -> JsonObject:
     function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
     if not isinstance(function, dict) or not function.get("name"):
         raise BadRequest("Anthropic models accept only tools of type 'function' with a name", param="tools")
-    schema = {"type": "object", "properties": {}, **(function.get("parameters") or {})}
+    parameters = function.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"tool {function['name']!r}: 'parameters' must be a JSON schema object", param="tools")
+    schema = {"type": "object", "properties": {}, **parameters}
     translated: JsonObject = {"name": function["name"], "input_schema": schema}
     if function.get("description"):
         translated["description"] = function["description"]
@@ -288,7 +293,8 @@ def _tool_choice(choice: Any) -> JsonObject:
         return {"type": "none"}
     if choice == "required":
         return {"type": "any"}
-    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
     if not name:
         raise BadRequest(f"unsupported tool_choice {choice!r}", param="tool_choice")
     return {"type": "tool", "name": name}
