@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,28 @@ def test_a_simulation_shares_nothing_with_the_gateway_whose_config_it_copies(tmp
     assert [s.store for s in summaries if s is not None] == ["memory", "memory"]
     assert sim.ledger.url.endswith("sim/ledger.sqlite") and sim.cache.exact  # the policy itself is kept
     assert live.cache.store == "redis" and live.alerts.webhooks  # the config it came from is untouched
+
+
+async def test_replay_bills_the_prompt_as_sent_and_cuts_an_answer_at_the_policys_cap(tmp_path: Path) -> None:
+    """A replayed call must cost what the new policy's call would: tool definitions are prompt tokens, and an
+    answer longer than the cap the policy sends is stopped there (finish_reason length)."""
+    from thrifty.providers.replay import ReplayProvider
+    from thrifty.tokens import TiktokenCounter
+    from thrifty.types import ChatRequest
+
+    messages = [{"role": "user", "content": "Describe the weather in Paris."}]
+    record = replace(
+        make_record("w1", messages, "g"),
+        answers={STRONG: ModelAnswer(" ".join(["word"] * 120), 120, 1.0)},
+    )
+    write_workload(tmp_path / "w.jsonl", [record])
+    provider = ReplayProvider("rec", tmp_path / "w.jsonl", TiktokenCounter())
+    tool = {"type": "function", "function": {"name": "lookup_weather", "description": "Forecast. " * 50}}
+    plain = await provider.chat(ChatRequest({"model": STRONG, "messages": messages}, "r1"), STRONG)
+    tooled = await provider.chat(ChatRequest({"model": STRONG, "messages": messages, "tools": [tool]}, "r2"), STRONG)
+    capped = await provider.chat(ChatRequest({"model": STRONG, "messages": messages, "max_tokens": 30}, "r3"), STRONG)
+    assert plain.usage is not None and tooled.usage is not None and capped.usage is not None
+    assert tooled.usage.input_tokens > plain.usage.input_tokens + 90  # the tool's description is billed
+    assert (plain.usage.output_tokens, plain.body["choices"][0]["finish_reason"]) == (120, "stop")
+    assert (capped.usage.output_tokens, capped.body["choices"][0]["finish_reason"]) == (30, "length")
+    assert len(capped.body["choices"][0]["message"]["content"].split()) == 30

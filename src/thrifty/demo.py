@@ -79,6 +79,12 @@ def print_simulation(result: SimulationResult) -> None:
         ]
         print("\nQuality of the answers served (workload labels: correct = 1, judge score / 10)")
         print(table(["feature", "labelled", "served", "requested model", "kept"], rows))
+    standins = sum(outcome.stand_in() for outcome in result.outcomes)
+    if standins:
+        print(
+            f"\n{standins:,} answers were stand-ins: the workload has no answer text of the model they went to, so "
+            "their output (and its cost) is a short placeholder's: the spend above understates them"
+        )
     if errors:
         print(f"\n{len(errors)} requests failed; first: {errors[0].error}")
     print(f"\nLedger: {result.ledger_url}")

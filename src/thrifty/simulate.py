@@ -39,6 +39,11 @@ class Outcome:
         expected = answer.text if answer.text is not None else no_answer(self.record.group)
         return answer.quality if self.text == expected else 0.0
 
+    def stand_in(self) -> bool:
+        """Served the replay provider's placeholder: the workload has no answer of this model to this prompt."""
+        answer = self.record.answers.get(self.model)
+        return (answer is None or answer.text is None) and self.text == no_answer(self.record.group)
+
     def wrong_answer(self) -> bool:
         """A cached answer that belongs to another question (only a semantic hit can do this)."""
         answer = self.record.answers.get(self.model)
