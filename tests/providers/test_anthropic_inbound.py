@@ -755,3 +755,50 @@ async def test_a_replayed_answer_keeps_its_cache_writes_for_an_anthropic_client(
     chunks = [chunk async for chunk in chunks_of(ChatResponse(answer, usage, Target("a", "claude"), 0.0))]
     last = orjson.loads(chunks[-1].payload)["usage"]
     assert _usage_from_openai(last) == usage
+
+
+def test_the_stop_sequence_claude_stopped_at_reaches_an_anthropic_client() -> None:
+    """Agent loops read stop_reason 'stop_sequence' and which one: OpenAI's shape has no field for it, so the
+    gateway carries it beside finish_reason, both whole and streamed."""
+    original = {
+        "id": "msg_03",
+        "type": "message",
+        "role": "assistant",
+        "model": MODEL,
+        "content": [text("Step one done.")],
+        "stop_reason": "stop_sequence",
+        "stop_sequence": "END",
+        "usage": {
+            "input_tokens": 10,
+            "output_tokens": 4,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+    }
+    body, _ = from_anthropic(original)
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert openai_response_to_anthropic(body) == original
+
+    upstream = AnthropicStreamTranslator(created=1)
+    inbound = OpenAIToAnthropicStream()
+    start = {"type": "message_start", "message": {"id": "msg_03", "model": MODEL, "usage": {"input_tokens": 10}}}
+    events = [
+        ("message_start", start),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        ),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "stop_sequence", "stop_sequence": "END"},
+                "usage": {"output_tokens": 2},
+            },
+        ),
+    ]
+    for name, data in events:
+        for chunk in upstream.feed(name, data):
+            inbound.feed(chunk)
+    delta = next(data["delta"] for name, data in inbound.finish(None) if name == "message_delta")
+    assert delta == {"stop_reason": "stop_sequence", "stop_sequence": "END"}

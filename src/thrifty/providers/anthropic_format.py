@@ -369,6 +369,7 @@ def from_anthropic(resp: JsonObject, *, created: int | None = None) -> tuple[Jso
     usage = usage_from_anthropic(resp.get("usage") or {})
     finish_reason = _finish_reason(resp.get("stop_reason"))
     choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
+    _note_stop_sequence(choice, resp.get("stop_reason"), resp.get("stop_sequence"))
     body = {
         "id": resp.get("id", ""),
         "object": "chat.completion",
@@ -383,6 +384,16 @@ def from_anthropic(resp: JsonObject, *, created: int | None = None) -> tuple[Jso
 def _tool_call(block: JsonObject) -> JsonObject:
     function = {"name": block.get("name"), "arguments": json.dumps(block.get("input") or {})}
     return {"id": block.get("id"), "type": "function", "function": function}
+
+
+STOP_SEQUENCE = "stop_sequence"
+"""Beside ``finish_reason: "stop"``, the stop sequence Claude stopped at (OpenAI has no field for it): carried
+through the gateway's OpenAI-shaped answer so an Anthropic client of ``/v1/messages`` gets it back."""
+
+
+def _note_stop_sequence(choice: JsonObject, stop_reason: Any, sequence: Any) -> None:
+    if stop_reason == "stop_sequence" and isinstance(sequence, str):
+        choice[STOP_SEQUENCE] = sequence
 
 
 def _finish_reason(stop_reason: Any) -> str:
@@ -423,8 +434,13 @@ class AnthropicStreamTranslator:
             # Counts in message_delta are cumulative, so they replace those of message_start.
             counts = {key: value for key, value in (data.get("usage") or {}).items() if value is not None}
             self._usage = {**(self._usage or {}), **counts}
-            stop_reason = (data.get("delta") or {}).get("stop_reason")
-            return [self._chunk({}, _finish_reason(stop_reason))] if stop_reason else []
+            delta = data.get("delta") or {}
+            stop_reason = delta.get("stop_reason")
+            if not stop_reason:
+                return []
+            chunk = self._chunk({}, _finish_reason(stop_reason))
+            _note_stop_sequence(chunk["choices"][0], stop_reason, delta.get("stop_sequence"))
+            return [chunk]
         if kind == "error":
             error = data.get("error") or {}
             error_type = str(error.get("type") or "api_error")

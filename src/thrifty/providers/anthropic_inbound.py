@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 from thrifty.errors import BadRequest, UpstreamError
-from thrifty.providers.anthropic_format import cache_creation
+from thrifty.providers.anthropic_format import STOP_SEQUENCE, cache_creation
 from thrifty.providers.openai import usage_from_openai
 from thrifty.types import JsonObject, Usage
 
@@ -271,6 +271,9 @@ def openai_response_to_anthropic(body: JsonObject) -> JsonObject:
             content.append({"type": "text", "text": text})
     content += [_tool_use(call) for call in message.get("tool_calls") or []]
     stop_reason = _STOP_REASONS.get(str(choices[0].get("finish_reason")), "end_turn")
+    sequence = choices[0].get(STOP_SEQUENCE)
+    if isinstance(sequence, str):
+        stop_reason = "stop_sequence"
     return {
         "id": body.get("id") or "",
         "type": "message",
@@ -278,7 +281,7 @@ def openai_response_to_anthropic(body: JsonObject) -> JsonObject:
         "model": body.get("model") or "",
         "content": content,
         "stop_reason": "refusal" if message.get("refusal") else stop_reason,
-        "stop_sequence": None,
+        "stop_sequence": sequence if isinstance(sequence, str) else None,
         "usage": _anthropic_usage(_usage_from_openai(body.get("usage") or {})),
     }
 
@@ -316,6 +319,7 @@ class OpenAIToAnthropicStream:
         # OpenAI numbers tool calls only; Anthropic numbers all content blocks.
         self._tool_blocks: dict[int, int] = {}
         self._stop_reason = "end_turn"
+        self._stop_sequence: str | None = None
         self._refused = False
         self._usage: Usage | None = None
 
@@ -335,12 +339,15 @@ class OpenAIToAnthropicStream:
                 events += self._tool_call(call)
             if choice.get("finish_reason"):
                 self._stop_reason = _STOP_REASONS.get(choice["finish_reason"], "end_turn")
+                sequence = choice.get(STOP_SEQUENCE)
+                if isinstance(sequence, str):
+                    self._stop_reason, self._stop_sequence = "stop_sequence", sequence
         return events
 
     def finish(self, usage: Usage | None = None) -> list[Event]:
         """Closes the message; ``usage`` wins over what the chunks reported."""
         usage = usage or self._usage or Usage(input_tokens=self._input_tokens, estimated=True)
-        delta = {"stop_reason": "refusal" if self._refused else self._stop_reason, "stop_sequence": None}
+        delta = {"stop_reason": "refusal" if self._refused else self._stop_reason, "stop_sequence": self._stop_sequence}
         return [
             *self._start({}),
             *self._close(),
