@@ -271,3 +271,27 @@ def test_lint_shows_no_cost_for_a_model_without_a_price(tmp_path: Path) -> None:
     result = thrifty("lint", str(prompt), "--model", "mine::my-private-finetune", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "no known price" in result.stdout and "$0.0000" not in result.stdout and "unpriced" in result.stdout
+
+
+def test_metrics_need_an_admin_key_once_keys_exist(tmp_path: Path, up: FakeUpstream) -> None:
+    """They show spend per tenant and feature: not for any tenant's key, nor for anyone who can reach the port."""
+    import httpx
+
+    from thrifty.keys import create_key
+
+    (tmp_path / "thrifty.toml").write_text(config_text(up))
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+        tenant = create_key(gw.runtime.ledger.engine, "acme")[1]
+        admin = create_key(gw.runtime.ledger.engine, "ops", admin=True)[1]
+        gw.runtime.keys.refresh()
+        url = gw.base_url + "/metrics"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"authorization": f"Bearer {tenant}"}).status_code == 403
+        scraped = httpx.get(url, headers={"authorization": f"Bearer {admin}"})
+    assert scraped.status_code == 200 and "thrifty_requests_total" in scraped.text
+    public = config_text(up).replace("[server]\n", "[server]\npublic_metrics = true\n", 1)
+    (tmp_path / "thrifty.toml").write_text(public)
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+        create_key(gw.runtime.ledger.engine, "acme")
+        gw.runtime.keys.refresh()
+        assert httpx.get(gw.base_url + "/metrics").status_code == 200

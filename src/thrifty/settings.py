@@ -32,6 +32,9 @@ class ServerSettings(_Strict):
     upstream_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     first_byte_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    public_metrics: bool = False
+    """``GET /metrics`` without a key once keys exist (it shows spend per tenant and feature); default: an admin
+    key (``Authorization: Bearer``, which Prometheus sends with ``authorization: {credentials: ...}``)."""
 
 
 class LedgerSettings(_Strict):

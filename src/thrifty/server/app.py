@@ -41,8 +41,10 @@ class ThriftyApp:
         budgets: Callable[[], Sequence[Budget]] | None = None,
         on_startup: Lifecycle | None = None,
         on_shutdown: Lifecycle | None = None,
+        public_metrics: bool = False,
     ) -> None:
         self.gateway = gateway
+        self.public_metrics = public_metrics
         self.max_body_bytes = max_body_bytes
         self.ready = ready
         self.estimator = estimator
@@ -150,6 +152,10 @@ async def readyz(app: ThriftyApp, request: Request, send: Send) -> None:
 
 
 async def metrics(app: ThriftyApp, request: Request, send: Send) -> None:
+    if not app.public_metrics:  # spend per tenant and feature is for the gateway's operators
+        principal = app.gateway.authenticator.authenticate(request.caller())
+        if not principal.admin:
+            raise PermissionDenied("the metrics need an admin key (or [server] public_metrics = true)")
     await json_response(
         send,
         200,

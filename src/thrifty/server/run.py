@@ -30,6 +30,7 @@ def make_app(runtime: Runtime) -> ThriftyApp:
         budgets=runtime.budgets,
         on_startup=startup,
         on_shutdown=runtime.aclose,
+        public_metrics=runtime.settings.server.public_metrics,
     )
 
 
