@@ -436,7 +436,15 @@ def build_embedder(settings: Settings) -> CachedEmbedder:
     if config.embedder == "remote":
         if config.embedding_model not in settings.models:
             raise ConfigError("cache.embedding_model must name a configured model alias for embedder = 'remote'")
-        inner = RemoteEmbedder(config.embedding_model, config.embedding_dimensions)
+        models = sorted({t.model for t in settings.alias_targets(config.embedding_model)})
+        if len(models) != 1:
+            # Vectors of two models do not compare: a fallback to another model would file its vectors beside
+            # the first one's, where every lookup between them is noise.
+            raise ConfigError(
+                f"cache.embedding_model {config.embedding_model!r} must name one embedding model (on any number of "
+                f"providers), not {', '.join(models)}"
+            )
+        inner = RemoteEmbedder(config.embedding_model, config.embedding_dimensions, models[0])
     else:
         inner = MiniLMEmbedder(threads=1) if config.embedder == "minilm" else HashingEmbedder()
     return CachedEmbedder(inner)

@@ -418,3 +418,17 @@ def test_a_feature_whose_ttl_an_entry_outlived_stores_its_own_answer(tmp_path: P
             assert ask(c, SYSTEM, question, extra_headers=news)[0] == "miss"  # too old for news ...
             assert ask(c, SYSTEM, question, extra_headers=news)[0] == "semantic"  # ... so news keeps its own
     assert len(up.requests) == 2
+
+
+def test_remote_embeddings_come_from_one_model_named_in_every_partition(tmp_path: Path, up: FakeUpstream) -> None:
+    """Vectors of two models do not compare: a fallback to another model, or an alias pointed at a new one, must
+    never file its vectors beside the old model's."""
+    from thrifty.assembly import build_embedder
+
+    remote = '\n[cache]\nsemantic = true\nembedder = "remote"\nembedding_model = "{alias}"\nembedding_dimensions = 32\n'
+    (tmp_path / "one.toml").write_text(config_text(up, extra=remote.format(alias="embed")))
+    assert build_embedder(load_settings(tmp_path / "one.toml")).name.endswith("remote:embed=text-embedding-3-small")
+    two = '\n[models.mixed]\ntargets = ["up::text-embedding-3-small", "up::text-embedding-3-large"]\n'
+    (tmp_path / "two.toml").write_text(config_text(up, extra=two + remote.format(alias="mixed")))
+    with pytest.raises(ConfigError, match="one embedding model"):
+        build_embedder(load_settings(tmp_path / "two.toml"))

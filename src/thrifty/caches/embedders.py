@@ -227,8 +227,10 @@ class RemoteEmbedder:
     ledger (tenant ``thrifty``, feature ``semantic-cache``). ``embed`` is called from a worker thread (see
     ``SemanticCache``) and waits for the call on the gateway's event loop."""
 
-    def __init__(self, alias: str, dimensions: int) -> None:
-        self.name = f"remote:{alias}"
+    def __init__(self, alias: str, dimensions: int, model: str = "") -> None:
+        # The model is part of the name, which prefixes every semantic partition: pointing the alias at another
+        # model starts new partitions instead of comparing its vectors with the old model's.
+        self.name = f"remote:{alias}" + (f"={model}" if model else "")
         self._alias, self._dimensions = alias, dimensions
         self._gateway: Any = None
         self._loop: Any = None
