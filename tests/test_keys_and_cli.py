@@ -242,7 +242,9 @@ def test_estimate_fails_a_ci_step_over_its_budget(tmp_path: Path, up: FakeUpstre
         "estimate", "--model", "fast", "--prompt", prompt, "--max-tokens", "200", "--max-usd", "0.01", cwd=tmp_path
     )
     assert ok.returncode == 0, ok.stderr
-    assert "worst case for fast" in ok.stdout
+    assert "worst case for fast" in ok.stdout and "no --max-tokens" not in ok.stdout
+    uncapped = thrifty("estimate", "--model", "fast", "--prompt", prompt, cwd=tmp_path)
+    assert "no --max-tokens: the output is assumed" in uncapped.stdout
     over = thrifty(
         "estimate", "--model", "fast", "--prompt", prompt, "--max-tokens", "200", "--max-usd", "0.0001", cwd=tmp_path
     )

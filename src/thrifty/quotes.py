@@ -19,9 +19,13 @@ def quote_body(estimator: CostEstimator, request: ChatRequest) -> JsonObject:
     quotes = estimator.quotes(request)
     worst, _ = estimator.worst_case(request)
     priced = all(q.worst_usd is not None for q in quotes)
+    body = request.body
     return {
         "model": request.model,
         "worst_case_usd": format(worst, "f") if priced and worst is not None else None,
+        # Without a cap in the request, the output is assumed to stop at [guards] default_max_output_tokens: only
+        # a hard budget actually caps it there, so this worst case is then an assumption, not a bound.
+        "output_capped": bool(body.get("max_completion_tokens") or body.get("max_tokens")),
         "quotes": [_quote_json(q) for q in quotes],
     }
 
@@ -107,7 +111,11 @@ def estimate_from_cli(
     ]
     worst = quoted["worst_case_usd"] or "unpriced"
     text = table(["target", "input tok", "max output", "expected $", "worst case $"], rows)
-    return f"{text}\n\nworst case for {model} (what a budget holds): {worst}", breaches
+    text += f"\n\nworst case for {model} (what a budget holds): {worst}"
+    if not quoted["output_capped"]:
+        text += "\n(no --max-tokens: the output is assumed to stop at the max output above; only a hard budget"
+        text += " makes the call stop there)"
+    return text, breaches
 
 
 def _body(model: str, prompt: str | None, messages_file: str | None, max_tokens: int | None) -> JsonObject:

@@ -118,6 +118,7 @@ def test_cost_quote_endpoint(tmp_path: Path, up: FakeUpstream) -> None:
     assert float(mini["expected_usd"]) < float(mini["worst_case_usd"])
     # The alias's worst case is what a budget holds: the dearest target a fallback may land on.
     assert quoted["worst_case_usd"] == quoted["quotes"][2]["worst_case_usd"]
+    assert quoted["output_capped"]  # the request set max_tokens: the worst case is a bound
     assert up.requests == []
 
 
