@@ -193,6 +193,11 @@ def test_lint_reports_cost_per_call_and_what_breaks_prefix_caching(tmp_path: Pat
         ({"origin": "https://attacker.example"}, False),  # a web page in a browser on this machine
         ({"origin": "null"}, False),
         ({"host": "rebound.attacker.example:8787"}, False),  # a DNS name rebound to 127.0.0.1
+        ({"host": "127.0.0.1.rebind.attacker.example:8787"}, False),  # a name, whatever it starts with
+        ({"origin": "http://127.0.0.1.attacker.example"}, False),
+        ({"host": "localhost.:8787"}, True),
+        ({"host": "[::1]"}, True),
+        ({"host": "0.0.0.0:8787"}, True),  # `thrifty cache purge --gateway http://0.0.0.0:8787`
     ],
 )
 def test_keyless_mode_serves_programs_on_this_machine_only(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -86,10 +87,31 @@ class Request:
 
 
 def _loopback_host(host: str) -> bool:
-    """``127.0.0.1``, ``[::1]``, ``localhost`` or this machine's own name, with or without a port."""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    name = name.strip("[]").lower()
-    return name in _LOCAL_NAMES or name.startswith(LOOPBACK) or name == "::1"
+    """A loopback address (``127.0.0.1``, ``[::1]``), ``0.0.0.0``, ``localhost`` or this machine's own name,
+    with or without a port. An address, not a prefix: ``127.0.0.1.attacker.example`` is a name like any other."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [v6] or [v6]:port
+        name = host[1 : host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:  # name:port or v4:port
+        name = host.rsplit(":", 1)[0]
+    else:  # a name, a v4 address or a bare v6 address
+        name = host
+    name = name.rstrip(".")
+    if name in _LOCAL_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return (
+        address.is_loopback
+        or address.is_unspecified
+        or (
+            isinstance(address, ipaddress.IPv6Address)
+            and address.ipv4_mapped is not None
+            and address.ipv4_mapped.is_loopback
+        )
+    )
 
 
 def _text(value: object) -> str:
