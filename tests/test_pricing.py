@@ -121,3 +121,21 @@ def test_audio_tokens_bill_at_the_audio_rates() -> None:
     from thrifty.accounting import without_cache
 
     assert without_cache(usage) == usage  # the baseline keeps the audio: no cache was involved
+
+
+def test_audio_with_a_cache_read_is_priced_and_nothing_the_catalog_refuses_crashes() -> None:
+    """Gemini through an OpenAI-compatible proxy reports cached tokens and audio tokens without saying which
+    cached tokens were audio; the catalog refuses that split. A price must come out (or 'unpriced'), never an
+    exception after the call was paid."""
+    gemini = Target("google", "gemini-2.5-flash")
+    p = CatalogPricer(catalog_providers={"google": ["google"]})
+    usage = Usage(1000, 100, cache_read_tokens=200, input_audio_tokens=900)
+    # 800 audio not cached x $1 + 200 cached x $0.03 + 100 out x $2.50, per million: audio never overlaps the cache.
+    assert p.cost(gemini, usage).usd == Decimal("0.001056")
+
+    def refuses(usage: Usage) -> Decimal:
+        raise ValueError("the catalog cannot split this usage")
+
+    broken = CatalogPricer()
+    broken._cache[Target("x", "y")] = refuses
+    assert broken.cost(Target("x", "y"), Usage(10, 10)).usd is None

@@ -79,7 +79,13 @@ class CatalogPricer:
         price = self._cache.get(target)
         if price is None and target not in self._cache:
             price = self._resolve(target)
-        return Cost(None if price is None else price(usage))
+        if price is None:
+            return Cost(None)
+        try:
+            return Cost(price(usage))
+        except (ArithmeticError, ValueError, TypeError):  # usage the catalog cannot price: unpriced, never a crash
+            log.warning("cannot price %s for %s; recorded as unpriced", usage, target, exc_info=True)
+            return Cost(None)
 
     def is_priced(self, target: Target) -> bool:
         if target not in self._cache:
@@ -123,7 +129,10 @@ def catalog_price(model: str, provider_id: str | None) -> PriceFn:
         return simple.cost
 
     def tiered(usage: Usage) -> Decimal:
-        # Tiered or time-conditional prices: let the catalog do the arithmetic each time.
+        # Tiered, time-conditional or audio prices: let the catalog do the arithmetic each time. Providers do
+        # not say which cached tokens were audio: they are taken as text (the audio read rate is rarely dearer),
+        # and audio never overlaps the cached part.
+        audio_in = max(min(usage.input_audio_tokens, usage.input_tokens - usage.cache_read_tokens), 0)
         result = calc_price(
             CatalogUsage(
                 input_tokens=usage.input_tokens,
@@ -131,7 +140,8 @@ def catalog_price(model: str, provider_id: str | None) -> PriceFn:
                 cache_read_tokens=usage.cache_read_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
                 cache_write_1h_tokens=min(usage.cache_write_1h_tokens, usage.cache_write_tokens),
-                input_audio_tokens=min(usage.input_audio_tokens, usage.input_tokens),
+                input_audio_tokens=audio_in,
+                cache_audio_read_tokens=0,
                 output_audio_tokens=min(usage.output_audio_tokens, usage.output_tokens),
             ),
             model_ref=model,
