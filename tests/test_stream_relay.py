@@ -190,6 +190,8 @@ def test_reasoning_text_is_counted_when_the_provider_reports_no_usage() -> None:
     ]
     assert streamed_text(payloads) == "4"  # the answer, as the ledger keeps it
     assert streamed_text(payloads, billed=True) == "First, 2 + 2 is 4.4"
+    both = [b'{"choices": [{"index": 0, "delta": {"reasoning_content": "Think.", "reasoning": "Think."}}]}']
+    assert streamed_text(both, billed=True) == "Think."  # one text in two fields is billed once
 
 
 async def test_a_stream_broken_by_anything_else_is_an_error_row_and_an_error_event(tmp_path: Path) -> None:

@@ -169,12 +169,14 @@ def message_text(message: dict[str, object]) -> str:
     return text
 
 
-BILLED_EXTRAS = ("reasoning_content", "reasoning", "refusal")
-"""Output a model is paid for beside its content: DeepSeek's and vLLM's reasoning text, OpenRouter's, a refusal."""
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+"""Where reasoning text streams: DeepSeek's and vLLM's field, OpenRouter's (some vLLM versions fill both with
+the same text, so only the first present is read)."""
 
 
 def billed_text(message: dict[str, object]) -> str:
     """All the output text of a message or stream delta that a provider bills: what it answered, its tool calls,
     and its reasoning and refusal text (counted when the provider reports no usage)."""
-    extras = "".join(value for key in BILLED_EXTRAS if isinstance(value := message.get(key), str))
-    return message_text(message) + extras
+    reasoning = next((v for key in REASONING_FIELDS if isinstance(v := message.get(key), str) and v), "")
+    refusal = message.get("refusal")
+    return message_text(message) + reasoning + (refusal if isinstance(refusal, str) else "")
