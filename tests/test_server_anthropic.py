@@ -187,8 +187,8 @@ def test_a_messages_stream_without_upstream_usage_reports_the_counted_usage_and_
     import httpx
 
     with FakeUpstream(usage=None) as up:
+        up.chat_usage = False
         with running_gateway(tmp_path, up) as gw:
-            up.mode = Fault.ok()
             body = {"model": "fast", "max_tokens": 50, "stream": True, "messages": HI}
             text = httpx.post(gw.base_url + "/v1/messages", json=body, timeout=10).text
     deltas = [line for line in text.splitlines() if line.startswith("data:") and '"message_delta"' in line]
@@ -216,3 +216,15 @@ def test_malformed_requests_for_an_anthropic_model_are_400s(
     with pytest.raises(openai.BadRequestError) as refused:
         openai_client.chat.completions.create(model="claude", **body)
     assert refused.value.status_code == 400
+
+
+def test_a_whole_message_without_upstream_usage_reports_the_counted_usage(tmp_path: Path) -> None:
+    with FakeUpstream(usage=None) as up:
+        up.chat_usage = False
+        with running_gateway(tmp_path, up) as gw:
+            with anthropic.Anthropic(base_url=gw.base_url, api_key="unused", max_retries=0) as client:
+                message = client.messages.create(model="fast", max_tokens=50, messages=HI)  # type: ignore[arg-type]
+            (row,) = ledger_rows(gw)
+    assert row["tokens_estimated"]
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (row["input_tokens"], row["output_tokens"])
+    assert message.usage.output_tokens > 0

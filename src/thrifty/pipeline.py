@@ -138,7 +138,9 @@ class Gateway:
             self.cache.release(request, trace.principal)  # identical requests waiting on this one go on
             if admission is not None:  # to the cost, or to zero (releasing the reservation) if none was paid
                 await settle(admission, cost or ZERO, trace, answered_by)
-        return replace(response, route=trace.route_header()), with_escalations(cost, trace)
+        # The usage charged: the upstream's, or counted offline when it reported none (for /v1/messages' reply).
+        usage = response.usage or trace.usage
+        return replace(response, route=trace.route_header(), usage=usage), with_escalations(cost, trace)
 
     def planned(self, request: ChatRequest, principal: Principal) -> ChatRequest:
         """The request marked with the optimizer plan that applies to it, which the cache keys on."""

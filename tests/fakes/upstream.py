@@ -159,6 +159,8 @@ class FakeUpstream:
         models: Iterable[str] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small"),
     ) -> None:
         self.usage = usage
+        self.chat_usage = True
+        """False: OpenAI-format chat answers carry no usage, whole or streamed (as some servers send them)."""
         self.embedding_usage = True
         """False: embeddings answers carry no usage (as some OpenAI-compatible servers send them)."""
         self.reply = reply
@@ -367,8 +369,12 @@ class FakeUpstream:
     def _chat(self, body: dict[str, Any], seq: int, stream: bool) -> dict[str, Any] | list[bytes]:
         answer = self._answer(body, seq, "openai")
         if not stream:
-            return _openai_completion(answer)
-        return _openai_chunks(answer, include_usage=(body.get("stream_options") or {}).get("include_usage") is True)
+            completion = _openai_completion(answer)
+            if not self.chat_usage:
+                del completion["usage"]
+            return completion
+        asked = (body.get("stream_options") or {}).get("include_usage") is True
+        return _openai_chunks(answer, include_usage=asked and self.chat_usage)
 
     def _messages(self, body: dict[str, Any], seq: int, stream: bool) -> dict[str, Any] | list[bytes]:
         answer = self._answer(body, seq, "anthropic")

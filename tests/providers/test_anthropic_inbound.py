@@ -463,7 +463,9 @@ def test_a_paid_tool_call_with_broken_arguments_still_reaches_the_client(argumen
     """Cut off at the token limit mid-call, or a model's slip: the answer was paid for, and an error would make
     the Anthropic SDK retry (and pay) for the same cut again."""
     call = {"id": "c", "type": "function", "function": {"name": "weather", "arguments": arguments}}
-    body = completion({"content": None, "tool_calls": [call]}, "length")
+    for finish in ("length", "tool_calls"):  # a slip with finish tool_calls too: no call to run without arguments
+        body = completion({"content": None, "tool_calls": [call]}, finish)
+        assert openai_response_to_anthropic(body)["stop_reason"] == "max_tokens"
     message = at.Message.model_validate(openai_response_to_anthropic(body))
     assert message.stop_reason == "max_tokens"
     assert [(b.type, b.name, b.input) for b in message.content] == [("tool_use", "weather", {})]  # type: ignore[union-attr]

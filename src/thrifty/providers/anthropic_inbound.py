@@ -259,8 +259,9 @@ def _anthropic_usage(usage: Usage) -> JsonObject:
     return shaped
 
 
-def openai_response_to_anthropic(body: JsonObject) -> JsonObject:
-    """The Messages API response for a ``chat.completion``."""
+def openai_response_to_anthropic(body: JsonObject, usage: Usage | None = None) -> JsonObject:
+    """The Messages API response for a ``chat.completion``; ``usage`` stands in where the body has none (the
+    count the gateway made when the upstream reported nothing)."""
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise UpstreamError("the upstream answer has no choices")
@@ -269,8 +270,13 @@ def openai_response_to_anthropic(body: JsonObject) -> JsonObject:
     for text in (message.get("content"), message.get("refusal")):
         if isinstance(text, str) and text:
             content.append({"type": "text", "text": text})
-    content += [_tool_use(call) for call in message.get("tool_calls") or []]
+    calls = message.get("tool_calls") or []
+    content += [_tool_use(call) for call in calls]
     stop_reason = _STOP_REASONS.get(str(choices[0].get("finish_reason")), "end_turn")
+    if any(not _arguments_of(call)[1] for call in calls):
+        # A call whose arguments could not be read is no call to run (an agent would run it with none): the
+        # answer is reported as cut short, which is what it is.
+        stop_reason = "max_tokens"
     sequence = choices[0].get(STOP_SEQUENCE)
     if isinstance(sequence, str):
         stop_reason = "stop_sequence"
@@ -282,8 +288,18 @@ def openai_response_to_anthropic(body: JsonObject) -> JsonObject:
         "content": content,
         "stop_reason": "refusal" if message.get("refusal") else stop_reason,
         "stop_sequence": sequence if isinstance(sequence, str) else None,
-        "usage": _anthropic_usage(_usage_from_openai(body.get("usage") or {})),
+        "usage": _anthropic_usage(_usage_from_openai(body["usage"]) if body.get("usage") else usage or Usage()),
     }
+
+
+def _arguments_of(call: JsonObject) -> tuple[JsonObject, bool]:
+    """A tool call's arguments as an object, and whether they could be read as one."""
+    function = call.get("function") or {}
+    try:
+        arguments = json.loads(function.get("arguments") or "{}")
+    except (TypeError, ValueError):
+        return {}, False
+    return (arguments, True) if isinstance(arguments, dict) else ({}, False)
 
 
 def _tool_use(call: JsonObject) -> JsonObject:
@@ -291,13 +307,9 @@ def _tool_use(call: JsonObject) -> JsonObject:
     limit, a model's slip) become ``{}``, logged: the answer was paid for, and an error here would make the
     client retry and pay again for the same cut."""
     function = call.get("function") or {}
-    try:
-        arguments = json.loads(function.get("arguments") or "{}")
-    except (TypeError, ValueError):
-        arguments = None
-    if not isinstance(arguments, dict):
+    arguments, readable = _arguments_of(call)
+    if not readable:
         log.warning("the model's arguments for tool %r are not a JSON object; sent as {}", function.get("name"))
-        arguments = {}
     return {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": arguments}
 
 

@@ -38,7 +38,7 @@ async def messages(app: ThriftyApp, request: Request, send: Send) -> None:
         await relay(_events(stream), stream, request, send)
         return
     response, cost = await app.gateway.handle(ChatRequest(body, request.request_id, cache_mode), caller)
-    out = openai_response_to_anthropic(response.body)
+    out = openai_response_to_anthropic(response.body, response.usage)
     await json_response(
         send,
         200,
