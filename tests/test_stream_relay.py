@@ -16,7 +16,7 @@ from thrifty.assembly import build_runtime
 from thrifty.ledger import tables
 from thrifty.server.http import Request
 from thrifty.server.sse import relay_openai_stream
-from thrifty.streaming import ChatStream, replay
+from thrifty.streaming import ChatStream, OpenedStream, replay
 from thrifty.types import Caller, ChatRequest, ChatResponse, Cost, Target, Usage
 
 
@@ -160,23 +160,32 @@ async def test_an_abandoned_stream_closes_the_provider_stream_behind_its_lead(tm
         finally:
             closed.append(True)
 
+    async def abandon(stream: ChatStream) -> None:
+        await stream.abandon()
+
+    chunks = provider()
+    lead = await leading_chunks(chunks)
+    assert len(lead) == 2  # the role-only chunk, then the first with text
+    await run_stream(
+        tmp_path, OpenedStream(Target("up", "gpt-4o-mini"), lead[0], chunks, lead=tuple(lead[1:])), abandon
+    )
+    assert closed == [True]
+
+
+async def run_stream(tmp_path: Path, opened: OpenedStream, use: Any) -> list[Any]:
+    """A ChatStream over ``opened`` in a running gateway, handed to ``use``; returns the ledger rows after."""
     with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
         runtime = build_runtime(settings_for(tmp_path, up))
         runtime.start()
         try:
-            from thrifty.streaming import OpenedStream
-
-            request = ChatRequest({"model": "fast", "messages": [{"role": "user", "content": "x"}]}, "req_left")
-            chunks = provider()
-            lead = await leading_chunks(chunks)
-            assert len(lead) == 2  # the role-only chunk, then the first with text
-            opened = OpenedStream(Target("up", "gpt-4o-mini"), lead[0], chunks, lead=tuple(lead[1:]))
-            trace = Trace("req_left", "chat", "fast", streamed=True)
-            stream = ChatStream(runtime.gateway, request, request, trace, opened, CountingAdmission(request))
-            await stream.abandon()
+            request = ChatRequest({"model": "fast", "messages": [{"role": "user", "content": "x"}]}, "req_stream")
+            trace = Trace("req_stream", "chat", "fast", streamed=True)
+            await use(ChatStream(runtime.gateway, request, request, trace, opened, CountingAdmission(request)))
+            assert runtime.ledger.flush(10)
+            with runtime.ledger.engine.connect() as conn:
+                return list(conn.execute(select(tables.requests)).mappings().all())
         finally:
             await runtime.aclose()
-    assert closed == [True]
 
 
 def test_reasoning_text_is_counted_when_the_provider_reports_no_usage() -> None:
@@ -203,23 +212,13 @@ async def test_a_stream_broken_by_anything_else_is_an_error_row_and_an_error_eve
         yield StreamChunk(b'{"choices": [{"index": 0, "delta": {"content": "Hel"}}]}')
         raise RuntimeError("a line too long for the parser")
 
-    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
-        runtime = build_runtime(settings_for(tmp_path, up))
-        runtime.start()
-        try:
-            from thrifty.streaming import OpenedStream
+    payloads: list[bytes] = []
 
-            request = ChatRequest({"model": "fast", "messages": [{"role": "user", "content": "x"}]}, "req_broken")
-            chunks = provider()
-            opened = OpenedStream(Target("up", "gpt-4o-mini"), await anext(chunks), chunks)
-            trace = Trace("req_broken", "chat", "fast", streamed=True)
-            stream = ChatStream(runtime.gateway, request, request, trace, opened, CountingAdmission(request))
-            payloads = [payload async for payload in stream.chunks()]
-            assert runtime.ledger.flush(10)
-            with runtime.ledger.engine.connect() as conn:
-                (row,) = conn.execute(select(tables.requests)).mappings().all()
-        finally:
-            await runtime.aclose()
+    async def read(stream: ChatStream) -> None:
+        payloads.extend([payload async for payload in stream.chunks()])
+
+    chunks = provider()
+    (row,) = await run_stream(tmp_path, OpenedStream(Target("up", "gpt-4o-mini"), await anext(chunks), chunks), read)
     assert b'"error"' in payloads[-1]
     assert (row["status"], row["error_type"]) == ("error", "internal_error")
     assert row["output_tokens"] > 0 and row["cost_nusd"] > 0  # what was streamed is still paid for

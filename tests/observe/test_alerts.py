@@ -61,30 +61,22 @@ def receivers() -> Iterator[tuple[Receiver, Receiver]]:
     slack.close()
 
 
+def call_row(request_id: str, at: float, feature: str, usd: str) -> LedgerEntry:
+    """A gpt-4o call of feature ``feature`` (tenant acme) that cost ``usd``, as the ledger records it."""
+    who = Principal("acme", "", "", feature, "")
+    cost = Decimal(usd)
+    return LedgerEntry(
+        request_id, at, "chat", who, "smart", "up", "gpt-4o", Usage(100, 10), cost, cost, 1.0, 1.0, None, "ok"
+    )
+
+
 def history(feature: str, now: float) -> list[LedgerEntry]:
     """Normal traffic: $0.50 an hour, spread over the previous seven days and the last hour."""
     entries = []
     for day in range(8):
         for minute in range(0, 60, 5):
             at = now - day * 86400 - 3600 + minute * 60 if day else now - 3600 + minute * 60 - 400
-            entries.append(
-                LedgerEntry(
-                    f"req_hist_{day}_{minute}",
-                    at,
-                    "chat",
-                    Principal("acme", "", "", feature, ""),
-                    "smart",
-                    "up",
-                    "gpt-4o",
-                    Usage(100, 10),
-                    Decimal("0.0416"),
-                    Decimal("0.0416"),
-                    1.0,
-                    1.0,
-                    None,
-                    "ok",
-                )
-            )
+            entries.append(call_row(f"req_hist_{day}_{minute}", at, feature, "0.0416"))
     return sorted(entries, key=lambda e: e.started_at)
 
 
@@ -156,25 +148,7 @@ def test_budget_thresholds_and_unpriced_traffic_alert_once(tmp_path: Path) -> No
 
 def steady(feature: str, start: float, end: float, prefix: str) -> list[LedgerEntry]:
     """$0.10 a minute ($6 an hour, above the $1 floor), one call a minute."""
-    return [
-        LedgerEntry(
-            f"req_{prefix}_{int(at)}",
-            at,
-            "chat",
-            Principal("acme", "", "", feature, ""),
-            "smart",
-            "up",
-            "gpt-4o",
-            Usage(100, 10),
-            Decimal("0.10"),
-            Decimal("0.10"),
-            1.0,
-            1.0,
-            None,
-            "ok",
-        )
-        for at in range(int(start), int(end), 60)
-    ]
+    return [call_row(f"req_{prefix}_{int(at)}", at, feature, "0.10") for at in range(int(start), int(end), 60)]
 
 
 def test_a_restarted_gateway_judges_rates_against_the_ledgers_past(tmp_path: Path) -> None:
