@@ -198,6 +198,7 @@ def test_lint_reports_cost_per_call_and_what_breaks_prefix_caching(tmp_path: Pat
         ({"host": "localhost.:8787"}, True),
         ({"host": "[::1]"}, True),
         ({"host": "0.0.0.0:8787"}, True),  # `thrifty cache purge --gateway http://0.0.0.0:8787`
+        ({"host": "127.1:8787"}, True),  # curl http://127.1:8787 (shorthand IPv4)
     ],
 )
 def test_keyless_mode_serves_programs_on_this_machine_only(
@@ -249,7 +250,7 @@ def test_estimate_fails_a_ci_step_over_its_budget(tmp_path: Path, up: FakeUpstre
     assert ok.returncode == 0, ok.stderr
     assert "worst case for fast" in ok.stdout and "no --max-tokens" not in ok.stdout
     uncapped = thrifty("estimate", "--model", "fast", "--prompt", prompt, cwd=tmp_path)
-    assert "no --max-tokens: the output is assumed" in uncapped.stdout
+    assert "no --max-tokens: the worst case assumes" in uncapped.stdout
     over = thrifty(
         "estimate", "--model", "fast", "--prompt", prompt, "--max-tokens", "200", "--max-usd", "0.0001", cwd=tmp_path
     )

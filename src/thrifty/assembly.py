@@ -436,7 +436,8 @@ def build_embedder(settings: Settings) -> CachedEmbedder:
     if config.embedder == "remote":
         if config.embedding_model not in settings.models:
             raise ConfigError("cache.embedding_model must name a configured model alias for embedder = 'remote'")
-        models = sorted({t.model for t in settings.alias_targets(config.embedding_model)})
+        # One model, however each provider spells it ("openai/text-embedding-3-small" on OpenRouter).
+        models = sorted({t.model.rsplit("/", 1)[-1] for t in settings.alias_targets(config.embedding_model)})
         if len(models) != 1:
             # Vectors of two models do not compare: a fallback to another model would file its vectors beside
             # the first one's, where every lookup between them is noise.

@@ -23,8 +23,8 @@ def quote_body(estimator: CostEstimator, request: ChatRequest) -> JsonObject:
     return {
         "model": request.model,
         "worst_case_usd": format(worst, "f") if priced and worst is not None else None,
-        # Without a cap in the request, the output is assumed to stop at [guards] default_max_output_tokens: only
-        # a hard budget actually caps it there, so this worst case is then an assumption, not a bound.
+        # Without a cap in the request, the output is assumed to stop at the reserved default: only a hard budget
+        # or an [optimize.caps] default makes the call stop there, so the worst case may then be an assumption.
         "output_capped": bool(body.get("max_completion_tokens") or body.get("max_tokens")),
         "quotes": [_quote_json(q) for q in quotes],
     }
@@ -113,8 +113,8 @@ def estimate_from_cli(
     text = table(["target", "input tok", "max output", "expected $", "worst case $"], rows)
     text += f"\n\nworst case for {model} (what a budget holds): {worst}"
     if not quoted["output_capped"]:
-        text += "\n(no --max-tokens: the output is assumed to stop at the max output above; only a hard budget"
-        text += " makes the call stop there)"
+        text += "\n(no --max-tokens: the worst case assumes the max output above; a call is stopped there only by a"
+        text += " hard budget or an [optimize.caps] default)"
     return text, breaches
 
 

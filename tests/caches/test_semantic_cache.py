@@ -428,6 +428,12 @@ def test_remote_embeddings_come_from_one_model_named_in_every_partition(tmp_path
     remote = '\n[cache]\nsemantic = true\nembedder = "remote"\nembedding_model = "{alias}"\nembedding_dimensions = 32\n'
     (tmp_path / "one.toml").write_text(config_text(up, extra=remote.format(alias="embed")))
     assert build_embedder(load_settings(tmp_path / "one.toml")).name.endswith("remote:embed=text-embedding-3-small")
+    spelled = '\n[models.spelled]\ntargets = ["up::text-embedding-3-small", "up::openai/text-embedding-3-small"]\n'
+    (tmp_path / "spelled.toml").write_text(config_text(up, extra=spelled + remote.format(alias="spelled")))
+    assert build_embedder(load_settings(tmp_path / "spelled.toml")).name.endswith("=text-embedding-3-small")
+    from thrifty.caches.pair_model import same_embedder
+
+    assert same_embedder("remote:embed", "remote:embed=text-embedding-3-small")  # pair models trained before
     two = '\n[models.mixed]\ntargets = ["up::text-embedding-3-small", "up::text-embedding-3-large"]\n'
     (tmp_path / "two.toml").write_text(config_text(up, extra=two + remote.format(alias="mixed")))
     with pytest.raises(ConfigError, match="one embedding model"):

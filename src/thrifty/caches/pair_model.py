@@ -165,6 +165,12 @@ def decisions_for(model: PairModel, found: Sequence[Signals], u: NDArray[Any], v
     return scores
 
 
+def same_embedder(trained: str, current: str) -> bool:
+    """Whether a model trained on ``trained`` embeddings can judge ``current`` ones: the same name, or a remote
+    embedder named before its model was part of the name (``remote:ALIAS``, now ``remote:ALIAS=MODEL``)."""
+    return trained == current or ("=" not in trained and current.startswith(trained + "="))
+
+
 class PairModelJudge:
     """Guards first, then the pair model's calibrated score against the threshold.
 
@@ -175,7 +181,7 @@ class PairModelJudge:
 
     def __init__(self, model: PairModel, threshold: float, embedder: Embedder) -> None:
         checked_threshold(threshold)
-        if embedder.name != model.embedder or embedder.dimensions != model.dimensions:
+        if not same_embedder(model.embedder, embedder.name) or embedder.dimensions != model.dimensions:
             raise ConfigError(
                 f"the cache pair model was trained on {model.embedder} embeddings ({model.dimensions} dimensions); "
                 f"the cache uses {embedder.name} ({embedder.dimensions}): train it again with this embedder"

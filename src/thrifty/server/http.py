@@ -102,6 +102,11 @@ def _loopback_host(host: str) -> bool:
     try:
         address = ipaddress.ip_address(name)
     except ValueError:
+        if name and all(c.isdigit() or c == "." for c in name):  # shorthand IPv4 (127.1), as curl sends it
+            try:
+                return socket.inet_aton(name)[0] == 127
+            except OSError:
+                return False
         return False
     return (
         address.is_loopback
