@@ -7,6 +7,7 @@ and the baseline. Settings apply to every feature unless ``[optimize.features.NA
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -65,8 +66,7 @@ class OptimizerChain:
     def plan_key(self, request: ChatRequest, principal: Principal) -> str:
         if request.charged_to:
             return ""
-        plan = self._plan_for(request, principal)
-        return "" if plan == NO_PLAN else hashlib.sha256(repr(plan).encode()).hexdigest()[:32]
+        return _plan_digest(self._plan_for(request, principal))
 
     async def optimize(self, request: ChatRequest, principal: Principal) -> ChatRequest:
         if request.charged_to:  # the gateway's own call (a summary): sent as written
@@ -103,6 +103,12 @@ class OptimizerChain:
         if body is request.body:
             return request
         return replace(request, body=body, saved_tokens=tuple(saved))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_digest(plan: OptimizePlan) -> str:
+    """The cache's key for a plan ("" for none): computed once per plan, not per request."""
+    return "" if plan == NO_PLAN else hashlib.sha256(repr(plan).encode()).hexdigest()[:32]
 
 
 def _note(saved: list[tuple[str, int]], lever: str, tokens: int, messages: list[JsonObject]) -> list[JsonObject]:
