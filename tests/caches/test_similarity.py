@@ -195,7 +195,7 @@ def test_contractions_are_whole_words() -> None:
 def test_long_pasted_text_is_a_document() -> None:
     assert document_payload("word " * 100) is not None
     assert document_payload("How do I reset my password?") is None
-    assert document_payload("Translate: hi") is None  # too short to be a document
+    assert document_payload("Translate: hi") is not None  # however short, the text to act on
 
 
 def test_bundled_weights_match_the_features() -> None:
@@ -258,3 +258,57 @@ def test_with_real_embeddings_paraphrases_hit(
     cosine = minilm_cosine(query, cached)  # type: ignore[operator]
     decision = judge.decide(query, cached, cosine)
     assert decision.hit, decision.reason
+
+
+CODE = "```python\nprint(total / count)\n```"
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        # Opposites in any form ("enabled", "stopped", "closed" once slipped past a list of base words).
+        ("Why is 2FA enabled on my account?", "Why is 2FA disabled on my account?"),
+        ("Why is my RAM usage increasing?", "Why is my RAM usage decreasing?"),
+        ("Why has the service started?", "Why has the service stopped?"),
+        ("Why is port 22 open?", "Why is port 22 closed?"),
+        ("How to be more productive at work", "How to be less productive at work"),
+        ("What is the largest planet?", "What is the smallest planet?"),
+        ("Is Python better than Java for scripting?", "Is Python worse than Java for scripting?"),
+        ("Which programming language is the most popular?", "Which programming language is the least popular?"),
+        ("How do I sign in to my account?", "How do I sign out of my account?"),
+        ("Sort the results in ascending order", "Sort the results in descending order"),
+        # Units and spelled numbers.
+        ("Is my baby's sleep normal at 6 months old?", "Is my baby's sleep normal at 6 weeks old?"),
+        ("How much is 10 mg of melatonin?", "How much is 10 grams of melatonin?"),
+        ("How many dollars are in 500 rupees?", "How many pesos are in 500 rupees?"),
+        ("What did the sixteenth amendment change?", "What did the seventeenth amendment change?"),
+        ("Fashion of the twentieth century", "Fashion of the nineteenth century"),
+        # Dates.
+        ("What is the weather this week in Rome?", "What is the weather next week in Rome?"),
+        ("Cheap flights to Rome in March", "Cheap flights to Rome in May"),
+        ("Set an alarm for 7 am", "Set an alarm for 7 pm"),
+        # What is asked of a document, however short.
+        (f"Summarize this: {DOC_A}", f"Translate this into French: {DOC_A}"),
+        (f"Summarize in one sentence: {DOC_A}", f"Summarize as bullet points: {DOC_A}"),
+        (f"Fix the bug:\n{CODE}", f"Explain the code:\n{CODE}"),
+        ("Translate: good morning", "Translate: good night"),
+        ("Translate 'good morning' to French", "Translate 'good night' to French"),
+        # Identical only when the text is: symbols and other scripts are not noise.
+        ("How do I learn C++?", "How do I learn C#?"),
+        ("Is x > 5 here?", "Is x < 5 here?"),
+    ],
+)
+def test_questions_that_differ_in_what_they_ask_never_hit(judge: GuardedJudge, query: str, cached: str) -> None:
+    decision = judge.decide(query, cached, HIGH_COSINE)
+    assert not decision.hit, decision.reason
+
+
+def test_text_in_other_scripts_is_never_taken_for_identical(judge: GuardedJudge) -> None:
+    """Letters outside a-z once all normalised away: any two questions in Chinese were 'identical', a hit at any
+    cosine."""
+    assert not judge.decide("北京今天天气怎么样", "上海明天天气怎么样", 0.3).hit
+    assert not judge.decide(
+        "Как включить двухфакторную аутентификацию", "Как отключить двухфакторную аутентификацию", 0.3
+    ).hit
+    assert judge.decide("How do I learn Python?", "how do i learn python", 0.3).hit  # case and the mark only
+    assert judge.decide("北京今天天气怎么样?", "北京今天天气怎么样", 0.3).hit

@@ -42,13 +42,55 @@ _UNIT_NAMES = {
     "gb": "gb gigabyte gigabytes",
     "tb": "tb terabyte terabytes",
     "kg": "kg kgs kilogram kilograms kilo kilos",
-    "lb": "lb lbs",
     "km": "km kms kilometer kilometers kilometre kilometres",
     "mile": "mile miles",
     "ghz": "ghz",
     "mhz": "mhz",
     "mph": "mph",
     "kmph": "kmph",
+    # Quantities a dose, a recipe, a length or a duration is given in: "10 mg" is not "10 g", "6 weeks" not
+    # "6 months". One-letter units ("g", "l", "m") and English words ("in", "min", "won") are left out.
+    "mg": "mg milligram milligrams",
+    "mcg": "mcg microgram micrograms",
+    "gram": "gram grams",
+    "ml": "ml milliliter milliliters millilitre millilitres",
+    "liter": "liter liters litre litres",
+    "oz": "oz ounce ounces",
+    "cup": "cup cups",
+    "gallon": "gallon gallons",
+    "cm": "cm centimeter centimeters centimetre centimetres",
+    "mm": "mm millimeter millimeters millimetre millimetres",
+    "meter": "meter meters metre metres",
+    "ft": "ft foot feet",
+    "inch": "inch inches",
+    "lb": "lb lbs pound pounds",
+    "celsius": "celsius",
+    "fahrenheit": "fahrenheit",
+    "kcal": "kcal calorie calories",
+    "sec": "sec secs seconds",
+    "minute": "minute minutes mins",
+    "hour": "hour hours hr hrs",
+    "week": "week weeks",
+    "month": "month months",
+    "year": "year years yr yrs",
+    "aud": "aud",
+    "cad": "cad",
+    "chf": "chf franc francs",
+    "sgd": "sgd",
+    "hkd": "hkd",
+    "nzd": "nzd",
+    "mxn": "mxn peso pesos",
+    "brl": "brl reais",
+    "krw": "krw",
+    "rub": "ruble rubles rouble roubles",
+    "zar": "zar rand",
+    "sek": "sek krona kronor",
+    "idr": "idr rupiah",
+    "thb": "thb baht",
+    "myr": "myr ringgit",
+    "aed": "aed dirham dirhams",
+    "sar": "sar riyal riyals",
+    "try": "lira",
 }
 UNITS = {name: unit for unit, names in _UNIT_NAMES.items() for name in names.split()}
 """Currencies and units, each under one name: "Rs" and "rupees" agree, "GB" and "TB" do not (the units guard)."""
@@ -83,7 +125,8 @@ _ACTION = re.compile(
 )
 DOCUMENT_CHARS = 400
 """Longer than almost any question in the evaluation sets: text this long is something pasted to be worked on."""
-ACTION_PAYLOAD_CHARS = 20
+ACTION_PAYLOAD_CHARS = 1
+"""After "translate:" even "good night" is the text to act on."""
 NEGATION_VETO_OVERLAP = 0.6
 """Negation flips a question when little else differs; in looser rephrasings it is left to the scorer."""
 
@@ -101,24 +144,43 @@ the same notes, "1 GB" and "1 TB" do not."""
 _NUMBER_SUFFIXES = _words("k st nd rd th s")
 QUESTION_WORDS = ("how", "why", "what", "when", "where", "who", "which", "whose", "whom")
 NEGATIONS = _words("not no never none nobody nothing neither nor without unable")
-_NUMBER_NAMES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
-NUMBER_WORDS = {word: str(value) for value, word in enumerate(_NUMBER_NAMES.split())} | {
-    "first": "1",
-    "second": "2",
-    "third": "3",
-    "dozen": "12",
-    "twenty": "20",
-    "hundred": "100",
-    "thousand": "1000",
-    "million": "1000000",
-}
+_NUMBER_NAMES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen"
+)
+_ORDINALS = (
+    "zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
+    "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth"
+)
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety"
+NUMBER_WORDS = (
+    {word: str(value) for value, word in enumerate(_NUMBER_NAMES.split())}
+    | {word: str(value) for value, word in enumerate(_ORDINALS.split()) if value}
+    | {word: str(20 + 10 * i) for i, word in enumerate(_TENS.split())}
+    | {word[:-1] + "ieth": str(20 + 10 * i) for i, word in enumerate(_TENS.split())}  # twentieth, thirtieth ...
+    | {word[:-1] + "ies": str(20 + 10 * i) + "s" for i, word in enumerate(_TENS.split())}  # the twenties, sixties
+    | {
+        "dozen": "12",
+        "hundred": "100",
+        "thousand": "1000",
+        "million": "1000000",
+        "billion": "1000000000",
+        "trillion": "1000000000000",
+        "crore": "10000000",
+    }
+)
 _BEFORE_PRONOUN_ONE = _words("can could should would will must may might does do did shall")
 _TOPS = _words("most best top worst few")
 _ROOT_ENDINGS = _words("n an ian ans ians ns ese ic s es i is ish y ing ed er ers")
 _MONTH_NAMES = "january february march april june july august september october november december"
 MONTHS = {name: name[:3] for name in _MONTH_NAMES.split()} | {name[:3]: name[:3] for name in _MONTH_NAMES.split()}
 """"may" and "march" are verbs too: "may" only counts next to a number (see ``_dates``); "mar" is not a month."""
-DAYS = _words("monday tuesday wednesday thursday friday saturday sunday today tomorrow yesterday tonight weekend")
+DAYS = _words(
+    "monday tuesday wednesday thursday friday saturday sunday today tomorrow yesterday tonight weekend "
+    "summer winter autumn christmas easter thanksgiving halloween diwali ramadan hanukkah"
+)
+_RELATIVE = _words("this next last coming previous")
+_PERIODS = _words("week weekend month year quarter season night morning evening summer winter autumn decade century")
 ANTONYMS = (
     "enable disable|allow deny|allow block|allow forbid|increase decrease|increase reduce|add remove|add delete|"
     "start stop|open close|buy sell|lock unlock|upload download|import export|before after|maximum minimum|max min|"
@@ -127,9 +189,21 @@ ANTONYMS = (
     "positive negative|gain lose|input output|rise fall|cheap expensive|fast slow|early late|big small|old new|"
     "young old|hot cold|love hate|agree disagree|legal illegal|possible impossible|safe unsafe|hire fire|"
     "include exclude|inside outside|north south|east west|above below|first last|pass fail|success failure|"
-    "online offline|free paid|encrypt decrypt|encode decode|compress decompress|on off"
+    "online offline|free paid|encrypt decrypt|encode decode|compress decompress|on off|up down|in out|"
+    "ascending descending|uppercase lowercase|upper lower|maximize minimize|maximise minimise|upgrade downgrade|"
+    "raise lower|high low|left right|row column|public private|read write|even odd|required optional|"
+    "mandatory optional|approve reject|accept decline|merge split|debit credit|inhale exhale|"
+    "overweight underweight|benefit drawback|synchronous asynchronous|sync async|undo redo|zip unzip|"
+    "add subtract|plus minus|multiply divide|summer winter|day night|morning evening|more fewer|cause prevent|"
+    "largest smallest|biggest smallest|bigger smaller|larger smaller|highest lowest|tallest shortest|"
+    "taller shorter|longest shortest|longer shorter|better worse|faster slower|fastest slowest|"
+    "heavier lighter|heaviest lightest|most least|easier harder|easiest hardest|quickly slowly|cheaper dearer|"
+    "richest poorest|richer poorer|oldest youngest|older younger|strongest weakest|stronger weaker|"
+    "hottest coldest|hotter colder|closest farthest|nearest farthest|warmer cooler|always never|"
+    "included excluded|opened closed|started stopped|enabled disabled|increasing decreasing"
 )
-_ANTONYM_PAIRS = frozenset(tuple(pair.split()) for pair in ANTONYMS.split("|"))
+
+
 _NEGATING_PREFIXES = ("un", "dis", "non", "anti", "de", "in", "im", "ir", "il")
 
 
@@ -140,6 +214,30 @@ def _stem(word: str) -> str:
             stem = word[: -len(suffix)]
             return stem + "y" if suffix in ("ies", "ied") else stem
     return word
+
+
+def _antonym_key(stem: str) -> str:
+    """One key for a word's forms, from its stem (the text's words are stemmed once, and so are the list's):
+    "enabled" and "enable", "stopped" and "stop", "closed" and "close", "increasing" and "increase"."""
+    key = stem
+    if len(key) > 3 and key[-1] == key[-2] and key[-1] not in "aeiouls":  # stopp -> stop, but not less / fall
+        key = key[:-1]
+    return key[:-1] if len(key) > 3 and key.endswith("e") else key
+
+
+_ANTONYM_PAIRS = frozenset(tuple(_antonym_key(_stem(w)) for w in pair.split()) for pair in ANTONYMS.split("|"))
+
+
+def plain(text: str) -> str:
+    """The text itself, but for case, spacing and punctuation that asks nothing (commas, quotes, question and
+    exclamation marks, a final full stop): what ``identical`` compares. Not ``normalise``, which keeps only Latin
+    letters and digits: "C++" and "C#", "x > 5" and "x < 5", "-40" and "40" and any two questions in Chinese
+    would all read the same."""
+    kept = _QUIET_MARKS.sub(" ", text.casefold().replace("’", "'"))
+    return " ".join(kept.split()).rstrip(".")
+
+
+_QUIET_MARKS = re.compile(r"[,;:!?\"“”'()\[\]¿¡，。？！、：；]|\.(?=\s|$)")
 
 
 def normalise(text: str) -> str:
@@ -196,11 +294,20 @@ def _units(text: str) -> frozenset[str]:
 
 
 def _dates(words: list[str]) -> frozenset[str]:
+    """Months, days, seasons and holidays; "this / next / last week" as one period each; "7 am" and "7 pm"."""
     found = {MONTHS[w] for w in words if w in MONTHS and w != "mar"} | {w for w in words if w in DAYS}
     for i, word in enumerate(words):
-        if word == "may" and any(w.isdigit() for w in words[max(0, i - 1) : i + 2]):
+        before, after = words[i - 1] if i else "", words[i + 1] if i + 1 < len(words) else ""
+        if word == "may" and (any(w.isdigit() for w in (before, after)) or before in _MAY_BEFORE):
             found.add("may")
+        if word in _RELATIVE and after in _PERIODS:
+            found.add(f"{word} {after}")
+        if word in ("am", "pm") and before.isdigit():
+            found.add(word)
     return frozenset(found)
+
+
+_MAY_BEFORE = _words("in of by until till since early late mid")
 
 
 def _names(text: str) -> list[str]:
@@ -287,26 +394,49 @@ def _abbreviates(short: str, long: str) -> bool:
 
 
 def _is_antonym(a: str, b: str) -> bool:
-    if (a, b) in _ANTONYM_PAIRS or (b, a) in _ANTONYM_PAIRS:
+    ka, kb = _antonym_key(a), _antonym_key(b)
+    if (ka, kb) in _ANTONYM_PAIRS or (kb, ka) in _ANTONYM_PAIRS:
         return True
     return len(min(a, b, key=len)) >= 4 and any(b == p + a or a == p + b for p in _NEGATING_PREFIXES)
 
 
 def document_payload(text: str) -> str | None:
-    """The document a request carries to be acted on ("summarize this: ..."), normalised; None for a question.
+    """The document a request carries to be acted on ("summarize this: ...", "translate 'good night'", code),
+    with what is asked of it, normalised; None for a question.
 
-    The instruction before the colon may be paraphrased; the document after it may not.
+    Both must match for a hit: the same text summarised or translated, shortened or put in bullet points, is
+    another request, and so is the same instruction on another text, however short. The instruction may be
+    reworded ("Summarize this:" and "Please summarise the following:") but not changed.
     """
     acts = _ACTION.match(text) is not None
-    payload = _payload_after_instruction(text) if acts else text
-    if len(text) >= DOCUMENT_CHARS or "```" in text or (acts and len(payload.strip()) >= ACTION_PAYLOAD_CHARS):
-        return normalise(payload or text)
-    return None
+    fenced = "```" in text
+    if fenced:
+        blocks = re.findall(r"```.*?(?:```|$)", text, re.S)
+        instruction, payload = re.sub(r"```.*?(?:```|$)", " ", text, flags=re.S), " ".join(blocks)
+    elif acts and (quoted := _QUOTED.findall(text)):
+        instruction, payload = _QUOTED.sub(" ", text), " ".join(quoted)
+    elif acts:
+        instruction, payload = _instruction_and_payload(text)
+    else:
+        instruction, payload = "", text
+    if not (len(text) >= DOCUMENT_CHARS or fenced or (acts and len(payload.strip()) >= ACTION_PAYLOAD_CHARS)):
+        return None
+    words = normalise(instruction).split()
+    asked = sorted({_stem(w.replace("ise", "ize")) for w in words if w not in _INSTRUCTION_FILLER})
+    return " ".join(asked) + " | " + normalise(payload)
 
 
-def _payload_after_instruction(text: str) -> str:
+_INSTRUCTION_FILLER = STOPWORDS | _words("please following text below above kindly can you could would me")
+
+
+def _instruction_and_payload(text: str) -> tuple[str, str]:
     match = re.search(r"[:\n]", text)
-    return "" if match is None else text[match.end() :]
+    return (text, "") if match is None else (text[: match.start()], text[match.end() :])
+
+
+_QUOTED = re.compile(r"[\"“`]\s*\S[^\"”`]*[\"”`]|(?<![\w'])'[^']+'(?![\w'])")
+"""A quoted span (double or curly quotes, backticks, or single quotes that are not apostrophes): after an
+instruction, the text to act on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +503,7 @@ def signals(query: str, candidate: str, cosine: float) -> Signals:
     q_names, c_names = _names(query), _names(candidate)
     return Signals(
         cosine=cosine,
-        identical=q_norm == c_norm,
+        identical=plain(query) == plain(candidate),
         numbers=(_numbers(query, q_words), _numbers(candidate, c_words)),
         units=(_units(query), _units(candidate)),
         dates=(_dates(q_words), _dates(c_words)),
