@@ -438,3 +438,12 @@ def test_remote_embeddings_come_from_one_model_named_in_every_partition(tmp_path
     (tmp_path / "two.toml").write_text(config_text(up, extra=two + remote.format(alias="mixed")))
     with pytest.raises(ConfigError, match="one embedding model"):
         build_embedder(load_settings(tmp_path / "two.toml"))
+
+
+def test_the_text_parts_of_a_turn_are_read_as_separate_lines() -> None:
+    from thrifty.caches.keys import semantic_query
+
+    parts = [{"type": "text", "text": "Translate to French"}, {"type": "text", "text": "good night"}]
+    body = {"model": "fast", "messages": [{"role": "user", "content": parts}]}
+    query = semantic_query(ChatRequest(body, "r"), Principal("acme"), ())
+    assert query is not None and query.text == "Translate to French\ngood night"

@@ -97,7 +97,9 @@ def semantic_query(request: ChatRequest, principal: Principal, targets: Sequence
     ]
     if attachments:  # only then: text-only requests keep the partitions they had before attachments counted
         context["attachments"] = attachments
-    return SemanticQuery(_digest(context), text_of(content))
+    # Text parts read as separate lines: ["Translate to French", "good night"] is not "Frenchgood night".
+    text = "\n".join(text_of(p) for p in content) if isinstance(content, list) else text_of(content)
+    return SemanticQuery(_digest(context), text)
 
 
 def temperature_bucket(body: JsonObject) -> str:
