@@ -293,6 +293,11 @@ CODE = "```python\nprint(total / count)\n```"
         (f"Fix the bug:\n{CODE}", f"Explain the code:\n{CODE}"),
         ("Translate: good morning", "Translate: good night"),
         ("Translate 'good morning' to French", "Translate 'good night' to French"),
+        # Names sharing a word name different things ("President" is a title, not another person: see below).
+        ("How do I share a file in Google Sheets?", "How do I share a file in Google Docs?"),
+        ("Is Harvard University worth the money?", "Is Stanford University worth the money?"),
+        ("Where was Barack Obama born?", "Where was Michelle Obama born?"),
+        ("Best pizza in New York?", "Best pizza in New Jersey?"),
         # Identical only when the text is: symbols and other scripts are not noise.
         ("How do I learn C++?", "How do I learn C#?"),
         ("Is x > 5 here?", "Is x < 5 here?"),
@@ -312,3 +317,8 @@ def test_text_in_other_scripts_is_never_taken_for_identical(judge: GuardedJudge)
     ).hit
     assert judge.decide("How do I learn Python?", "how do i learn python", 0.3).hit  # case and the mark only
     assert judge.decide("北京今天天气怎么样?", "北京今天天气怎么样", 0.3).hit
+
+
+def test_a_title_is_not_another_name(judge: GuardedJudge) -> None:
+    decision = judge.decide("What did President Trump say about China?", "What did Donald Trump say about China?", 0.97)
+    assert "names differ" not in decision.reason

@@ -142,6 +142,11 @@ NOT_NAMES = frozenset(UNITS)
 """Capitalised, but currencies and units, which the units guard compares: "Rs 500" and "500 rupees" ask about
 the same notes, "1 GB" and "1 TB" do not."""
 _NUMBER_SUFFIXES = _words("k st nd rd th s")
+TITLES = _words(
+    "president prime minister pm mr mrs ms miss dr sir dame king queen prince princess lord lady saint st pope "
+    "senator governor general ceo chairman chancellor premier emperor sultan sheikh"
+)
+"""Words a name may carry or drop without naming someone else: "President Trump", "PM Modi"."""
 QUESTION_WORDS = ("how", "why", "what", "when", "where", "who", "which", "whose", "whom")
 NEGATIONS = _words("not no never none nobody nothing neither nor without unable")
 _NUMBER_NAMES = (
@@ -344,7 +349,9 @@ def _not_a_name(word: str) -> bool:
     return unit == "" or unit in NOT_NAMES or unit in _NUMBER_SUFFIXES or re.fullmatch(r"x\d+", unit) is not None
 
 
-def _unmatched_names(names: list[str], other_names: list[str], other_words: set[str]) -> frozenset[str]:
+def _unmatched_names(
+    names: list[str], other_names: list[str], other_words: set[str], strict: bool = False
+) -> frozenset[str]:
     """``names`` none of whose words (stemmed or not) occur in the other text (``other_words``), nor abbreviate one
     of its names, nor share a root with one."""
     unmatched = set()
@@ -353,9 +360,18 @@ def _unmatched_names(names: list[str], other_names: list[str], other_words: set[
     for name in names:
         words = [w for w in normalise(name).split() if w not in STOPWORDS] or normalise(name).split()
         matched = "".join(normalise(name).split()) in compact
-        matched = matched or any(
-            w in other_words or _stem(w) in other_words or _same_root(w, other_name_words) for w in words
-        )
+
+        def found(w: str) -> bool:
+            return w in other_words or _stem(w) in other_words or _same_root(w, other_name_words)
+
+        # ``strict`` (the guard): every word of the name must be found, titles aside: "Google Sheets" is not
+        # "Google Docs", nor "Harvard University" "Stanford University", while "President Trump" is "Donald
+        # Trump". Otherwise (the scorer's feature, as it was fitted) one shared word matches the name.
+        distinctive = [w for w in words if w not in TITLES] or words
+        # "REUSE EXISTING DATA", "REUSE_DATASET_IF_EXISTS": emphasis or an identifier, not a name of several words.
+        shouted = name.isupper() and len(normalise(name).split()) > 1
+        every = strict and not shouted
+        matched = matched or (any(found(w) for w in words) and (not every or all(found(w) for w in distinctive)))
         if not matched and not any(_abbreviates(name, n) or _abbreviates(n, name) for n in other_names):
             unmatched.add(name.lower())
     return frozenset(unmatched)
@@ -452,6 +468,8 @@ class Signals:
     antonym: tuple[str, str] | None
     names: tuple[frozenset[str], frozenset[str]]
     """Names one side mentions and the other does not."""
+    distinct_names: tuple[frozenset[str], frozenset[str]]
+    """The same, stricter: a name whose distinctive words are not all found ("Google Sheets" / "Google Docs")."""
     documents: tuple[str | None, str | None]
     word_jaccard: float
     content_jaccard: float
@@ -513,6 +531,10 @@ def signals(query: str, candidate: str, cosine: float) -> Signals:
             _unmatched_names(q_names, c_names, c_stems | set(c_words)),
             _unmatched_names(c_names, q_names, q_stems | set(q_words)),
         ),
+        distinct_names=(
+            _unmatched_names(q_names, c_names, c_stems | set(c_words), strict=True),
+            _unmatched_names(c_names, q_names, q_stems | set(q_words), strict=True),
+        ),
         documents=(document_payload(query), document_payload(candidate)),
         word_jaccard=_jaccard(q_stems, c_stems),
         content_jaccard=_jaccard(q_content, c_content),
@@ -568,8 +590,8 @@ def guard_veto(found: Signals) -> str:
         return f"guard: dates differ ({_show(found.dates[0])} vs {_show(found.dates[1])})"
     if found.antonym is not None:
         return f"guard: opposite words ({found.antonym[0]} vs {found.antonym[1]})"
-    if _swapped(found.names):
-        return f"guard: names differ ({_show(found.names[0])} vs {_show(found.names[1])})"
+    if _swapped(found.distinct_names):
+        return f"guard: names differ ({_show(found.distinct_names[0])} vs {_show(found.distinct_names[1])})"
     if found.negated[0] != found.negated[1] and found.content_jaccard >= NEGATION_VETO_OVERLAP:
         return "guard: one is negated and the other is not"
     return ""
