@@ -16,10 +16,26 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
+from thrifty.caches.lexicon import (
+    ANTONYMS,
+    BEFORE_PRONOUN_ONE,
+    DAYS,
+    MAY_BEFORE,
+    MONTHS,
+    NEGATING_PREFIXES,
+    NEGATIONS,
+    NUMBER_SUFFIXES,
+    NUMBER_WORDS,
+    PERIODS,
+    QUESTION_WORDS,
+    RELATIVE,
+    ROOT_ENDINGS,
+    STOPWORDS,
+    TITLES,
+    TOPS,
+    UNITS,
+    words,
+)
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 _NUMBER = re.compile(
@@ -30,70 +46,6 @@ _NUMBER = re.compile(
 "500 and 1000". A "k" or "lakh" after a number multiplies it: "under 15k" and "under 15,000" name one price."""
 _RETIREMENT_PLAN = re.compile(r"\b(401|403|457) ?\(?([kb])\)?", re.IGNORECASE)
 _MULTIPLIERS = {"k": 1_000, "lakh": 100_000, "lac": 100_000}
-_UNIT_NAMES = {
-    "inr": "rs inr rupee rupees ₹",
-    "usd": "usd dollar dollars $",
-    "eur": "eur euro euros €",
-    "gbp": "gbp £",
-    "jpy": "jpy yen",
-    "cny": "cny yuan rmb",
-    "kb": "kb kilobyte kilobytes",
-    "mb": "mb megabyte megabytes",
-    "gb": "gb gigabyte gigabytes",
-    "tb": "tb terabyte terabytes",
-    "kg": "kg kgs kilogram kilograms kilo kilos",
-    "km": "km kms kilometer kilometers kilometre kilometres",
-    "mile": "mile miles",
-    "ghz": "ghz",
-    "mhz": "mhz",
-    "mph": "mph",
-    "kmph": "kmph",
-    # Quantities a dose, a recipe, a length or a duration is given in: "10 mg" is not "10 g", "6 weeks" not
-    # "6 months". One-letter units ("g", "l", "m") and English words ("in", "min", "won") are left out.
-    "mg": "mg milligram milligrams",
-    "mcg": "mcg microgram micrograms",
-    "gram": "gram grams",
-    "ml": "ml milliliter milliliters millilitre millilitres",
-    "liter": "liter liters litre litres",
-    "oz": "oz ounce ounces",
-    "cup": "cup cups",
-    "gallon": "gallon gallons",
-    "cm": "cm centimeter centimeters centimetre centimetres",
-    "mm": "mm millimeter millimeters millimetre millimetres",
-    "meter": "meter meters metre metres",
-    "ft": "ft foot feet",
-    "inch": "inch inches",
-    "lb": "lb lbs pound pounds",
-    "celsius": "celsius",
-    "fahrenheit": "fahrenheit",
-    "kcal": "kcal calorie calories",
-    "sec": "sec secs seconds",
-    "minute": "minute minutes mins",
-    "hour": "hour hours hr hrs",
-    "week": "week weeks",
-    "month": "month months",
-    "year": "year years yr yrs",
-    "aud": "aud",
-    "cad": "cad",
-    "chf": "chf franc francs",
-    "sgd": "sgd",
-    "hkd": "hkd",
-    "nzd": "nzd",
-    "mxn": "mxn peso pesos",
-    "brl": "brl reais",
-    "krw": "krw",
-    "rub": "ruble rubles rouble roubles",
-    "zar": "zar rand",
-    "sek": "sek krona kronor",
-    "idr": "idr rupiah",
-    "thb": "thb baht",
-    "myr": "myr ringgit",
-    "aed": "aed dirham dirhams",
-    "sar": "sar riyal riyals",
-    "try": "lira",
-}
-UNITS = {name: unit for unit, names in _UNIT_NAMES.items() for name in names.split()}
-"""Currencies and units, each under one name: "Rs" and "rupees" agree, "GB" and "TB" do not (the units guard)."""
 _UNIT = re.compile(r"(?<![a-z])(" + "|".join(sorted(map(re.escape, UNITS), key=len, reverse=True)) + r")(?![a-z])")
 _CASED = re.compile(r"[A-Za-z0-9][\w'-]*")
 _NON = re.compile(r"\bnon[\s-]+(?=[a-z])")
@@ -130,86 +82,9 @@ ACTION_PAYLOAD_CHARS = 1
 NEGATION_VETO_OVERLAP = 0.6
 """Negation flips a question when little else differs; in looser rephrasings it is left to the scorer."""
 
-STOPWORDS = _words(
-    "a an the and or but if then so of to in on at by for from with about as into over under up down out off "
-    "is are was were be been being am do does did doing have has had having i me my mine we us our you your he "
-    "him his she her it its they them their this that these those there here what which who whom whose when where "
-    "why how can could will would shall should may might must some any all each every other such own same than too "
-    "very just also only really get got one ones thing things way ways much many more most someone something "
-    "anyone anything good best better use using used make made know need want like s t"
-)
 NOT_NAMES = frozenset(UNITS)
 """Capitalised, but currencies and units, which the units guard compares: "Rs 500" and "500 rupees" ask about
 the same notes, "1 GB" and "1 TB" do not."""
-_NUMBER_SUFFIXES = _words("k st nd rd th s")
-TITLES = _words(
-    "president prime minister pm mr mrs ms miss dr sir dame king queen prince princess lord lady saint st pope "
-    "senator governor general ceo chairman chancellor premier emperor sultan sheikh"
-)
-"""Words a name may carry or drop without naming someone else: "President Trump", "PM Modi"."""
-QUESTION_WORDS = ("how", "why", "what", "when", "where", "who", "which", "whose", "whom")
-NEGATIONS = _words("not no never none nobody nothing neither nor without unable")
-_NUMBER_NAMES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen"
-)
-_ORDINALS = (
-    "zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
-    "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth"
-)
-_TENS = "twenty thirty forty fifty sixty seventy eighty ninety"
-NUMBER_WORDS = (
-    {word: str(value) for value, word in enumerate(_NUMBER_NAMES.split())}
-    | {word: str(value) for value, word in enumerate(_ORDINALS.split()) if value}
-    | {word: str(20 + 10 * i) for i, word in enumerate(_TENS.split())}
-    | {word[:-1] + "ieth": str(20 + 10 * i) for i, word in enumerate(_TENS.split())}  # twentieth, thirtieth ...
-    | {word[:-1] + "ies": str(20 + 10 * i) + "s" for i, word in enumerate(_TENS.split())}  # the twenties, sixties
-    | {
-        "dozen": "12",
-        "hundred": "100",
-        "thousand": "1000",
-        "million": "1000000",
-        "billion": "1000000000",
-        "trillion": "1000000000000",
-        "crore": "10000000",
-    }
-)
-_BEFORE_PRONOUN_ONE = _words("can could should would will must may might does do did shall")
-_TOPS = _words("most best top worst few")
-_ROOT_ENDINGS = _words("n an ian ans ians ns ese ic s es i is ish y ing ed er ers")
-_MONTH_NAMES = "january february march april june july august september october november december"
-MONTHS = {name: name[:3] for name in _MONTH_NAMES.split()} | {name[:3]: name[:3] for name in _MONTH_NAMES.split()}
-""""may" and "march" are verbs too: "may" only counts next to a number (see ``_dates``); "mar" is not a month."""
-DAYS = _words(
-    "monday tuesday wednesday thursday friday saturday sunday today tomorrow yesterday tonight weekend "
-    "summer winter autumn christmas easter thanksgiving halloween diwali ramadan hanukkah"
-)
-_RELATIVE = _words("this next last coming previous")
-_PERIODS = _words("week weekend month year quarter season night morning evening summer winter autumn decade century")
-ANTONYMS = (
-    "enable disable|allow deny|allow block|allow forbid|increase decrease|increase reduce|add remove|add delete|"
-    "start stop|open close|buy sell|lock unlock|upload download|import export|before after|maximum minimum|max min|"
-    "higher lower|more less|best worst|pro con|advantage disadvantage|true false|login logout|win lose|"
-    "accept reject|connect disconnect|show hide|send receive|push pull|male female|men women|boy girl|"
-    "positive negative|gain lose|input output|rise fall|cheap expensive|fast slow|early late|big small|old new|"
-    "young old|hot cold|love hate|agree disagree|legal illegal|possible impossible|safe unsafe|hire fire|"
-    "include exclude|inside outside|north south|east west|above below|first last|pass fail|success failure|"
-    "online offline|free paid|encrypt decrypt|encode decode|compress decompress|on off|up down|in out|"
-    "ascending descending|uppercase lowercase|upper lower|maximize minimize|maximise minimise|upgrade downgrade|"
-    "raise lower|high low|left right|row column|public private|read write|even odd|required optional|"
-    "mandatory optional|approve reject|accept decline|merge split|debit credit|inhale exhale|"
-    "overweight underweight|benefit drawback|synchronous asynchronous|sync async|undo redo|zip unzip|"
-    "add subtract|plus minus|multiply divide|summer winter|day night|morning evening|more fewer|cause prevent|"
-    "largest smallest|biggest smallest|bigger smaller|larger smaller|highest lowest|tallest shortest|"
-    "taller shorter|longest shortest|longer shorter|better worse|faster slower|fastest slowest|"
-    "heavier lighter|heaviest lightest|most least|easier harder|easiest hardest|quickly slowly|cheaper dearer|"
-    "richest poorest|richer poorer|oldest youngest|older younger|strongest weakest|stronger weaker|"
-    "hottest coldest|hotter colder|closest farthest|nearest farthest|warmer cooler|always never|"
-    "included excluded|opened closed|started stopped|enabled disabled|increasing decreasing"
-)
-
-
-_NEGATING_PREFIXES = ("un", "dis", "non", "anti", "de", "in", "im", "ir", "il")
 
 
 def _stem(word: str) -> str:
@@ -266,10 +141,10 @@ def _pronoun(words: list[str], i: int) -> bool:
     counts nothing. "Will one dose do?" (the question's first word) and "Which one of the three?" count one."""
     if words[i] != "one":
         return False
-    if i >= 2 and words[i - 1] in _BEFORE_PRONOUN_ONE:
+    if i >= 2 and words[i - 1] in BEFORE_PRONOUN_ONE:
         return True
     after = words[i + 1 : i + 4]
-    superlative = len(after) == 3 and after[:2] == ["of", "the"] and (after[2] in _TOPS or after[2].endswith("est"))
+    superlative = len(after) == 3 and after[:2] == ["of", "the"] and (after[2] in TOPS or after[2].endswith("est"))
     return superlative or after[:1] == ["another"]
 
 
@@ -303,16 +178,13 @@ def _dates(words: list[str]) -> frozenset[str]:
     found = {MONTHS[w] for w in words if w in MONTHS and w != "mar"} | {w for w in words if w in DAYS}
     for i, word in enumerate(words):
         before, after = words[i - 1] if i else "", words[i + 1] if i + 1 < len(words) else ""
-        if word == "may" and (any(w.isdigit() for w in (before, after)) or before in _MAY_BEFORE):
+        if word == "may" and (any(w.isdigit() for w in (before, after)) or before in MAY_BEFORE):
             found.add("may")
-        if word in _RELATIVE and after in _PERIODS:
+        if word in RELATIVE and after in PERIODS:
             found.add(f"{word} {after}")
         if word in ("am", "pm") and before.isdigit():
             found.add(word)
     return frozenset(found)
-
-
-_MAY_BEFORE = _words("in of by until till since early late mid")
 
 
 def _names(text: str) -> list[str]:
@@ -346,7 +218,7 @@ def _not_a_name(word: str) -> bool:
     if not word[0].isdigit():
         return False
     unit = word.lstrip("0123456789.,")
-    return unit == "" or unit in NOT_NAMES or unit in _NUMBER_SUFFIXES or re.fullmatch(r"x\d+", unit) is not None
+    return unit == "" or unit in NOT_NAMES or unit in NUMBER_SUFFIXES or re.fullmatch(r"x\d+", unit) is not None
 
 
 def _unmatched_names(
@@ -387,10 +259,10 @@ def _same_root(word: str, other_names: set[str]) -> bool:
         short, long = sorted((word, other), key=len)
         if len(short) < 5:
             continue
-        if long.startswith(short) and long[len(short) :] in _ROOT_ENDINGS:
+        if long.startswith(short) and long[len(short) :] in ROOT_ENDINGS:
             return True
         ending = long[len(short) - 1 :]
-        if long.startswith(short[:-1]) and len(ending) >= 2 and ending in _ROOT_ENDINGS:
+        if long.startswith(short[:-1]) and len(ending) >= 2 and ending in ROOT_ENDINGS:
             return True
     return False
 
@@ -413,7 +285,7 @@ def _is_antonym(a: str, b: str) -> bool:
     ka, kb = _antonym_key(a), _antonym_key(b)
     if (ka, kb) in _ANTONYM_PAIRS or (kb, ka) in _ANTONYM_PAIRS:
         return True
-    return len(min(a, b, key=len)) >= 4 and any(b == p + a or a == p + b for p in _NEGATING_PREFIXES)
+    return len(min(a, b, key=len)) >= 4 and any(b == p + a or a == p + b for p in NEGATING_PREFIXES)
 
 
 def document_payload(text: str) -> str | None:
@@ -442,7 +314,7 @@ def document_payload(text: str) -> str | None:
     return " ".join(asked) + " | " + normalise(payload)
 
 
-_INSTRUCTION_FILLER = STOPWORDS | _words("please following text below above kindly can you could would me")
+_INSTRUCTION_FILLER = STOPWORDS | words("please following text below above kindly can you could would me")
 
 
 def _instruction_and_payload(text: str) -> tuple[str, str]:
