@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -23,19 +22,20 @@ from thrifty.keys import KeyAuthenticator
 from thrifty.ledger.migrations import migrate
 from thrifty.ledger.writer import SqlLedger
 from thrifty.observe.alerts import AlertSink
-from thrifty.observe.anomaly import AnomalyDetector, AnomalySettings
+from thrifty.observe.anomaly import AnomalyDetector, AnomalySettings, seed_from_ledger
 from thrifty.observe.metrics import GatewayMetrics
 from thrifty.optimizers.none import NoOptimizer
 from thrifty.pipeline import Gateway
 from thrifty.pricing import CatalogPricer, ModelPrice
 from thrifty.protocols import Guard, Optimizer, Provider, ResponseCache, Router
 from thrifty.providers.http import Timeouts
+from thrifty.routers.baselines import baselines, pick
 from thrifty.routers.latency import LatencyAwareRouter, LatencyTracker
 from thrifty.routers.pool import ALL_CAPABILITIES, EligibleRouter, ModelInfo
 from thrifty.routers.static import StaticRouter
 from thrifty.settings import CapsSettings, CascadeSettings, OptimizeSettings, ProviderSettings, Settings
 from thrifty.tokens import TiktokenCounter
-from thrifty.types import Caller, ChatRequest, ChatResponse, LedgerEntry, Principal, Target, Usage
+from thrifty.types import Caller, ChatRequest, ChatResponse, LedgerEntry, Principal, Target
 
 log = logging.getLogger("thrifty")
 
@@ -64,7 +64,7 @@ class Runtime:
             log.warning("ledger database not ready at start-up: %s", exc)
         else:  # only a database that answered is asked for the past (one that is down would delay the start)
             if self.anomalies is not None:
-                seed_anomalies(self.anomalies, self.ledger)
+                seed_from_ledger(self.anomalies, self.ledger.engine)
         self.ledger.start()
         self.keys.start()
         if self.budgets is not None:
@@ -212,53 +212,6 @@ def pool_info(settings: Settings) -> dict[Target, ModelInfo]:
     return info
 
 
-def seed_anomalies(detector: AnomalyDetector, ledger: SqlLedger) -> None:
-    """The detector's past rates from the ledger; a database that cannot answer leaves it to learn them anew
-    (the gateway starts all the same)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from thrifty.ledger.dashboard_queries import rate_history
-    from thrifty.observe.anomaly import BUCKET_S, KEEP_S
-
-    try:
-        detector.seed(rate_history(ledger.engine, time.time() - KEEP_S, BUCKET_S))
-    except SQLAlchemyError as exc:
-        log.warning("anomaly detection starts without its history (%s)", exc.__class__.__name__)
-
-
-def baselines(
-    settings: Settings, aliases: Mapping[str, tuple[Target, ...]], pricer: CatalogPricer | None = None
-) -> dict[str, Target]:
-    """What each alias's savings are measured against: as configured, else the model a team would use without a
-    router: a pool's strongest, a cascade's last tier, the dearest target of a rules or learned router (by
-    list price; the last one if none is priced), the first target of a plain list (the fallbacks after it are
-    not what was asked for)."""
-    pricer = pricer or build_pricer(settings)
-    chosen = {}
-    for alias, model in settings.models.items():
-        targets = aliases[alias]
-        if model.baseline:
-            chosen[alias] = _pick(settings, model.baseline)
-        elif model.pool or model.router == "cascade":
-            chosen[alias] = targets[-1]
-        elif model.router in ("rules", "learned"):
-            chosen[alias] = _dearest(targets, pricer)
-        else:
-            chosen[alias] = targets[0]
-    return chosen
-
-
-def _dearest(targets: Sequence[Target], pricer: CatalogPricer) -> Target:
-    reference = Usage(1_000_000, 1_000_000)
-    priced = [(usd, i) for i, t in enumerate(targets) if (usd := pricer.cost(t, reference).usd) is not None]
-    return targets[max(priced)[1]] if priced else targets[-1]
-
-
-def _pick(settings: Settings, name: str) -> Target:
-    """A pool name or a ``provider::model`` target."""
-    return Target.parse(settings.pool[name].target) if name in settings.pool else Target.parse(name)
-
-
 def build_optimizer(settings: Settings, aliases: dict[str, tuple[Target, ...]], counter: TiktokenCounter) -> Optimizer:
     from thrifty.optimizers.chain import OptimizePlan, OptimizerChain
     from thrifty.optimizers.summarize import (
@@ -342,7 +295,7 @@ def build_router(
         if model.router == "rules":
             rules = [
                 Rule(
-                    _pick(settings, r.use),
+                    pick(settings, r.use),
                     r.feature,
                     r.tenant,
                     tuple(r.keywords),
@@ -351,7 +304,7 @@ def build_router(
                 )
                 for r in model.rules
             ]
-            default = _pick(settings, model.default) if model.default else targets[-1]
+            default = pick(settings, model.default) if model.default else targets[-1]
             routers[alias] = RulesRouter(targets, rules, default, counter)
         elif model.router == "cascade":
             c = model.cascade or CascadeSettings()

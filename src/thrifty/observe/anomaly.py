@@ -14,12 +14,20 @@ filled from the ledger (``seed``), so a restart does not make every scope's own 
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from thrifty.observe.alerts import Alert, AlertSink
 from thrifty.types import LedgerEntry
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+log = logging.getLogger("thrifty.anomaly")
 
 BUCKET_S = 60
 KEEP_S = 8 * 86400
@@ -141,3 +149,16 @@ def _weekly(buckets: dict[int, float], now: float, width_s: float) -> float:
     rates = [_rate(buckets, now - d * DAY_S - width_s, now - d * DAY_S) for d in range(1, 8)]
     seen = [r for r in rates if r > 0]
     return sum(seen) / len(seen) if seen else 0.0
+
+
+def seed_from_ledger(detector: AnomalyDetector, engine: Engine) -> None:
+    """The detector's past rates from the ledger; a database that cannot answer leaves it to learn them anew
+    (the gateway starts all the same)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from thrifty.ledger.dashboard_queries import rate_history
+
+    try:
+        detector.seed(rate_history(engine, time.time() - KEEP_S, BUCKET_S))
+    except SQLAlchemyError as exc:
+        log.warning("anomaly detection starts without its history (%s)", exc.__class__.__name__)
