@@ -319,6 +319,14 @@ def test_text_in_other_scripts_is_never_taken_for_identical(judge: GuardedJudge)
     assert judge.decide("北京今天天气怎么样?", "北京今天天气怎么样", 0.3).hit
 
 
+def test_in_and_out_are_opposites_only_after_a_verb_they_turn(judge: GuardedJudge) -> None:
+    assert not judge.decide("How do I turn on dark mode?", "How do I turn off dark mode?", 0.97).hit
+    same = judge.decide(
+        "How do I get the dog smell in my carpet?", "How do I get the dog smell out of my carpet?", 0.97
+    )
+    assert "opposite" not in same.reason
+
+
 def test_a_title_is_not_another_name(judge: GuardedJudge) -> None:
     decision = judge.decide("What did President Trump say about China?", "What did Donald Trump say about China?", 0.97)
     assert "names differ" not in decision.reason

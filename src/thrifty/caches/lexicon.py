@@ -135,7 +135,7 @@ ANTONYMS = (
     "positive negative|gain lose|input output|rise fall|cheap expensive|fast slow|early late|big small|old new|"
     "young old|hot cold|love hate|agree disagree|legal illegal|possible impossible|safe unsafe|hire fire|"
     "include exclude|inside outside|north south|east west|above below|first last|pass fail|success failure|"
-    "online offline|free paid|encrypt decrypt|encode decode|compress decompress|on off|up down|in out|"
+    "online offline|free paid|encrypt decrypt|encode decode|compress decompress|"
     "ascending descending|uppercase lowercase|upper lower|maximize minimize|maximise minimise|upgrade downgrade|"
     "raise lower|high low|left right|row column|public private|read write|even odd|required optional|"
     "mandatory optional|approve reject|accept decline|merge split|debit credit|inhale exhale|"
@@ -152,3 +152,12 @@ ANTONYMS = (
 
 NEGATING_PREFIXES = ("un", "dis", "non", "anti", "de", "in", "im", "ir", "il")
 MAY_BEFORE = words("in of by until till since early late mid")
+PARTICLES = (("on", "off"), ("in", "out"), ("up", "down"))
+"""Opposites only after the same verb ("turn on" / "turn off", "sign in" / "sign out", "scroll up" / "scroll
+down"): as prepositions they are everywhere ("the smell in my carpet" / "the smell out of my carpet")."""
+PARTICLE_VERBS = words(
+    "sign log logged logging signed check checked opt zoom plug turn turned turning switch switched switching "
+    "scroll scrolling clock cash fade phase tune power powered shut speed slow scale scaling ramp round roll dial "
+    "gear step level tone water"
+)
+"""Verbs whose particle says which way: "sign in" / "sign out", "scale up" / "scale down"."""

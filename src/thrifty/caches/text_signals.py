@@ -26,6 +26,8 @@ from thrifty.caches.lexicon import (
     NEGATIONS,
     NUMBER_SUFFIXES,
     NUMBER_WORDS,
+    PARTICLE_VERBS,
+    PARTICLES,
     PERIODS,
     QUESTION_WORDS,
     RELATIVE,
@@ -398,7 +400,7 @@ def signals(query: str, candidate: str, cosine: float) -> Signals:
         units=(_units(query), _units(candidate)),
         dates=(_dates(q_words), _dates(c_words)),
         negated=(bool(NEGATIONS.intersection(q_words)), bool(NEGATIONS.intersection(c_words))),
-        antonym=_antonym(q_stems - c_stems, c_stems - q_stems),
+        antonym=_antonym(q_stems - c_stems, c_stems - q_stems) or _particle_flip(q_words, c_words),
         names=(
             _unmatched_names(q_names, c_names, c_stems | set(c_words)),
             _unmatched_names(c_names, q_names, q_stems | set(q_words)),
@@ -418,8 +420,20 @@ def signals(query: str, candidate: str, cosine: float) -> Signals:
 
 
 def _antonym(q_only: set[str], c_only: set[str]) -> tuple[str, str] | None:
-    # Over all words, stopwords included: "turn on" against "turn off" is the classic case.
+    # Over all words, stopwords included ("best" / "worst", "before" / "after").
     return next(((a, b) for a in sorted(q_only) for b in sorted(c_only) if _is_antonym(a, b)), None)
+
+
+def _particle_flip(q_words: list[str], c_words: list[str]) -> tuple[str, str] | None:
+    """ "turn on" against "turn off": a particle one side has and the other lacks, after the same verb."""
+    for first, second in PARTICLES:
+        for a, b, mine, theirs in ((first, second, q_words, c_words), (second, first, q_words, c_words)):
+            if a in theirs or b in mine:
+                continue
+            before = {mine[i - 1] for i in range(1, len(mine)) if mine[i] == a and mine[i - 1] in PARTICLE_VERBS}
+            if any(theirs[j - 1] in before for j in range(1, len(theirs)) if theirs[j] == b):
+                return a, b
+    return None
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:
