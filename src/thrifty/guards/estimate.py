@@ -68,7 +68,7 @@ class CostEstimator:
         """Per target: expected and worst cost; the worst is what a budget would hold on that target (cache
         writes and audio rates included)."""
         cap = self.max_output_tokens(request)
-        hour, audio = asks_hour_cache(request), audio_of(request)
+        hour, audio = billing_kinds(request)
         quotes = []
         for target in self._aliases[request.model]:
             tokens_in = self.input_tokens(request, target)
@@ -93,7 +93,7 @@ class CostEstimator:
         Targets that count text with the same encoding share one count (on the request path, counting is the
         cost); media are priced per target, since models of one encoding bill images very differently."""
         cap = self.max_output_tokens(request)
-        hour, audio = asks_hour_cache(request), audio_of(request)
+        hour, audio = billing_kinds(request)
         counts: dict[str, int] = {}
         worst: Decimal | None = None
         most = 0
@@ -144,7 +144,7 @@ class CostEstimator:
         same size and the same ``max_tokens`` share one price computation: a price only grows with tokens."""
         cap = self.max_output_tokens(request)
         bound_in = messages_token_bound(request.messages) + len(_definitions(request))
-        hour, audio = asks_hour_cache(request), audio_of(request)
+        hour, audio = billing_kinds(request)
         key = (request.model, size_class(bound_in), cap, hour, audio)
         minute = int(time.time() // 60)
         if minute != self._bounds_minute or len(self._bounds) >= BOUND_PRICES:
@@ -181,33 +181,26 @@ def request_media_tokens(request: ChatRequest, model: str) -> int:
     return sum(media_tokens(message.get("content"), model) for message in request.messages)
 
 
-def audio_of(request: ChatRequest) -> tuple[bool, bool]:
-    """Whether the prompt carries audio, and whether the answer may be audio (``modalities``)."""
-    heard = any(
-        isinstance(part, dict) and part.get("type") == "input_audio"
-        for message in request.messages
-        if isinstance(content := message.get("content"), list)
-        for part in content
-    )
-    modalities = request.body.get("modalities")
-    return heard, isinstance(modalities, list) and "audio" in modalities
-
-
-def asks_hour_cache(request: ChatRequest) -> bool:
-    """Whether a ``cache_control`` breakpoint in the request asks Anthropic to keep the prefix for an hour
-    (``"ttl": "1h"``), whose writes bill at twice the input price instead of 1.25 times."""
-    marked: list[Any] = [request.body.get("tools") or []]
+def billing_kinds(request: ChatRequest) -> tuple[bool, tuple[bool, bool]]:
+    """In one walk over the request: whether a ``cache_control`` breakpoint asks Anthropic to keep the prefix for
+    an hour (``"ttl": "1h"``, whose writes bill at twice the input price instead of 1.25 times), and whether the
+    prompt carries audio and the answer may be audio (``modalities``), which bill at the audio rates."""
+    hour = heard = False
+    for item in request.body.get("tools") or []:
+        hour = hour or _keeps_an_hour(item)
     for message in request.messages:
-        marked.append(message)
+        hour = hour or _keeps_an_hour(message)
         content = message.get("content")
-        if isinstance(content, list):
-            marked.append(content)
-    for group in marked:
-        for item in group if isinstance(group, list) else (group,):
-            control = item.get("cache_control") if isinstance(item, dict) else None
-            if isinstance(control, dict) and control.get("ttl") == "1h":
-                return True
-    return False
+        for part in content if isinstance(content, list) else ():
+            hour = hour or _keeps_an_hour(part)
+            heard = heard or (isinstance(part, dict) and part.get("type") == "input_audio")
+    modalities = request.body.get("modalities")
+    return hour, (heard, isinstance(modalities, list) and "audio" in modalities)
+
+
+def _keeps_an_hour(item: Any) -> bool:
+    control = item.get("cache_control") if isinstance(item, dict) else None
+    return isinstance(control, dict) and control.get("ttl") == "1h"
 
 
 def _definitions(request: ChatRequest) -> bytes:
