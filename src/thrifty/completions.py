@@ -12,24 +12,18 @@ from typing import Any
 
 import orjson
 
-from thrifty.providers.anthropic_format import cache_creation
+from thrifty.providers.anthropic_format import openai_usage
 from thrifty.types import ChatResponse, JsonObject, StreamChunk, Usage
 
 CHARS_PER_CHUNK = 48
 
 
 def usage_body(usage: Usage) -> JsonObject:
-    body: JsonObject = {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-    }
-    if usage.cache_read_tokens:
-        body["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
-    if usage.cache_write_tokens:  # as ``anthropic_format.openai_usage`` passes them on: none lost in a replay
-        body["cache_creation_input_tokens"] = usage.cache_write_tokens
-    if usage.cache_write_1h_tokens:
-        body["cache_creation"] = cache_creation(usage)
+    """OpenAI's usage object for an answer the gateway builds (a replay, a cache hit): ``openai_usage``'s, with
+    ``prompt_tokens_details`` only when cached tokens were read."""
+    body = openai_usage(usage)
+    if not usage.cache_read_tokens:
+        del body["prompt_tokens_details"]
     return body
 
 
