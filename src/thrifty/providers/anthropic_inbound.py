@@ -270,10 +270,10 @@ def openai_response_to_anthropic(body: JsonObject, usage: Usage | None = None) -
     for text in (message.get("content"), message.get("refusal")):
         if isinstance(text, str) and text:
             content.append({"type": "text", "text": text})
-    calls = message.get("tool_calls") or []
-    content += [_tool_use(call) for call in calls]
+    blocks = [_tool_use(call) for call in message.get("tool_calls") or []]
+    content += [block for block, _ in blocks]
     stop_reason = _STOP_REASONS.get(str(choices[0].get("finish_reason")), "end_turn")
-    if any(not _arguments_of(call)[1] for call in calls):
+    if not all(readable for _, readable in blocks):
         # A call whose arguments could not be read is no call to run (an agent would run it with none): the
         # answer is reported as cut short, which is what it is.
         stop_reason = "max_tokens"
@@ -302,15 +302,16 @@ def _arguments_of(call: JsonObject) -> tuple[JsonObject, bool]:
     return (arguments, True) if isinstance(arguments, dict) else ({}, False)
 
 
-def _tool_use(call: JsonObject) -> JsonObject:
-    """A tool call as a ``tool_use`` block. Arguments that are not a JSON object (a call cut off at the token
-    limit, a model's slip) become ``{}``, logged: the answer was paid for, and an error here would make the
-    client retry and pay again for the same cut."""
+def _tool_use(call: JsonObject) -> tuple[JsonObject, bool]:
+    """A tool call as a ``tool_use`` block, and whether its arguments could be read. Arguments that are not a
+    JSON object (a call cut off at the token limit, a model's slip) become ``{}``, logged: the answer was paid
+    for, and an error here would make the client retry and pay again for the same cut."""
     function = call.get("function") or {}
     arguments, readable = _arguments_of(call)
     if not readable:
         log.warning("the model's arguments for tool %r are not a JSON object; sent as {}", function.get("name"))
-    return {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": arguments}
+    block = {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": arguments}
+    return block, readable
 
 
 class OpenAIToAnthropicStream:
