@@ -324,6 +324,7 @@ def test_the_page_draws_the_ledger_in_chromium(
     for name in ("summarize", "initech", "claude-3-5-haiku-latest", "sess-4", "Compression", "14x its usual rate"):
         assert name in html, name
     assert ">120% used · exhausted<" in html and "an alert from last week" not in html
+    assert "1 unpriced, not in spend</title>" in html, "the chart's tooltip hides the unpriced request"
 
     png = read_png(shot)
     assert (png.width, png.height) == (1280, 1600)
