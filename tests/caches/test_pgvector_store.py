@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from sqlalchemy import text
 
 from thrifty.caches.entries import CacheEntry, PurgeScope
 from thrifty.caches.pgvector_store import SWEEP_EVERY_ADDS, PgVectorStore
@@ -185,3 +186,35 @@ async def test_one_replica_removes_an_entry_for_all(stores: Stores) -> None:
     await one.add("p", "other", unit(0, 1, 0, 0), "capital of Spain?", entry())
     await two.remove("stale")
     assert [key for key, *_ in await one.search("p", unit(1, 0, 0, 0), 5)] == ["other"]
+
+
+async def test_a_store_made_while_postgres_is_down_prepares_itself_once_it_is_back(pgvector_url: str) -> None:
+    """A replica restarting during a database outage must come up (the cache misses), not crash-loop."""
+    from sqlalchemy.exc import OperationalError
+
+    from fakes.tcp_proxy import TcpProxy
+
+    host_port = pgvector_url.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    proxy.cut()
+    url = pgvector_url.replace(host_port, f"127.0.0.1:{proxy.port}")
+    store = PgVectorStore(url, DIMENSIONS)  # no error: down is an outage, not a configuration error
+    try:
+        with pytest.raises(OperationalError):
+            await store.search("p", unit(1, 0, 0, 0), 1)  # the cache stage's breaker makes this a miss
+        proxy.restore()
+        await store.add("p", "k", unit(1, 0, 0, 0), "capital of France?", entry())
+        assert [key for key, *_ in await store.search("p", unit(1, 0, 0, 0), 1)] == ["k"]
+    finally:
+        await store.aclose()
+        proxy.close()
+
+
+async def test_an_unreadable_row_is_passed_over_and_dropped(stores: Stores) -> None:
+    store = stores()
+    await store.add("p", "good", unit(1, 0, 0, 0), "capital of France?", entry())
+    await store.add("p", "bad", unit(1, 0.01, 0, 0), "capital of Spain?", entry())
+    await asyncio.to_thread(store._delete, text("UPDATE thrifty_semantic_d4 SET entry = 'junk' WHERE key = 'bad'"), {})
+    assert [key for key, *_ in await store.search("p", unit(1, 0, 0, 0), 5)] == ["good"]
+    assert await asyncio.to_thread(store._fetch, text("SELECT key FROM thrifty_semantic_d4"), {}) == [("good",)]

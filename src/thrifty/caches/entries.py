@@ -69,18 +69,26 @@ class CacheEntry:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CacheEntry:
-        data = orjson.loads(raw)
-        i, o, r, w, estimated, *more = data["usage"]  # older entries have 5 or 6 (before 1-hour writes, audio)
-        return cls(
-            body=data["body"],
-            target=Target(data["provider"], data["model"]),
-            usage=Usage(i, o, r, w, estimated, *more[:3]),
-            tenant=data["tenant"],
-            feature=data["feature"],
-            alias=data["alias"],
-            created_at=data["created_at"],
-            expires_at=data["expires_at"],
-        )
+        """The entry ``to_bytes`` wrote; ``ValueError`` for anything else (a shared store may hold a value another
+        program, or a corrupted write, left under a cache key)."""
+        try:
+            data = orjson.loads(raw)
+            i, o, r, w, estimated, *more = data["usage"]  # older entries have 5 or 6 (before 1-hour writes, audio)
+            entry = cls(
+                body=data["body"],
+                target=Target(str(data["provider"]), str(data["model"])),
+                usage=Usage(int(i), int(o), int(r), int(w), bool(estimated), *(int(n) for n in more[:3])),
+                tenant=str(data["tenant"]),
+                feature=str(data["feature"]),
+                alias=str(data["alias"]),
+                created_at=float(data["created_at"]),
+                expires_at=float(data["expires_at"]),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"not a cache entry ({exc.__class__.__name__}: {exc})") from exc
+        if not isinstance(entry.body, dict) or not isinstance(entry.body.get("choices"), list):
+            raise ValueError("not a cache entry (no chat completion in it)")
+        return entry
 
 
 @dataclass(frozen=True, slots=True)

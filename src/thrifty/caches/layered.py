@@ -21,6 +21,7 @@ from typing import Protocol
 
 from thrifty.caches.entries import CacheEntry, EntryStore, PurgeScope
 from thrifty.caches.keys import cacheable_request, cacheable_response, exact_key
+from thrifty.caches.resilient import LOOKUP_TIMEOUT_S, STORE_TIMEOUT_S, Breaker
 from thrifty.completions import usage_body
 from thrifty.settings import CacheSettings
 from thrifty.types import ChatRequest, ChatResponse, Principal, Target
@@ -84,6 +85,7 @@ class LayeredCache:
         semantic: SemanticLayer | None = None,
     ) -> None:
         self.policy, self.entries, self.semantic = policy, store, semantic
+        self.breaker = Breaker("the exact cache's store")
         self._aliases = aliases
         self._inflight: dict[str, tuple[str, asyncio.Future[CacheEntry | None]]] = {}
         """Exact key -> (the request id asking the model for it, its answer to come)."""
@@ -115,7 +117,7 @@ class LayeredCache:
                 if not request.body.get("stream"):  # lead before reading: no identical request misses in between
                     self._inflight[key] = (request.request_id, asyncio.get_running_loop().create_future())
                     self._leading[request.request_id] = key
-                entry = await self.entries.get(key)
+                entry = await self.breaker.call(lambda: self.entries.get(key), LOOKUP_TIMEOUT_S, None, "a miss")
                 # An entry stored under another feature's longer TTL is too old for this one's.
                 if entry is not None and time.time() - entry.created_at <= rule.ttl_s:
                     self._resolve(request, entry)
@@ -160,8 +162,9 @@ class LayeredCache:
             return  # asked for before a purge that covers it: what the purge meant to remove must not come back
         try:
             if rule.exact:
+                key = exact_key(request, principal, self._aliases[request.model])
                 try:
-                    await self.entries.put(exact_key(request, principal, self._aliases[request.model]), entry)
+                    await self.breaker.call(lambda: self.entries.put(key, entry), STORE_TIMEOUT_S, None, "not stored")
                 finally:  # after the write, so that no identical request can miss between the two
                     self._resolve(request, entry)
             if rule.semantic and self.semantic is not None:

@@ -17,7 +17,9 @@ empty cache instead of failing every insert.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+log = logging.getLogger("thrifty.cache")
 SWEEP_EVERY_ADDS = 256
 HNSW_MAX_DIMENSIONS = 2000
 # Serialises schema creation when several replicas start at once ("thrifty" in ASCII).
@@ -66,12 +69,42 @@ class PgVectorStore:
         )
         self._remove = text(f"DELETE FROM {self._table} WHERE key = :key")
         self._adds = 0
+        self._ready = False
+        self._schema_lock = threading.Lock()
         try:
-            with self._engine.connect() as conn:
-                _create_schema(conn, self._table, dimensions)
-        except DBAPIError as exc:
+            conn = self._engine.connect()
+        except DBAPIError as exc:  # down at start-up: the gateway serves without this cache until it is back
+            log.warning("the pgvector semantic cache is unreachable (%s): misses until it is back", exc.orig)
+            return
+        try:
+            with conn:
+                self._prepare(conn)
+        except ConfigError:
             self._engine.dispose()
-            raise ConfigError(f"cannot prepare the pgvector semantic cache: {exc.orig}") from exc
+            raise
+
+    def _prepare(self, conn: Connection) -> None:
+        """Creates the schema; refused (a server without pgvector, a role that may not create it) is a
+        configuration error, not an outage."""
+        with self._schema_lock:
+            if self._ready:
+                return
+            try:
+                _create_schema(conn, self._table, self._dimensions)
+            except DBAPIError as exc:
+                raise ConfigError(f"cannot prepare the pgvector semantic cache: {exc.orig}") from exc
+            self._ready = True
+
+    def _connect(self) -> Connection:
+        """A connection to a prepared schema (prepared now if the server was down when the store was made)."""
+        conn = self._engine.connect()
+        if not self._ready:
+            try:
+                self._prepare(conn)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
 
     async def add(self, partition: str, key: str, vector: NDArray[np.float32], text: str, entry: CacheEntry) -> None:
         row = {
@@ -91,7 +124,7 @@ class PgVectorStore:
         await asyncio.to_thread(self._write, row, sweep)
 
     def _write(self, row: dict[str, Any], sweep: bool) -> None:
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             conn.execute(self._insert, row)
             if sweep:
                 conn.execute(self._sweep, {"now": time.time()})
@@ -101,10 +134,17 @@ class PgVectorStore:
     async def search(self, partition: str, vector: NDArray[np.float32], k: int) -> list[Found]:
         params = {"partition": partition, "now": time.time(), "query": self._checked(vector), "k": k}
         rows = await asyncio.to_thread(self._fetch, self._search, params)
-        return [(key, 1.0 - distance, stored, CacheEntry.from_bytes(raw)) for key, distance, stored, raw in rows]
+        found: list[Found] = []
+        for key, distance, stored, raw in rows:
+            try:
+                found.append((key, 1.0 - distance, stored, CacheEntry.from_bytes(raw)))
+            except ValueError as exc:
+                log.warning("semantic cache: dropped an unreadable entry (%s)", exc)
+                await self.remove(key)
+        return found
 
     def _fetch(self, statement: TextClause, params: dict[str, Any]) -> list[Any]:
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             return list(conn.execute(statement, params))
 
     async def remove(self, key: str) -> None:
@@ -113,11 +153,17 @@ class PgVectorStore:
     async def purge(self, scope: PurgeScope) -> int:
         where, params = _where(scope)
         statement = text(f"DELETE FROM {self._table}{where}")
-        return await asyncio.to_thread(self._delete, statement, params)
+        return await asyncio.to_thread(self._delete, statement, params, True)
 
-    def _delete(self, statement: TextClause, params: dict[str, Any]) -> int:
-        with self._engine.connect() as conn:
-            return conn.execute(statement, params).rowcount
+    def _delete(self, statement: TextClause, params: dict[str, Any], unhurried: bool = False) -> int:
+        with self._connect() as conn:
+            if not unhurried:
+                return conn.execute(statement, params).rowcount
+            conn.execute(text("SET statement_timeout = 0"))  # a purge of many rows may take its time ...
+            try:
+                return conn.execute(statement, params).rowcount
+            finally:
+                conn.execute(text("RESET statement_timeout"))  # ... lookups on this connection later may not
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._engine.dispose)
@@ -147,6 +193,7 @@ def purge_every_table(url: str, scope: PurgeScope) -> int:
     engine = _engine(url)
     try:
         with engine.connect() as conn:
+            conn.execute(text("SET statement_timeout = 0"))  # a purge of many rows may take its time
             tables = conn.execute(
                 text(
                     "SELECT tablename FROM pg_tables "
@@ -161,10 +208,25 @@ def purge_every_table(url: str, scope: PurgeScope) -> int:
         engine.dispose()
 
 
+STATEMENT_TIMEOUT_MS = 5_000
+"""A statement the server has not finished by then is cancelled (a lookup gives up sooner: ``caches.resilient``)."""
+CONNECT = {
+    "connect_timeout": 3,
+    "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+    # A server that vanished without closing the connection is noticed in seconds, not at the OS's two hours.
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 10_000,
+}
+
+
 def _engine(url: str) -> Engine:
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    engine = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    # pool_timeout: with every connection held by a stalled call, the next one gives up quickly (a miss).
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", connect_args=dict(CONNECT), pool_timeout=2)
 
     @event.listens_for(engine, "connect")
     def _prepare(dbapi_conn: Any, _record: Any) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from thrifty.caches.entries import CacheEntry, PurgeScope
 from thrifty.caches.keys import SemanticQuery, semantic_query
 from thrifty.caches.layered import hit
+from thrifty.caches.resilient import LOOKUP_TIMEOUT_S, STORE_TIMEOUT_S, Breaker
 from thrifty.types import ChatRequest, ChatResponse, Principal, Target
 
 if TYPE_CHECKING:
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from thrifty.caches.similarity import SimilarityJudge
 
     Vector = NDArray[np.float32]
-
-from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger("thrifty.cache")
 
@@ -111,6 +110,7 @@ class SemanticCache:
         make_judge: Callable[[float], SimilarityJudge] | None = None,
     ) -> None:
         self._embedder, self._vectors, self._aliases = embedder, vectors, aliases
+        self.breaker = Breaker("the semantic cache's vector store")
         self._judges: dict[float, SimilarityJudge] = dict(judges or {})
         self._make_judge = make_judge
         self._warned_at = -math.inf
@@ -161,11 +161,10 @@ class SemanticCache:
         if vector is None:
             return None
         judge = self.judge(threshold)
-        try:
-            candidates = await self._vectors.search(query.partition, vector, NEIGHBOURS)
-        except (OSError, SQLAlchemyError) as exc:
-            log.warning("semantic cache unavailable (%s): treated as a miss", exc.__class__.__name__)
-            return None
+        nothing: list[tuple[str, float, str, CacheEntry]] = []
+        candidates = await self.breaker.call(
+            lambda: self._vectors.search(query.partition, vector, NEIGHBOURS), LOOKUP_TIMEOUT_S, nothing, "a miss"
+        )
         oldest = time.time() - max_age_s
         for _key, cosine, text, entry in candidates:
             if entry.created_at < oldest:
@@ -186,19 +185,19 @@ class SemanticCache:
         vector = await self._embed(query.text, "answer not stored")
         if vector is None:
             return
-        try:
-            nearest = await self._vectors.search(query.partition, vector, 1)
-            if nearest and nearest[0][2] == query.text:  # the same question is already answered here ...
-                key, _, _, stored = nearest[0]
-                if stored.created_at >= entry.created_at - ttl_s:
-                    return  # ... recently enough for this rule
-                # ... but too long ago for this rule (another feature's TTL is longer): the fresh answer takes
-                # its place, kept as long as the old one would have been.
-                await self._vectors.remove(key)
-                entry = replace(entry, expires_at=max(entry.expires_at, stored.expires_at))
-            await self._vectors.add(query.partition, "s_" + secrets.token_hex(12), vector, query.text, entry)
-        except (OSError, SQLAlchemyError) as exc:
-            log.warning("semantic cache unavailable (%s): answer not stored", exc.__class__.__name__)
+        await self.breaker.call(lambda: self._keep(query, vector, entry, ttl_s), STORE_TIMEOUT_S, None, "not stored")
+
+    async def _keep(self, query: SemanticQuery, vector: Vector, entry: CacheEntry, ttl_s: float) -> None:
+        nearest = await self._vectors.search(query.partition, vector, 1)
+        if nearest and nearest[0][2] == query.text:  # the same question is already answered here ...
+            key, _, _, stored = nearest[0]
+            if stored.created_at >= entry.created_at - ttl_s:
+                return  # ... recently enough for this rule
+            # ... but too long ago for this rule (another feature's TTL is longer): the fresh answer takes
+            # its place, kept as long as the old one would have been.
+            await self._vectors.remove(key)
+            entry = replace(entry, expires_at=max(entry.expires_at, stored.expires_at))
+        await self._vectors.add(query.partition, "s_" + secrets.token_hex(12), vector, query.text, entry)
 
     async def purge(self, scope: PurgeScope) -> int:
         return await self._vectors.purge(scope)

@@ -8,6 +8,7 @@ replica, so the limit is the cache's, not one process's). Redis' own ``maxmemory
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -23,10 +24,16 @@ REDIS_LRU = "thrifty:cache-lru"
 """The sorted set of entry keys by last use (outside ``REDIS_PREFIX``: a purge scans entries only)."""
 
 
+BUSY_WAIT_S = 0.05
+"""How long a SQLite call waits for another process's write lock: it runs on the event loop, so briefly (a
+lookup that cannot wait is a miss); a purge waits up to ``PURGE_BUSY_WAIT_S``."""
+PURGE_BUSY_WAIT_S = 30.0
+
+
 class SqliteStore:
     def __init__(self, path: Path, max_entries: int = 100_000) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(str(path), timeout=BUSY_WAIT_S, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
@@ -46,8 +53,16 @@ class SqliteStore:
         if row[1] <= now:
             self._db.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
             return None
-        self._db.execute("UPDATE cache_entries SET used_at = ? WHERE key = ?", (now, key))
-        return CacheEntry.from_bytes(row[0])
+        try:
+            entry = CacheEntry.from_bytes(row[0])
+        except ValueError as exc:
+            log.warning("exact cache: dropped an unreadable entry (%s)", exc)
+            self._db.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
+            return None
+        # Another process holding the write lock: the recency update can wait, the hit not.
+        with contextlib.suppress(sqlite3.OperationalError):
+            self._db.execute("UPDATE cache_entries SET used_at = ? WHERE key = ?", (now, key))
+        return entry
 
     async def put(self, key: str, entry: CacheEntry) -> None:
         self._db.execute(
@@ -79,8 +94,11 @@ class SqliteStore:
 
     async def purge(self, scope: PurgeScope) -> int:
         where, params = _where(scope)
-        cursor = self._db.execute("DELETE FROM cache_entries" + where, params)
-        return cursor.rowcount
+        self._db.execute(f"PRAGMA busy_timeout = {int(PURGE_BUSY_WAIT_S * 1000)}")
+        try:
+            return self._db.execute("DELETE FROM cache_entries" + where, params).rowcount
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_WAIT_S * 1000)}")
 
     async def aclose(self) -> None:
         self._db.close()
@@ -148,7 +166,12 @@ class RedisStore:
             return None
         if raw is None:
             return None
-        entry = CacheEntry.from_bytes(_as_bytes(raw))
+        try:
+            entry = CacheEntry.from_bytes(_as_bytes(raw))
+        except ValueError as exc:
+            log.warning("exact cache: dropped an unreadable entry (%s)", exc)
+            await self._drop(keys=[REDIS_PREFIX + key, REDIS_LRU])
+            return None
         return entry if entry.expires_at > time.time() else None
 
     async def put(self, key: str, entry: CacheEntry) -> None:
@@ -172,7 +195,14 @@ class RedisStore:
         now, purged = time.time(), 0
         async for name in self._redis.scan_iter(match=REDIS_PREFIX + "*", count=1000):
             raw = await self._redis.get(name)
-            if raw is not None and scope.matches(CacheEntry.from_bytes(_as_bytes(raw)), now):
+            if raw is None:
+                continue
+            try:
+                matches = scope.matches(CacheEntry.from_bytes(_as_bytes(raw)), now)
+            except ValueError:  # unreadable, so never served: whatever the scope, it goes
+                await self._drop(keys=[name, REDIS_LRU])
+                continue
+            if matches:
                 purged += int(await self._drop(keys=[name, REDIS_LRU]))
         return purged
 

@@ -1,0 +1,60 @@
+"""A shared cache store that is slow, down or returns garbage costs a request a miss, never an error or a wait.
+
+Redis, a SQLite file another process holds locked, or PostgreSQL behind a stalled connection can each take far
+longer than the model call the cache was meant to save, and a blocked socket may never answer at all. Every
+lookup and store of a shared store therefore runs under a ``Breaker``: bounded by a timeout, and after a
+failure the store is skipped outright for a cool-down (doubling while it keeps failing, up to a minute), after
+which one call probes it again. A skipped lookup is a miss; a skipped store an answer not kept. Purges are never
+skipped: an operator asking for one must hear that it failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+log = logging.getLogger("thrifty.cache")
+T = TypeVar("T")
+
+LOOKUP_TIMEOUT_S = 1.0
+"""A cache lookup slower than this is a miss: a hit is worth milliseconds, not seconds."""
+STORE_TIMEOUT_S = 2.0
+FIRST_COOLDOWN_S = 2.0
+MAX_COOLDOWN_S = 60.0
+
+
+class Breaker:
+    """Skips a failing store for a while instead of paying its timeout on every request."""
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self._clock = clock
+        self._until = 0.0
+        self._cooldown = 0.0
+        self.skipped = 0
+
+    @property
+    def open(self) -> bool:
+        return self._clock() < self._until
+
+    async def call(self, make: Callable[[], Awaitable[T]], timeout_s: float, default: T, doing: str) -> T:
+        """``make()``'s result, or ``default`` when the store is cooling down, fails or takes over ``timeout_s``."""
+        if self.open:
+            self.skipped += 1
+            return default
+        try:
+            result = await asyncio.wait_for(make(), timeout_s)
+        except Exception as exc:  # TimeoutError, a driver's errors, a corrupt value: the cache is optional
+            self._failed(exc, doing)
+            return default
+        self._cooldown = 0.0
+        return result
+
+    def _failed(self, exc: BaseException, doing: str) -> None:
+        self._cooldown = min(MAX_COOLDOWN_S, self._cooldown * 2 or FIRST_COOLDOWN_S)
+        self._until = self._clock() + self._cooldown
+        reason = "no answer in time" if isinstance(exc, TimeoutError) else f"{exc.__class__.__name__}: {exc}"
+        log.warning("%s unavailable (%s): %s; skipped for %.0f s", self.name, reason, doing, self._cooldown)

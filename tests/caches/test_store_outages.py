@@ -1,0 +1,167 @@
+"""A shared cache store that is slow, locked, down or holds garbage costs a miss, never an error or a long wait."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from fakes.upstream import FakeUpstream, FakeUsage
+from gateway_harness import config_text
+from thrifty.caches import resilient
+from thrifty.caches.entries import CacheEntry, MemoryStore, PurgeScope
+from thrifty.caches.layered import CachePolicy, LayeredCache
+from thrifty.caches.resilient import Breaker
+from thrifty.caches.shared_stores import REDIS_PREFIX, RedisStore, SqliteStore
+from thrifty.server.run import ServerThread
+from thrifty.settings import CacheSettings, load_settings
+from thrifty.types import ChatRequest, ChatResponse, Principal, Target, Usage
+
+HI = [{"role": "user", "content": "What is the capital of France?"}]
+ANSWER = {"choices": [{"message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}]}
+
+
+@pytest.fixture
+def up() -> Iterator[FakeUpstream]:
+    with FakeUpstream(usage=FakeUsage(input_tokens=100, output_tokens=20)) as upstream:
+        yield upstream
+
+
+def entry(ttl_s: float = 60) -> CacheEntry:
+    now = time.time()
+    return CacheEntry(ANSWER, Target("up", "m"), Usage(1, 1), "acme", "f", "fast", now, now + ttl_s)
+
+
+def layered(store: object) -> tuple[LayeredCache, ChatRequest, Principal]:
+    cache = LayeredCache(CachePolicy(CacheSettings(exact=True)), store, {"fast": (Target("up", "m"),)})  # type: ignore[arg-type]
+    return cache, ChatRequest({"model": "fast", "messages": HI, "temperature": 0}, "req_1"), Principal("acme")
+
+
+def redis_url() -> str:
+    return os.environ.get("THRIFTY_TEST_REDIS", "redis://127.0.0.1:6379/13")
+
+
+async def open_redis() -> RedisStore:
+    store = RedisStore(redis_url())
+    try:
+        await store._redis.ping()
+    except Exception as exc:
+        await store.aclose()
+        if os.environ.get("THRIFTY_REQUIRE_SERVICES") == "1":
+            raise
+        pytest.skip(f"Redis not reachable: {exc}")
+    await store._redis.flushdb()
+    return store
+
+
+@pytest.mark.parametrize("garbage", [b"not json", b'{"body": {}}', b'{"body": {"choices": []}, "usage": 3}'])
+def test_a_corrupt_redis_value_is_a_miss_and_is_replaced(tmp_path: Path, up: FakeUpstream, garbage: bytes) -> None:
+    import redis
+
+    url = redis_url()
+    with redis.Redis.from_url(url) as sync_redis:
+        sync_redis.flushdb()
+        (tmp_path / "thrifty.toml").write_text(
+            config_text(up, extra=f"\n[cache]\nexact = true\nstore = 'redis'\nurl = '{url}'\n")
+        )
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0) as c:
+                c.chat.completions.create(model="fast", messages=HI, temperature=0)
+                (key,) = sync_redis.keys(REDIS_PREFIX + "*")
+                sync_redis.set(key, garbage)  # another program, or a broken write, left this under the key
+                raw = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+                again = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+        stored = sync_redis.get(key)
+    assert raw.headers["x-thrifty-cache"] == "miss" and raw.parse().choices[0].message.content
+    assert again.headers["x-thrifty-cache"] == "exact"  # the answer paid for again took the garbage's place
+    assert len(up.requests) == 2
+    assert stored is not None and CacheEntry.from_bytes(stored).tenant == "default"
+
+
+async def test_a_purge_passes_over_unreadable_values() -> None:
+    store = await open_redis()
+    try:
+        for name in "abc":
+            await store.put(name, entry())
+        await store._redis.set(REDIS_PREFIX + "foreign", b"not json")
+        assert await store.purge(PurgeScope(tenant="acme")) == 3
+        assert await store._redis.keys(REDIS_PREFIX + "*") == []
+    finally:
+        await store.aclose()
+
+
+async def test_a_sqlite_store_another_process_locks_costs_no_wait(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite"
+    store = SqliteStore(path)
+    cache, request, principal = layered(store)
+    await store.put("kept", entry())
+    other = sqlite3.connect(str(path), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # e.g. `thrifty cache purge` deleting a large cache
+    try:
+        started = time.monotonic()
+        assert await store.get("kept") is not None  # WAL: readers go on; the recency update is skipped
+        assert await cache.lookup(request, principal) is None
+        await cache.store(request, principal, ChatResponse(ANSWER, Usage(10, 2), Target("up", "m"), 5.0))
+        assert time.monotonic() - started < 1.0  # sqlite3's default was 5 s blocking the event loop per call
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        await store.aclose()
+
+
+class Stalled(MemoryStore):
+    """A store whose server accepted the connection and never answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def get(self, key: str) -> CacheEntry | None:
+        self.calls += 1
+        await asyncio.sleep(3600)
+        return None
+
+
+async def test_a_stalled_store_costs_one_timeout_then_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thrifty.caches import layered as layered_module
+
+    monkeypatch.setattr(layered_module, "LOOKUP_TIMEOUT_S", 0.05)
+    store = Stalled()
+    cache, request, principal = layered(store)
+    started = time.monotonic()
+    assert await cache.lookup(request, principal) is None
+    cache.release(request, principal)
+    assert time.monotonic() - started < 1.0
+    assert await cache.lookup(request, principal) is None
+    assert store.calls == 1 and cache.breaker.skipped == 1  # cooling down: not asked again
+
+
+async def test_the_breaker_probes_again_after_a_cooldown_that_doubles() -> None:
+    now = [0.0]
+    breaker = Breaker("test store", clock=lambda: now[0])
+    calls: list[int] = []
+
+    async def failing() -> int:
+        calls.append(1)
+        raise ConnectionError("down")
+
+    async def working() -> int:
+        return 7
+
+    assert await breaker.call(failing, 1.0, -1, "x") == -1
+    assert await breaker.call(working, 1.0, -1, "x") == -1 and breaker.open  # skipped: cooling down
+    now[0] += resilient.FIRST_COOLDOWN_S
+    assert await breaker.call(failing, 1.0, -1, "x") == -1 and len(calls) == 2
+    now[0] += resilient.FIRST_COOLDOWN_S
+    assert breaker.open  # the second failure in a row doubled the wait
+    now[0] += resilient.FIRST_COOLDOWN_S
+    assert await breaker.call(working, 1.0, -1, "x") == 7
+    assert await breaker.call(failing, 1.0, -1, "x") == -1
+    now[0] += resilient.FIRST_COOLDOWN_S  # a success reset it: the next wait is the first again
+    assert not breaker.open
