@@ -74,6 +74,12 @@ class UnknownModel(BadRequest):
     default_code = "model_not_found"
 
 
+class NotCapable(BadRequest):
+    """No model the request may go to has a capability it needs (tools, vision, JSON mode), as configured."""
+
+    default_code = "model_not_capable"
+
+
 class MethodNotAllowed(BadRequest):
     status = 405
     default_code = "method_not_allowed"

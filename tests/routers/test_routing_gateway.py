@@ -85,6 +85,22 @@ def test_rules_and_cascades_leave_out_models_lacking_a_capability_or_the_context
     assert [r.json["model"] for r in up.requests] == ["gpt-4o-mini", "gpt-4o", "gpt-4o"]
 
 
+@pytest.mark.parametrize("router", ["", 'router = "cascade"', 'router = "rules"\ndefault = "mini"'])
+def test_a_capability_no_target_has_is_refused_before_any_call(tmp_path: Path, up: FakeUpstream, router: str) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with gateway(tmp_path, up, f'\n[models.auto]\npool = ["mini"]\n{router}\n') as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(
+                    model="auto", messages=[{"role": "user", "content": [{"type": "text", "text": "what?"}, image]}]
+                )
+            # Too long by our count, for every window: the provider, whose count is exact, has the last word.
+            assert ask(client, "easy " * 3000).headers["x-thrifty-model"] == "gpt-4o-mini"
+    error = refused.value.body
+    assert isinstance(error, dict) and error["code"] == "model_not_capable" and "vision" in error["message"]
+    assert [r.json["messages"][0]["content"] for r in up.requests] == ["easy " * 3000]
+
+
 def test_rules_pick_by_feature_and_keyword_and_say_why(tmp_path: Path, up: FakeUpstream) -> None:
     rules = """
 [models.auto]

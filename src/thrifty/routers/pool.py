@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from thrifty.errors import NotCapable
 from thrifty.protocols import Router
 from thrifty.tokens import TiktokenCounter
 from thrifty.types import ChatRequest, Principal, Route, Target
@@ -42,18 +43,28 @@ def needs_of(request: ChatRequest, counter: TiktokenCounter, model: str) -> Need
     return Needs(frozenset(wanted), counter.count_messages(model, request.messages) + output)
 
 
-def eligible(targets: Sequence[Target], info: Mapping[Target, ModelInfo], needs: Needs) -> list[Target]:
-    """The targets that can serve the request, in their order; a request none can serve keeps them all (the
-    provider's own error then says why, rather than the gateway guessing)."""
+def eligible(targets: Sequence[Target], info: Mapping[Target, ModelInfo], needs: Needs, alias: str) -> list[Target]:
+    """The targets that can serve the request, in their order.
+
+    A capability none of them is configured with is refused here (``NotCapable``, 400): the request must never
+    go to a model said to lack it. A prompt too long for every window by our count goes to the models that have
+    the capabilities: the count is an estimate (another provider's tokenizer), and a provider refuses an
+    over-long prompt itself, free of charge, with its own exact count.
+    """
+    capable = [t for t in targets if needs.capabilities <= info.get(t, ModelInfo()).capabilities]
+    if not capable:
+        lacking = sorted({c for t in targets for c in needs.capabilities - info.get(t, ModelInfo()).capabilities})
+        raise NotCapable(
+            f"no model behind '{alias}' can take this request: it needs {' and '.join(lacking)}, which none of "
+            f"{', '.join(str(t) for t in targets)} is configured with (the pool's capabilities)",
+            param="model",
+        )
     fit = []
-    for target in targets:
-        model = info.get(target, ModelInfo())
-        if not needs.capabilities <= model.capabilities:
-            continue
-        if model.context_window is not None and needs.tokens > model.context_window:
-            continue
-        fit.append(target)
-    return fit or list(targets)
+    for target in capable:
+        window = info.get(target, ModelInfo()).context_window
+        if window is None or needs.tokens <= window:
+            fit.append(target)
+    return fit or capable
 
 
 class EligibleRouter:
@@ -73,4 +84,4 @@ class EligibleRouter:
         if not any(target in self._info for target in route.targets):
             return route  # nothing known about these models: counting the prompt would tell nothing
         needs = needs_of(request, self._counter, route.targets[0].model)
-        return replace(route, targets=tuple(eligible(route.targets, self._info, needs)))
+        return replace(route, targets=tuple(eligible(route.targets, self._info, needs, request.model)))

@@ -33,7 +33,8 @@ class StaticRouter:
         if targets is None:
             raise unknown_model(request.model, self._aliases)
         if self._info and self._counter is not None:
-            targets = tuple(eligible(targets, self._info, needs_of(request, self._counter, targets[0].model)))
+            needs = needs_of(request, self._counter, targets[0].model)
+            targets = tuple(eligible(targets, self._info, needs, request.model))
         return Route(targets, self._name, self._reason)
 
 
