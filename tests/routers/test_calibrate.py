@@ -141,3 +141,24 @@ def test_a_model_measured_on_a_few_prompts_is_never_the_fixed_operating_point() 
     result = calibrate(router, records, 0.9)
     assert result.point.model != "weak" and result.shares.get("weak", 0) < 0.5
     assert result.met
+
+
+def test_a_model_measured_on_one_prompt_is_not_the_best_single_model() -> None:
+    """One lucky outcome (quality 1 at a tiny cost) made a sparse model "the best": the target became 95% of a
+    perfect score, and calibration chose an operating point sending most prompts to the dearest model."""
+
+    def outcome(quality: float, cost: str) -> ModelOutcome:
+        return ModelOutcome(quality, Decimal(cost))
+
+    records = [
+        OutcomeRecord(
+            f"question {i} about topic {i % 7}",
+            {"strong": outcome(1 if i % 4 else 0.5, "0.01"), "weak": outcome(1 if i % 3 else 0, "0.0001")}
+            | ({"lucky": outcome(1, "0.00001")} if i == 0 else {}),
+        )
+        for i in range(120)
+    ]
+    router = train(records, dim=256, alpha=1.0)
+    result = calibrate(router, records, 0.95)
+    assert result.best_model == "strong"
+    assert result.met and result.expected_cost_usd < result.best_model_cost_usd

@@ -81,11 +81,16 @@ class Reference:
 
 
 def reference(data: OutcomeMatrix) -> Reference:
+    """The cheapest and the best single model, among those measured on at least half as many prompts as the
+    most-measured one: a model measured on a handful is no end of the scale (one lucky prompt at quality 1 made it
+    "the best", so every target and metric was measured against it)."""
     np = require_numpy()
     quality = np.nanmean(data.quality, axis=0)
     cost = np.nanmean(data.cost_usd, axis=0)
-    cheapest = int(np.lexsort((-quality, cost))[0])
-    best = int(np.lexsort((cost, -quality))[0])
+    measured = data.available.sum(axis=0)
+    ends = np.flatnonzero(2 * measured >= measured.max())
+    cheapest = int(ends[np.lexsort((-quality[ends], cost[ends]))[0]])
+    best = int(ends[np.lexsort((cost[ends], -quality[ends]))[0]])
     return Reference(cheapest, best, quality, cost)
 
 
