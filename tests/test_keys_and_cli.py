@@ -121,6 +121,15 @@ def test_config_check_refuses_unknown_keys_and_bad_targets(tmp_path: Path) -> No
     assert result.returncode == 1 and "THRIFTY_TEST_NOT_SET" in result.stderr
     (tmp_path / "thrifty.toml").write_text("[providers.up\n")
     assert "not valid TOML" in thrifty("config", "check", cwd=tmp_path).stderr
+    models = '[providers.up]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+    models += '[models.fast]\ntargets = ["up::gpt-4o-mini", "up::gpt-4o"]\n'
+    (tmp_path / "thrifty.toml").write_text(models + 'router = "cascade"\n[models.fast.cascade]\nregex = "(["\n')
+    result = thrifty("config", "check", cwd=tmp_path)  # it switched the check off at every request
+    assert result.returncode == 1 and "does not compile" in result.stderr
+    (tmp_path / "thrifty.toml").write_text(models + 'router = "learned"\nrouter_dir = "nope"\n')
+    result = thrifty("config", "check", cwd=tmp_path)  # `serve` crashed with a traceback
+    assert result.returncode == 1 and "models.fast:" in result.stderr and "router.json" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_simulate_and_export_round_trip(tmp_path: Path) -> None:

@@ -314,9 +314,12 @@ def build_router(
 
             if not model.router_dir:
                 raise ConfigError(f"models.{alias}: router = 'learned' needs router_dir (from `thrifty router train`)")
-            routers[alias] = LearnedRouter.from_dir(
-                settings.path(model.router_dir), targets, model.threshold, latency, model.latency_weight
-            )
+            try:
+                routers[alias] = LearnedRouter.from_dir(
+                    settings.path(model.router_dir), targets, model.threshold, latency, model.latency_weight
+                )
+            except ValueError as exc:
+                raise ConfigError(f"models.{alias}: {exc}") from exc
         else:
             routers[alias] = StaticRouter({alias: targets}, info, counter, tiers=bool(model.pool))
         if model.router != "static":  # the static router leaves out unfit targets itself

@@ -56,18 +56,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from thrifty.assembly import _secret, build_pricer
+    from thrifty.assembly import _secret, build_pricer, build_router
     from thrifty.settings import config_path, load_settings
+    from thrifty.tokens import TiktokenCounter
 
     path = config_path(args.file or args.config)
     settings = load_settings(path)
     for name, provider in settings.providers.items():
         _secret(name, provider)
     pricer = build_pricer(settings)
-    for alias in settings.models:
-        for target in settings.alias_targets(alias):
+    aliases = {alias: settings.alias_targets(alias) for alias in settings.models}
+    for alias, targets in aliases.items():
+        for target in targets:
             if settings.providers[target.provider].kind != "replay" and not pricer.is_priced(target):
                 print(f"warning: models.{alias}: {target} has no price; its calls will be recorded as unpriced")
+    build_router(settings, aliases, TiktokenCounter())  # a learned router's folder must load, as `serve` will
     print(f"{path}: ok ({len(settings.providers)} providers, {len(settings.models)} models)")
     return 0
 

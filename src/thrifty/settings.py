@@ -8,6 +8,7 @@ Relative paths are relative to the config file's folder.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from decimal import Decimal
 from pathlib import Path
@@ -108,6 +109,17 @@ class CascadeSettings(_Strict):
     checks: list[Literal["refusal", "nonempty", "json", "final_number", "arithmetic"]] = ["refusal", "nonempty"]
     min_length: Annotated[int, Field(gt=0)] | None = None
     regex: str | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, regex: str | None) -> str | None:
+        """A pattern that does not compile would switch the check off at every request: refused at start-up."""
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"the regex {regex!r} does not compile: {exc}") from exc
+        return regex
 
 
 class ModelSettings(_Strict):

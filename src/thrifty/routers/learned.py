@@ -208,9 +208,22 @@ def save(router: LearnedRouter, directory: str | Path) -> None:
 
 
 def load(directory: str | Path, embedder: PromptEmbedder | None = None) -> LearnedRouter:
-    """A saved router; ``embedder`` stands in for the one the router names (tests, a shared instance)."""
-    np = require_numpy()
+    """A saved router; ``embedder`` stands in for the one the router names (tests, a shared instance).
+    ``ValueError`` naming the folder for anything missing or unreadable."""
     folder = Path(directory)
+    try:
+        return _load(folder, embedder)
+    except ValueError as exc:
+        if str(exc).startswith(str(folder)):
+            raise
+        raise ValueError(f"{folder}: not a usable learned router ({exc})") from exc
+    except (OSError, KeyError, TypeError, ArithmeticError) as exc:
+        what = f"no {exc.filename}" if isinstance(exc, FileNotFoundError) else f"{exc.__class__.__name__}: {exc}"
+        raise ValueError(f"{folder}: not a usable learned router ({what})") from exc
+
+
+def _load(folder: Path, embedder: PromptEmbedder | None) -> LearnedRouter:
+    np = require_numpy()
     meta = json.loads((folder / "router.json").read_text(encoding="utf-8"))
     if meta.get("format") not in _FORMATS:
         raise ValueError(f"{folder}: not a learned router of format {FORMAT!r} (found {meta.get('format')!r})")
