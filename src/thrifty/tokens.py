@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 from collections.abc import Callable, Sequence
 from functools import cache, lru_cache
 from importlib import resources
@@ -146,7 +147,8 @@ def _messages_total(messages: Sequence[dict[str, object]], measure: Callable[[st
 
 
 def text_of(value: object) -> str:
-    """The countable text in a message field: strings, text parts, tool call arguments."""
+    """The countable text in a message field: strings, text parts, tool call arguments; in Anthropic's blocks
+    also a ``tool_result``'s content and a ``tool_use``'s input (an agent's prompt is mostly these)."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
@@ -156,7 +158,12 @@ def text_of(value: object) -> str:
             return text_of(value["text"])
         if "function" in value:
             return text_of(value["function"])
-        return text_of(value.get("name", "")) + text_of(value.get("arguments", ""))
+        if "content" in value:  # tool_result
+            return text_of(value["content"])
+        arguments = value.get("arguments", value.get("input", ""))  # tool_use: input is an object
+        if not isinstance(arguments, str | list):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        return text_of(value.get("name", "")) + text_of(arguments)
     return ""
 
 

@@ -16,7 +16,7 @@ from thrifty.caches.prompt_cache import PrefixWatch, add_cache_breakpoints, lint
 from thrifty.ledger import tables
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
-from thrifty.tokens import TiktokenCounter
+from thrifty.tokens import TiktokenCounter, text_of
 
 LONG_SYSTEM = "You are a meticulous support agent for the Acme cloud platform. " * 200  # about 2,600 tokens
 COUNTER = TiktokenCounter()
@@ -43,6 +43,28 @@ def test_history_before_the_last_turn_is_marked_and_client_marks_are_respected()
     assert marked["messages"][2] == messages[2]
     mine = {"system": [{"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
     assert add_cache_breakpoints({**mine, "messages": messages}, "claude-sonnet-4-5", COUNTER)["messages"] == messages
+
+
+def test_an_agents_tool_results_and_calls_count_toward_the_prefix() -> None:
+    """An agent's history is mostly tool results: counted as nothing, its long prefix was never marked."""
+    log_lines = "\n".join(f"2024-05-01 12:00:{i % 60:02d} INFO worker {i} finished job {i * 7}" for i in range(400))
+    messages = [
+        {"role": "user", "content": "Why did the nightly build fail?"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": "read_logs", "input": {"job": "nightly"}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": log_lines}]},
+        {"role": "assistant", "content": "The logs show no failure; checking the tests next."},
+        {"role": "user", "content": "Go on."},
+    ]
+    marked = add_cache_breakpoints({"messages": messages}, "claude-sonnet-4-5", COUNTER)
+    assert marked["messages"][3]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    blocks = [{"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "42 rows"}]}]
+    assert text_of(blocks) == "42 rows"
+    assert (
+        text_of([{"type": "tool_use", "id": "t1", "name": "sql", "input": {"q": "select 1"}}]) == 'sql{"q": "select 1"}'
+    )
 
 
 def test_prompt_cache_key_follows_the_prefix() -> None:
