@@ -107,7 +107,9 @@ class Gateway:
                 trace.principal = principal or self.authenticator.authenticate(caller)  # 1. authenticate
                 self.check_model(request.model)
                 admission = await self.guard.admit(request, trace.principal)  # 2. guard
-                request = sent = self.planned(admission.request, trace.principal)
+                # The cache keys on what the client asked: a budget's clamp of max_tokens reaches the call only
+                # (through ``bounded``), or every repeat near the end of a budget would be a miss, paid again.
+                request = sent = self.planned(request, trace.principal)
                 response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
                 fresh = response is None
                 if response is None:
@@ -155,7 +157,7 @@ class Gateway:
             trace.principal = self.authenticator.authenticate(caller)  # 1. authenticate
             self.check_model(request.model)
             admission = await self.guard.admit(request, trace.principal)  # 2. guard
-            request = self.planned(admission.request, trace.principal)
+            request = self.planned(request, trace.principal)  # the client's, not the clamped (see handle)
             cached = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
             sent = request
             if cached is not None:

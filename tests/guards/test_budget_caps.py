@@ -59,3 +59,23 @@ def test_a_clamp_keeps_the_clients_field_and_caps_each_choice(tmp_path: Path) ->
                 client.chat.completions.create(model="fast", messages=MESSAGES, max_completion_tokens=5000, n=2)  # type: ignore[arg-type]
     ((max_tokens, per_choice),) = sent_caps(up)
     assert max_tokens is None and 400 <= per_choice <= 500
+
+
+def test_a_clamped_request_is_cached_under_what_the_client_asked(tmp_path: Path) -> None:
+    """The clamp rewrites max_tokens to what is left, which shrinks with each call: keyed on the clamped request,
+    every repeat near the end of a budget was a miss, paying again for an answer already in the cache."""
+    with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
+        with gateway(tmp_path, up, "\n[cache]\nexact = true\n", usd="0.0006", clamp=True) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                kinds = [
+                    client.chat.completions.with_raw_response.create(
+                        model="fast",
+                        messages=MESSAGES,  # type: ignore[arg-type]
+                        max_completion_tokens=5000,
+                        temperature=0,
+                    ).headers["x-thrifty-cache"]
+                    for _ in range(3)
+                ]
+    ((max_tokens, clamped),) = sent_caps(up)
+    assert kinds == ["miss", "exact", "exact"]
+    assert max_tokens is None and clamped < 5000  # the call itself was clamped
