@@ -130,6 +130,9 @@ def test_config_check_refuses_unknown_keys_and_bad_targets(tmp_path: Path) -> No
     result = thrifty("config", "check", cwd=tmp_path)  # `serve` crashed with a traceback
     assert result.returncode == 1 and "models.fast:" in result.stderr and "router.json" in result.stderr
     assert "Traceback" not in result.stderr
+    (tmp_path / "thrifty.toml").write_text(models + "[cache.models.fsat]\nttl_s = 60\n")
+    result = thrifty("config", "check", cwd=tmp_path)  # a typo's TTL or switch silently did nothing
+    assert result.returncode == 1 and "cache.models.fsat: not an alias" in result.stderr
 
 
 def test_simulate_and_export_round_trip(tmp_path: Path) -> None:

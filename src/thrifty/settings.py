@@ -377,6 +377,9 @@ class Settings(_Strict):
         for alias in self.optimize.models:
             if alias not in self.models:
                 raise ValueError(f"optimize.models.{alias}: not an alias in [models]")
+        for alias in self.cache.models:  # a mistyped alias's TTL or switch would silently do nothing
+            if alias not in self.models:
+                raise ValueError(f"cache.models.{alias}: not an alias in [models]")
         for where, optimize in [
             ("optimize", self.optimize),
             *((f"optimize.features.{name}", f) for name, f in self.optimize.features.items()),

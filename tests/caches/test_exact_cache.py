@@ -596,3 +596,26 @@ def test_an_answer_cached_from_a_stream_is_served_whole_with_its_usage(tmp_path:
     assert hit.headers["x-thrifty-cache"] == "exact"
     usage = hit.parse().usage
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (1000, 200)
+
+
+def test_feature_names_from_clients_do_not_grow_the_rule_table() -> None:
+    from thrifty.caches.layered import CachePolicy
+    from thrifty.settings import CacheRule, CacheSettings
+
+    policy = CachePolicy(CacheSettings(exact=True, features={"faq": CacheRule(ttl_s=60)}))
+    for i in range(1000):  # x-thrifty-feature is the client's to set
+        assert policy.rule("fast", f"feature-{i}").ttl_s == 86_400
+    assert policy.rule("fast", "faq").ttl_s == 60
+    assert len(policy._resolved) == 2
+
+
+async def test_a_sqlite_store_keeps_its_size_limit_across_short_lived_processes(tmp_path: Path) -> None:
+    for _process in range(3):  # each process stores fewer than the 256 puts between sweeps
+        store = SqliteStore(tmp_path / "c.sqlite", max_entries=10)
+        for _ in range(100):
+            await store.put(secrets.token_hex(8), entry("t", "f", "fast"))
+        await store.aclose()
+    store = SqliteStore(tmp_path / "c.sqlite", max_entries=10)
+    (count,) = store._db.execute("SELECT count(*) FROM cache_entries").fetchone()
+    await store.aclose()
+    assert count == 10

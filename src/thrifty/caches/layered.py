@@ -50,6 +50,8 @@ class CachePolicy:
         self._resolved: dict[tuple[str, str], Rule] = {}
 
     def rule(self, alias: str, feature: str) -> Rule:
+        if feature not in self.settings.features:  # the feature is the client's header: bounded by the config's
+            feature = ""
         found = self._resolved.get((alias, feature))
         if found is None:
             s = self.settings

@@ -44,6 +44,9 @@ class SqliteStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS ix_cache_used ON cache_entries (used_at)")
         self._max = max_entries
         self._puts = 0
+        # Also at each start: a process that restarts often may never reach its 256th store.
+        with contextlib.suppress(sqlite3.OperationalError):  # another process holds the lock: the next sweep
+            self._evict()
 
     async def get(self, key: str) -> CacheEntry | None:
         now = time.time()
