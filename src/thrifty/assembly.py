@@ -122,7 +122,14 @@ def build_runtime(settings: Settings) -> Runtime:
     counter = TiktokenCounter()
     aliases = {alias: settings.alias_targets(alias) for alias in settings.models}
     pricer = build_pricer(settings)
-    estimator = CostEstimator(pricer, counter, aliases, settings.reserved_output_tokens(), settings.cascade_aliases())
+    estimator = CostEstimator(
+        pricer,
+        counter,
+        aliases,
+        settings.reserved_output_tokens(),
+        settings.cascade_aliases(),
+        settings.sampled_aliases(),
+    )
     sink = AlertSink(ledger.engine, settings.alerts.webhooks, settings.alerts.slack_webhooks, settings.alerts.dedupe_s)
     metrics = GatewayMetrics()
     latency = LatencyTracker(configured_latency(settings))
@@ -284,7 +291,7 @@ def build_router(
     latency: LatencyTracker | None = None,
 ) -> Router:
     from thrifty.routers.by_alias import AliasRouter
-    from thrifty.routers.cascade import CascadeRouter, Checks
+    from thrifty.routers.cascade import CascadeRouter, Checks, load_custom_check
     from thrifty.routers.static import Rule, RulesRouter
 
     info = pool_info(settings)
@@ -308,7 +315,11 @@ def build_router(
             routers[alias] = RulesRouter(targets, rules, default, counter)
         elif model.router == "cascade":
             c = model.cascade or CascadeSettings()
-            routers[alias] = CascadeRouter(targets, Checks(tuple(c.checks), c.min_length, c.regex))
+            custom = tuple(load_custom_check(path) for path in c.custom)
+            checks = Checks(
+                tuple(c.checks), c.min_length, c.regex, c.samples, c.min_agreement, c.min_confidence, custom
+            )
+            routers[alias] = CascadeRouter(targets, checks)
         elif model.router == "learned":
             from thrifty.routers.learned_stage import LearnedRouter
 

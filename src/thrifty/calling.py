@@ -48,20 +48,25 @@ class ProviderCaller:
         # warm one fails: tried after them (in tier order, checked among themselves), never before.
         targets = [*ordered, *(t for t in route.targets if t not in ordered)]
         for index, target in enumerate(targets):
+            checked = cascade and index < len(targets) - 1 and index != len(ordered) - 1
+            provider = self.providers[target.provider]
+            sent = route.cascade.prepare(request, provider.samples) if checked else request
             started = time.perf_counter()
             try:
-                response = await self.providers[target.provider].chat(request, target.model)
+                response = await provider.chat(sent, target.model)
             except ThriftyError as exc:
                 last = self._fall_through(target, exc, trace)
                 continue
             finally:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000
             self.cooldowns.succeeded(target)
-            if cascade and index < len(targets) - 1 and index != len(ordered) - 1:
+            if checked:
                 failed = route.cascade.first_failure(request, response)
                 if failed is not None:
-                    self._on_escalation(trace, request, response, failed)
+                    self._on_escalation(trace, sent, response, failed)
                     continue
+                finished: ChatResponse = route.cascade.finish(request, response)  # usage kept: all were billed
+                return finished
             return response
         raise last or UpstreamError("the route has no targets")
 

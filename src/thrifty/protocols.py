@@ -88,6 +88,9 @@ class Router(Protocol):
 class Provider(Protocol):
     """Stage 6: one upstream API. Translates to and from the OpenAI shape and into the error tree."""
 
+    samples: bool
+    """Whether one request may ask for several choices (``n``): a cascade's self-consistency check needs it."""
+
     async def chat(self, request: ChatRequest, model: str) -> ChatResponse: ...
     def stream(self, request: ChatRequest, model: str) -> AsyncGenerator[StreamChunk, None]: ...
     async def embed(self, request: EmbeddingRequest, model: str) -> EmbeddingResponse: ...

@@ -94,6 +94,7 @@ def estimate_from_cli(
         aliases,
         settings.reserved_output_tokens(),
         settings.cascade_aliases(),
+        settings.sampled_aliases(),
     )
     quoted = quote_body(estimator, ChatRequest(body, "estimate"))
     breaches = (limits or Limits()).breaches(quoted)

@@ -106,9 +106,19 @@ class RuleSettings(_Strict):
 class CascadeSettings(_Strict):
     """Checks a cheap answer must pass before it is served; a failure escalates to the next tier."""
 
-    checks: list[Literal["refusal", "nonempty", "json", "final_number", "arithmetic"]] = ["refusal", "nonempty"]
+    checks: list[
+        Literal["refusal", "nonempty", "json", "final_number", "arithmetic", "self_consistency", "logprob"]
+    ] = ["refusal", "nonempty"]
     min_length: Annotated[int, Field(gt=0)] | None = None
     regex: str | None = None
+    samples: Annotated[int, Field(ge=2, le=8)] = 3
+    """``self_consistency``: choices asked of a cheap tier that can give several (OpenAI's ``n``)."""
+    min_agreement: Annotated[float, Field(gt=0, le=1)] = 0.6
+    """``self_consistency``: the share of samples that must agree (on the final number, else the whole text)."""
+    min_confidence: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    """``logprob``: the least geometric-mean token probability of a cheap answer (where the provider gives them)."""
+    custom: list[str] = []
+    """Your own checks, ``"package.module:function"``: ``function(answer: thrifty.routers.checks.Answer) -> bool``."""
 
     @field_validator("regex")
     @classmethod
@@ -401,6 +411,15 @@ class Settings(_Strict):
     def cascade_aliases(self) -> frozenset[str]:
         """Aliases that may call all their targets for one request (a worst case is then their sum)."""
         return frozenset(alias for alias, model in self.models.items() if model.router == "cascade")
+
+    def sampled_aliases(self) -> dict[str, int]:
+        """Cascades whose cheap tiers are asked for several choices (self-consistency): a worst case pays each
+        target's output that many times over."""
+        return {
+            alias: model.cascade.samples
+            for alias, model in self.models.items()
+            if model.router == "cascade" and model.cascade is not None and "self_consistency" in model.cascade.checks
+        }
 
     def _named_target(self, name: str) -> Target | None:
         """A pool name or a ``provider::model`` target; None if it is neither."""

@@ -17,6 +17,9 @@ Answers are a function of the request, so tests can assert exact values:
 - a tool call to the first tool instead, when the request has ``tools`` and the last message is a user
   message whose text contains "call tool"; its arguments fill the tool's required parameters with
   placeholders (``"test"``, ``1``, ``true``, ``[]``, ``{}``).
+- ``n`` > 1 (OpenAI, not streamed): that many choices, choice i answering ``reply({**body, "choice_index": i})``
+  (every output billed: ``up.usage``'s output tokens n times, or all the choices' words); ``logprobs: true``:
+  each answer token (word) at log-probability ``up.token_logprob``.
 - usage: exactly ``up.usage`` (a ``FakeUsage``) when set; otherwise input tokens are the words in the
   request's text and output tokens the words in the answer (or in the tool call's JSON arguments).
   ``FakeUsage.input_tokens`` is the whole prompt, cached part included, like OpenAI's ``prompt_tokens``;
@@ -166,6 +169,8 @@ class FakeUpstream:
         self.reply = reply
         self.cut_short = False
         """True: text answers say they stopped at the output cap (``finish_reason: "length"``)."""
+        self.token_logprob = -0.01
+        """The log-probability of every answer token, for requests asking ``logprobs``."""
         self.models = list(models)
         self.mode = Fault.ok()
         self.base_url = ""
@@ -370,11 +375,25 @@ class FakeUpstream:
         answer = self._answer(body, seq, "openai")
         if not stream:
             completion = _openai_completion(answer)
+            self._more_choices(completion, body, seq)
             if not self.chat_usage:
                 del completion["usage"]
             return completion
         asked = (body.get("stream_options") or {}).get("include_usage") is True
         return _openai_chunks(answer, include_usage=asked and self.chat_usage)
+
+    def _more_choices(self, completion: dict[str, Any], body: dict[str, Any], seq: int) -> None:
+        """``n`` choices, all billed, and token log-probabilities when asked."""
+        for index in range(1, int(body.get("n") or 1)):
+            other = _openai_completion(self._answer({**body, "choice_index": index}, seq, "openai"))
+            completion["choices"].append({**other["choices"][0], "index": index})
+            completion["usage"]["completion_tokens"] += other["usage"]["completion_tokens"]
+            completion["usage"]["total_tokens"] += other["usage"]["completion_tokens"]
+        if body.get("logprobs"):
+            for choice in completion["choices"]:
+                words = str(choice["message"].get("content") or "").split()
+                tokens = [{"token": w, "logprob": self.token_logprob, "bytes": None, "top_logprobs": []} for w in words]
+                choice["logprobs"] = {"content": tokens, "refusal": None}
 
     def _messages(self, body: dict[str, Any], seq: int, stream: bool) -> dict[str, Any] | list[bytes]:
         answer = self._answer(body, seq, "anthropic")

@@ -46,11 +46,14 @@ class CostEstimator:
         aliases: Mapping[str, tuple[Target, ...]],
         default_max_output_tokens: int = 4096,
         cascades: frozenset[str] = frozenset(),
+        samples: Mapping[str, int] | None = None,
     ) -> None:
         """``cascades``: aliases whose targets may all be called for one request (each tier escalating to the
-        next), so their worst case is the sum of the targets', not the dearest one's."""
+        next), so their worst case is the sum of the targets', not the dearest one's. ``samples``: cascades whose
+        cheap tiers answer that many choices at once, each up to the output cap."""
         self._pricer, self._counter, self._aliases = pricer, counter, aliases
         self._cascades = cascades
+        self._samples = dict(samples or {})
         self._default_max = default_max_output_tokens
         self._outputs: dict[str, tuple[int, int]] = {}
         self._bounds: dict[tuple[str, int, int, bool, tuple[bool, bool]], int | None] = {}
@@ -67,7 +70,7 @@ class CostEstimator:
     def quotes(self, request: ChatRequest) -> list[Quote]:
         """Per target: expected and worst cost; the worst is what a budget would hold on that target (cache
         writes and audio rates included)."""
-        cap = self.max_output_tokens(request)
+        cap = self.max_output_tokens(request) * self._samples.get(request.model, 1)
         hour, audio = billing_kinds(request)
         quotes = []
         for target in self._aliases[request.model]:
@@ -92,7 +95,7 @@ class CostEstimator:
 
         Targets that count text with the same encoding share one count (on the request path, counting is the
         cost); media are priced per target, since models of one encoding bill images very differently."""
-        cap = self.max_output_tokens(request)
+        cap = self.max_output_tokens(request) * self._samples.get(request.model, 1)
         hour, audio = billing_kinds(request)
         counts: dict[str, int] = {}
         worst: Decimal | None = None

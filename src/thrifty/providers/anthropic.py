@@ -31,6 +31,8 @@ API_VERSION = "2023-06-01"
 
 
 class AnthropicProvider:
+    samples = False  # one choice per request
+
     def __init__(
         self, name: str, base_url: str, api_key: str, timeouts: Timeouts, cache_counter: TiktokenCounter | None = None
     ) -> None:

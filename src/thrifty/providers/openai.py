@@ -93,6 +93,8 @@ def chunk_from_sse(data: bytes) -> StreamChunk:
 
 
 class OpenAIProvider:
+    samples = True
+
     def __init__(
         self, name: str, base_url: str, api_key: str, timeouts: Timeouts, *, prompt_cache_key: bool = False
     ) -> None:

@@ -44,6 +44,8 @@ WORDS_PER_CHUNK = 4
 
 
 class ReplayProvider:
+    samples = False  # one recorded answer per request
+
     def __init__(self, name: str, workload: Path, counter: TiktokenCounter) -> None:
         self.name = name
         self._index = ReplayIndex(read_workload(workload))
