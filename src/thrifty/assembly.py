@@ -41,6 +41,7 @@ log = logging.getLogger("thrifty")
 
 if TYPE_CHECKING:
     from thrifty.caches.embedders import CachedEmbedder
+    from thrifty.caches.purge_log import PurgeLog
 
 
 @dataclass
@@ -375,7 +376,24 @@ def build_cache(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> R
     from thrifty.caches.layered import CachePolicy, LayeredCache
 
     semantic = build_semantic(settings, aliases) if config.semantic or any(r.semantic for r in rules) else None
-    return LayeredCache(CachePolicy(config), build_entry_store(settings), aliases, semantic)
+    return LayeredCache(CachePolicy(config), build_entry_store(settings), aliases, semantic, build_purge_log(settings))
+
+
+def build_purge_log(settings: Settings) -> PurgeLog:
+    """Where purges are recorded for every replica (and ``thrifty cache purge``) to honour: beside the cache's
+    shared state, kept as long as any entry may live."""
+    from thrifty.caches.purge_log import MemoryPurgeLog, PostgresPurgeLog, RedisPurgeLog, SqlitePurgeLog
+
+    config = settings.cache
+    rules = [*config.models.values(), *config.features.values()]
+    kept_s = max([config.ttl_s, *(r.ttl_s for r in rules if r.ttl_s is not None)])
+    if config.store == "redis":
+        return RedisPurgeLog(config.url or "redis://127.0.0.1:6379/0", kept_s)
+    if config.store == "sqlite":
+        return SqlitePurgeLog(settings.path(config.url or "cache.sqlite"), kept_s)
+    if config.semantic_store == "pgvector":
+        return PostgresPurgeLog(config.semantic_url or settings.ledger_url(), kept_s)
+    return MemoryPurgeLog(kept_s)
 
 
 def build_entry_store(settings: Settings) -> EntryStore:

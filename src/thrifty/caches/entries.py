@@ -52,10 +52,13 @@ class CacheEntry:
         )
 
     @classmethod
-    def of(cls, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float) -> CacheEntry:
-        """The entry for an answer just paid for (its usage must be known)."""
+    def of(
+        cls, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float, asked_at: float = 0.0
+    ) -> CacheEntry:
+        """The entry for an answer just paid for (its usage must be known), dated by when it was asked for
+        (``asked_at``; default now): what a purge made after the question covers (``caches.purge_log``)."""
         assert response.usage is not None
-        now = time.time()
+        now = asked_at or time.time()
         return cls(
             response.body,
             response.target,

@@ -12,7 +12,6 @@ of the stream), but may wait for one that does.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Protocol
 
 from thrifty.caches.entries import CacheEntry, EntryStore, PurgeScope
 from thrifty.caches.keys import cacheable_request, cacheable_response, exact_key
+from thrifty.caches.purge_log import MemoryPurgeLog, PurgeLog, PurgeRecords, RecentPurges
 from thrifty.caches.resilient import LOOKUP_TIMEOUT_S, STORE_TIMEOUT_S, Breaker
 from thrifty.completions import usage_body
 from thrifty.settings import CacheSettings
@@ -29,8 +29,6 @@ from thrifty.types import ChatRequest, ChatResponse, Principal, Target
 log = logging.getLogger("thrifty.cache")
 BYPASS = "bypass"
 COALESCE_WAIT_S = 60.0
-PURGES_KEPT_S = 6 * 3600.0
-"""How long a purge keeps answers asked for before it out of the cache (a stream may run for hours)."""
 """How long a request waits for an identical one already asking the model before asking for itself."""
 
 
@@ -72,9 +70,11 @@ class SemanticLayer(Protocol):
     """Near-duplicate questions in the same context (``caches.semantic``)."""
 
     async def lookup(
-        self, request: ChatRequest, principal: Principal, threshold: float, max_age_s: float
+        self, request: ChatRequest, principal: Principal, threshold: float, max_age_s: float, purges: PurgeRecords
     ) -> ChatResponse | None: ...
-    async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float) -> None: ...
+    async def store(
+        self, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float, asked_at: float
+    ) -> None: ...
     async def purge(self, scope: PurgeScope) -> int: ...
 
 
@@ -85,6 +85,7 @@ class LayeredCache:
         store: EntryStore,
         aliases: Mapping[str, tuple[Target, ...]],
         semantic: SemanticLayer | None = None,
+        purges: PurgeLog | None = None,
     ) -> None:
         self.policy, self.entries, self.semantic = policy, store, semantic
         self.breaker = Breaker("the exact cache's store")
@@ -93,8 +94,8 @@ class LayeredCache:
         """Exact key -> (the request id asking the model for it, its answer to come)."""
         self._leading: dict[str, str] = {}
         """Request id -> the exact key it leads for."""
-        self._purges: collections.deque[tuple[float, PurgeScope]] = collections.deque(maxlen=1024)
-        """Recent purges in this process (when, what): answers asked for before one are not stored after it."""
+        self.purges = RecentPurges(purges or MemoryPurgeLog())
+        """Purges every replica honours (``caches.purge_log``)."""
         self.coalesced = 0
 
     def _applies(self, request: ChatRequest) -> bool:
@@ -121,11 +122,13 @@ class LayeredCache:
                     self._leading[request.request_id] = key
                 entry = await self.breaker.call(lambda: self.entries.get(key), LOOKUP_TIMEOUT_S, None, "a miss")
                 # An entry stored under another feature's longer TTL is too old for this one's.
-                if entry is not None and time.time() - entry.created_at <= rule.ttl_s:
+                fresh = entry is not None and time.time() - entry.created_at <= rule.ttl_s
+                if entry is not None and fresh and not (await self.purges.current()).covers(entry, principal.feature):
                     self._resolve(request, entry)
                     return hit(entry, request, "exact")
         if rule.semantic and self.semantic is not None:
-            return await self.semantic.lookup(request, principal, rule.semantic_threshold, rule.ttl_s)
+            purges = await self.purges.current()
+            return await self.semantic.lookup(request, principal, rule.semantic_threshold, rule.ttl_s, purges)
         return None
 
     async def _wait(self, key: str, waiting: tuple[str, asyncio.Future[CacheEntry | None]]) -> CacheEntry | None:
@@ -159,8 +162,8 @@ class LayeredCache:
             return
         if response.usage is None or not cacheable_response(response.body, self.policy.settings.cache_tool_calls):
             return
-        entry = CacheEntry.of(request, principal, response, rule.ttl_s)
-        if self._purged_since(asked_at, entry):
+        entry = CacheEntry.of(request, principal, response, rule.ttl_s, asked_at)
+        if (await self.purges.current()).covers(entry):
             return  # asked for before a purge that covers it: what the purge meant to remove must not come back
         try:
             if rule.exact:
@@ -170,21 +173,13 @@ class LayeredCache:
                 finally:  # after the write, so that no identical request can miss between the two
                     self._resolve(request, entry)
             if rule.semantic and self.semantic is not None:
-                await self.semantic.store(request, principal, response, rule.ttl_s)
+                await self.semantic.store(request, principal, response, rule.ttl_s, entry.created_at)
         except Exception as exc:  # a store's own errors (Redis, SQLite, pgvector) and anything else
             log.warning("cache: answer not stored (%s: %s)", exc.__class__.__name__, exc)
 
-    def _purged_since(self, asked_at: float, entry: CacheEntry) -> bool:
-        if not self._purges:
-            return False
-        now = time.time()
-        while self._purges and self._purges[0][0] < now - PURGES_KEPT_S:
-            self._purges.popleft()
-        return any(at >= asked_at and scope.matches(entry, now) for at, scope in self._purges)
-
     async def purge(self, scope: PurgeScope) -> int:
         if scope.older_than_s is None:  # an age-bounded purge never covers an answer still being asked for
-            self._purges.append((time.time(), scope))
+            await self.purges.record(scope)  # first: an answer stored while the entries go is then refused
         purged = await self.entries.purge(scope)
         if self.semantic is not None:
             purged += await self.semantic.purge(scope)
@@ -192,6 +187,7 @@ class LayeredCache:
 
     async def aclose(self) -> None:
         await self.entries.aclose()
+        await self.purges.aclose()
 
 
 def hit(entry: CacheEntry, request: ChatRequest, kind: str) -> ChatResponse:

@@ -31,6 +31,10 @@ def purge_from_cli(
     config = settings.cache
     rules = [*config.models.values(), *config.features.values()]
     lines, in_process = [], []
+    if scope.older_than_s is None and (config.store != "memory" or config.semantic_store == "pgvector"):
+        # Recorded first, where every gateway reads it: an answer in flight anywhere is then not stored after
+        # this purge, and a feature purged is not served what another feature stored before it.
+        asyncio.run(_record(settings, scope))
     if config.store in ("sqlite", "redis"):
         lines.append(f"purged {asyncio.run(_purge_entries(settings, scope))} entries from the {config.store} store")
     else:
@@ -50,6 +54,16 @@ def purge_from_cli(
     elif "semantic" in in_process:
         lines.append("the semantic cache lives in the gateway process (semantic_store = 'memory'): pass --gateway URL")
     return "\n".join(lines)
+
+
+async def _record(settings: Settings, scope: PurgeScope) -> None:
+    from thrifty.assembly import build_purge_log
+
+    log = build_purge_log(settings)
+    try:
+        await log.record(scope)
+    finally:
+        await log.aclose()
 
 
 async def _purge_entries(settings: Settings, scope: PurgeScope) -> int:

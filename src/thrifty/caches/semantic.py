@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from thrifty.caches.entries import CacheEntry, PurgeScope
 from thrifty.caches.keys import SemanticQuery, semantic_query
 from thrifty.caches.layered import hit
+from thrifty.caches.purge_log import PurgeRecords
 from thrifty.caches.resilient import LOOKUP_TIMEOUT_S, STORE_TIMEOUT_S, Breaker
 from thrifty.types import ChatRequest, ChatResponse, Principal, Target
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     Vector = NDArray[np.float32]
 
 log = logging.getLogger("thrifty.cache")
+NO_PURGES = PurgeRecords()
 
 NEIGHBOURS = 1
 EMBED_WARNING_EVERY_S = 60.0
@@ -150,7 +152,12 @@ class SemanticCache:
         return SemanticQuery(f"{self._embedder.name}:{query.partition}", query.text)
 
     async def lookup(
-        self, request: ChatRequest, principal: Principal, threshold: float, max_age_s: float = math.inf
+        self,
+        request: ChatRequest,
+        principal: Principal,
+        threshold: float,
+        max_age_s: float = math.inf,
+        purges: PurgeRecords = NO_PURGES,
     ) -> ChatResponse | None:
         """The first candidate the judge accepts among those younger than ``max_age_s`` (the asking feature's
         TTL: another feature's entries may live longer)."""
@@ -167,7 +174,7 @@ class SemanticCache:
         )
         oldest = time.time() - max_age_s
         for _key, cosine, text, entry in candidates:
-            if entry.created_at < oldest:
+            if entry.created_at < oldest or purges.covers(entry, principal.feature):
                 continue
             if self._make_judge is None:  # the bundled scorer: microseconds, on the loop
                 decision = judge.decide(query.text, text, cosine)
@@ -177,11 +184,13 @@ class SemanticCache:
                 return hit(entry, request, "semantic")
         return None
 
-    async def store(self, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float) -> None:
+    async def store(
+        self, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float, asked_at: float = 0.0
+    ) -> None:
         query = self._query(request, principal)
         if query is None or response.usage is None:
             return
-        entry = CacheEntry.of(request, principal, response, ttl_s)
+        entry = CacheEntry.of(request, principal, response, ttl_s, asked_at)
         vector = await self._embed(query.text, "answer not stored")
         if vector is None:
             return
