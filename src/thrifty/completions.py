@@ -34,7 +34,10 @@ async def chunks_of(response: ChatResponse) -> AsyncGenerator[StreamChunk, None]
     base["model"] = body.get("model", response.target.model)
     for choice in body.get("choices") or []:
         index, message = choice.get("index", 0), choice.get("message") or {}
-        yield _chunk(base, index, {"role": "assistant", "content": ""})
+        # Whatever else the message carries (a refusal, audio, reasoning text) whole, with the log-probabilities.
+        other = {k: v for k, v in message.items() if k not in _STREAMED_APART and v is not None}
+        logprobs = choice.get("logprobs")
+        yield _chunk(base, index, {"role": "assistant", "content": "", **other}, logprobs=logprobs)
         content = message.get("content") or ""
         for start in range(0, len(content), CHARS_PER_CHUNK):
             yield _chunk(base, index, {"content": content[start : start + CHARS_PER_CHUNK]})
@@ -47,25 +50,43 @@ async def chunks_of(response: ChatResponse) -> AsyncGenerator[StreamChunk, None]
         yield StreamChunk(payload, response.usage, usage_only=True)
 
 
-def _chunk(base: JsonObject, index: int, delta: JsonObject, finish: str | None = None) -> StreamChunk:
+_STREAMED_APART = frozenset({"role", "content", "tool_calls"})
+
+
+def _chunk(
+    base: JsonObject, index: int, delta: JsonObject, finish: str | None = None, logprobs: Any = None
+) -> StreamChunk:
     choice = {"index": index, "delta": delta, "finish_reason": finish}
+    if logprobs is not None:
+        choice["logprobs"] = logprobs
     return StreamChunk(orjson.dumps({**base, "choices": [choice]}))
 
 
 def assemble(payloads: list[bytes], model: str) -> JsonObject:
-    """The ``chat.completion`` a stream amounted to (content, tool calls and finish reason per choice)."""
+    """The ``chat.completion`` a stream amounted to, per choice: content, tool calls, finish reason, and every
+    other field of the deltas (a refusal, audio and its transcript, reasoning text: strings joined, objects
+    merged) and the log-probabilities. The cache stores this: an answer missing its refusal or its audio would be
+    served as an empty message."""
     choices: dict[int, dict[str, Any]] = {}
     first: JsonObject = {}
     for payload in payloads:
         chunk = orjson.loads(payload)
         first = first or chunk
         for choice in chunk.get("choices") or []:
-            state = choices.setdefault(choice.get("index", 0), {"content": [], "calls": {}, "finish": None})
+            state = choices.setdefault(
+                choice.get("index", 0), {"content": [], "calls": {}, "finish": None, "other": {}, "logprobs": {}}
+            )
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 state["content"].append(delta["content"])
             for call in delta.get("tool_calls") or []:
                 _merge_call(state["calls"], call)
+            for key, value in delta.items():
+                if key not in _STREAMED_APART:
+                    _merge_field(state["other"], key, value)
+            for key, value in (choice.get("logprobs") or {}).items():
+                if isinstance(value, list):
+                    state["logprobs"].setdefault(key, []).extend(value)
             state["finish"] = choice.get("finish_reason") or state["finish"]
     return {
         "id": first.get("id", ""),
@@ -86,8 +107,29 @@ def _merge_call(calls: dict[int, JsonObject], fragment: JsonObject) -> None:
     call["function"]["arguments"] += function.get("arguments") or ""
 
 
+def _merge_field(into: dict[str, Any], key: str, value: Any) -> None:
+    """A delta's field into what came before it: text joined, lists extended, objects merged field by field, the
+    rest replaced."""
+    if value is None:
+        return
+    before = into.get(key)
+    if isinstance(value, str) and isinstance(before, str):
+        into[key] = before + value
+    elif isinstance(value, list) and isinstance(before, list):
+        into[key] = [*before, *value]
+    elif isinstance(value, dict):
+        merged = into[key] = before if isinstance(before, dict) else {}
+        for sub, part in value.items():
+            _merge_field(merged, sub, part)
+    else:
+        into[key] = value
+
+
 def _choice(index: int, state: dict[str, Any]) -> JsonObject:
-    message: JsonObject = {"role": "assistant", "content": "".join(state["content"]) or None}
+    message: JsonObject = {"role": "assistant", "content": "".join(state["content"]) or None, **state["other"]}
     if state["calls"]:
         message["tool_calls"] = [state["calls"][i] for i in sorted(state["calls"])]
-    return {"index": index, "message": message, "finish_reason": state["finish"] or "stop"}
+    choice: JsonObject = {"index": index, "message": message, "finish_reason": state["finish"] or "stop"}
+    if state["logprobs"]:
+        choice["logprobs"] = state["logprobs"]
+    return choice
