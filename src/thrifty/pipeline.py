@@ -131,8 +131,8 @@ class Gateway:
                 if not recorded:  # a fault of ours still leaves the row of what was paid for
                     self.record_failure(trace, "internal_error")
                 raise
-            if fresh:
-                stored = as_asked(response, trace.saved_tokens)
+            if fresh:  # a provider that reports no usage: kept with the usage counted offline, marked estimated
+                stored = as_asked(replace(response, usage=response.usage or trace.usage), trace.saved_tokens)
                 await self.cache.store(request, trace.principal, stored, trace.started_at)
             elif response.cache == "semantic" and self.verifier is not None:
                 self.verifier.sample(request, trace.principal, response)

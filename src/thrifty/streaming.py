@@ -167,10 +167,12 @@ class ChatStream:
 
     async def _store(self) -> None:
         """A fresh, complete answer goes to the cache like a non-streamed one (not one a budget cut short)."""
-        if self._trace.cache or self._usage is None or self._trace.finish_reason == "budget":
+        if self._trace.cache or self._trace.finish_reason == "budget":
             return
+        # A provider that reports no usage: counted offline (marked estimated), as the ledger row is.
+        usage = self._usage or self._estimated(streamed_text(self._payloads, billed=True))
         body = assemble(self._payloads, self.target.model)
-        response = ChatResponse(body, self._usage, self.target, self._trace.upstream_ms)
+        response = ChatResponse(body, usage, self.target, self._trace.upstream_ms)
         stored = as_asked(response, self._trace.saved_tokens)
         await self._gateway.cache.store(self._request, self._trace.principal, stored, self._trace.started_at)
 

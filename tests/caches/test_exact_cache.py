@@ -619,3 +619,24 @@ async def test_a_sqlite_store_keeps_its_size_limit_across_short_lived_processes(
     (count,) = store._db.execute("SELECT count(*) FROM cache_entries").fetchone()
     await store.aclose()
     assert count == 10
+
+
+def test_answers_from_a_provider_that_reports_no_usage_are_cached_with_counted_usage(
+    tmp_path: Path, up: FakeUpstream
+) -> None:
+    """Local and self-hosted servers often send no usage: nothing of theirs was ever cached, and nothing said so."""
+    up.chat_usage = False
+    up.usage = None
+    with gateway(tmp_path, up, MEMORY) as gw, client(gw) as c:
+        first = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+        hit = c.chat.completions.with_raw_response.create(model="fast", messages=HI, temperature=0)
+        other = [{"role": "user", "content": "And the capital of Spain?"}]
+        list(c.chat.completions.create(model="fast", messages=other, temperature=0, stream=True))
+        streamed_hit = c.chat.completions.with_raw_response.create(model="fast", messages=other, temperature=0)
+        rows = ledger_rows(gw)
+    assert [first.headers["x-thrifty-cache"], hit.headers["x-thrifty-cache"]] == ["miss", "exact"]
+    assert streamed_hit.headers["x-thrifty-cache"] == "exact"
+    assert len(up.requests) == 2
+    assert hit.parse().usage is not None and hit.parse().usage.completion_tokens > 0  # type: ignore[union-attr]
+    hits = [r for r in rows if r["cache"] == "exact"]
+    assert [(r["cost_nusd"], r["baseline_cost_nusd"] > 0) for r in hits] == [(0, True), (0, True)]
