@@ -25,7 +25,7 @@ from thrifty.accounting import (
 )
 from thrifty.caches.verify import SemanticVerifier
 from thrifty.calling import ProviderCaller
-from thrifty.errors import ThriftyError
+from thrifty.errors import BudgetExceeded, ThriftyError
 from thrifty.guards.estimate import prompt_tokens
 from thrifty.observe.metrics import GatewayMetrics
 from thrifty.protocols import (
@@ -106,13 +106,15 @@ class Gateway:
             try:
                 trace.principal = principal or self.authenticator.authenticate(caller)  # 1. authenticate
                 self.check_model(request.model)
-                admission = await self.guard.admit(request, trace.principal)  # 2. guard
+                admission, refused = await self.admit(request, trace.principal)  # 2. guard
                 # The cache keys on what the client asked: a budget's clamp of max_tokens reaches the call only
                 # (through ``bounded``), or every repeat near the end of a budget would be a miss, paid again.
                 request = sent = self.planned(request, trace.principal)
                 response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
                 fresh = response is None
                 if response is None:
+                    if admission is None:
+                        raise refused or AssertionError("neither admitted nor refused")
                     sent = admission.bounded(await self.optimizer.optimize(request, trace.principal))  # 4. optimize
                     trace.saved_tokens = sent.saved_tokens
                     route = trace.route = self.router.route(sent, trace.principal)  # 5. route
@@ -144,6 +146,15 @@ class Gateway:
         usage = response.usage or trace.usage
         return replace(response, route=trace.route_header(), usage=usage), with_escalations(cost, trace)
 
+    async def admit(self, request: ChatRequest, principal: Principal) -> tuple[Admission | None, BudgetExceeded | None]:
+        """The guard's admission; or, when a budget has no room, its refusal, kept until the cache is asked: an
+        answer already cached costs nothing, so a spent budget still gets it (rate limits and agent caps, which
+        count requests, refuse at once)."""
+        try:
+            return await self.guard.admit(request, principal), None
+        except BudgetExceeded as refused:
+            return None, refused
+
     def planned(self, request: ChatRequest, principal: Principal) -> ChatRequest:
         """The request marked with the optimizer plan that applies to it, which the cache keys on."""
         key = self.optimizer.plan_key(request, principal)
@@ -156,7 +167,7 @@ class Gateway:
         try:
             trace.principal = self.authenticator.authenticate(caller)  # 1. authenticate
             self.check_model(request.model)
-            admission = await self.guard.admit(request, trace.principal)  # 2. guard
+            admission, refused = await self.admit(request, trace.principal)  # 2. guard
             request = self.planned(request, trace.principal)  # the client's, not the clamped (see handle)
             cached = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
             sent = request
@@ -165,6 +176,8 @@ class Gateway:
                 if cached.cache == "semantic" and self.verifier is not None:
                     self.verifier.sample(request, trace.principal, cached)
                 opened = await replay(cached)
+            elif admission is None:
+                raise refused or AssertionError("neither admitted nor refused")
             else:
                 sent = admission.bounded(await self.optimizer.optimize(request, trace.principal))  # 4. optimize
                 trace.saved_tokens = sent.saved_tokens

@@ -59,12 +59,13 @@ class ChatStream:
         sent: ChatRequest,
         trace: Trace,
         opened: OpenedStream,
-        admission: Admission,
+        admission: Admission | None,
     ) -> None:
         """``request`` is the client's (the cache's key), ``sent`` what the provider was sent (after the
         optimizers: what its tokens are counted from, if they must be)."""
         self._gateway, self._request, self._sent, self._trace = gateway, request, sent, trace
         self._opened, self._admission = opened, admission
+        """None: a cache hit served to a principal whose budget had no room (it costs nothing)."""
         self._payloads: list[bytes] = []
         self._usage: Usage | None = opened.usage
         self._prompt_usage: Usage | None = opened.first.prompt_usage
@@ -143,7 +144,8 @@ class ChatStream:
         """Reservations expire, so that none leak; a stream that runs long keeps its own alive."""
         self._renewed_at = time.monotonic()
         try:
-            await self._admission.extend()
+            if self._admission is not None:
+                await self._admission.extend()
         except Exception:  # the stream goes on; its cost is settled all the same when it ends
             log.warning("could not renew the budget holds of %s", self._trace.request_id, exc_info=True)
 
@@ -203,7 +205,8 @@ class ChatStream:
         try:
             self._gateway.record(entry)  # before settling: a budget store that fails must not lose the row
         finally:
-            await settle(self._admission, cost, trace, "" if trace.cache else self.target.model)
+            if self._admission is not None:
+                await settle(self._admission, cost, trace, "" if trace.cache else self.target.model)
 
 
 def streamed_text(payloads: list[bytes], billed: bool = False) -> str:

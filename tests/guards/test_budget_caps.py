@@ -79,3 +79,41 @@ def test_a_clamped_request_is_cached_under_what_the_client_asked(tmp_path: Path)
     ((max_tokens, clamped),) = sent_caps(up)
     assert kinds == ["miss", "exact", "exact"]
     assert max_tokens is None and clamped < 5000  # the call itself was clamped
+
+
+def test_a_spent_budget_is_still_served_what_the_cache_holds(tmp_path: Path) -> None:
+    """A hit costs nothing: refusing it (the budget had no room for a fresh call's worst case) left the tenant
+    without answers it had already paid for. Rate limits, which count requests, still refuse."""
+    with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200)) as up:
+        # gpt-4o-mini: a call costs $0.00027; its worst case (4,096 tokens out) $0.0026 fits the budget once.
+        with gateway(tmp_path, up, "\n[cache]\nexact = true\n", usd="0.0027") as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+
+                def ask(text: str, stream: bool = False) -> str:
+                    messages = [{"role": "user", "content": text}]
+                    if stream:
+                        with client.chat.completions.with_streaming_response.create(
+                            model="fast",
+                            messages=messages,  # type: ignore[arg-type]
+                            temperature=0,
+                            stream=True,
+                        ) as streamed:
+                            streamed.read()
+                            return streamed.headers["x-thrifty-cache"]
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="fast",
+                        messages=messages,  # type: ignore[arg-type]
+                        temperature=0,
+                    )
+                    return raw.headers["x-thrifty-cache"]
+
+                assert ask("write a haiku") == "miss"
+                assert ask("write a haiku") == "exact"
+                assert ask("write a haiku", stream=True) == "exact"
+                try:
+                    ask("write a sonnet")
+                    refused = None
+                except openai.RateLimitError as exc:
+                    refused = exc
+    assert refused is not None and refused.code == "budget_exceeded"
+    assert len(up.requests) == 1
