@@ -59,6 +59,8 @@ class Trace:
     escalated_usage: Usage = field(default_factory=Usage)
     escalations: int = 0
     escalated_unpriced: bool = False
+    detours: list[str] = field(default_factory=list)
+    """Why the answer is not the route's first target's: each target passed over, and why (``x-thrifty-route``)."""
 
     def answered(self, request: JsonObject, answer: JsonObject) -> None:
         """Note how a complete answer ended and the output cap its request carried."""
@@ -68,7 +70,10 @@ class Trace:
         """Which router decided and why (``x-thrifty-route``); a cache hit was decided by the cache."""
         if self.cache:
             return f"cache; {self.cache} hit"
-        return self.route.header() if self.route is not None else ""
+        if self.route is None:
+            return ""
+        shown = self.detours[:3] + ([f"{len(self.detours) - 3} more"] if len(self.detours) > 3 else [])
+        return "; ".join([self.route.header(), *shown])
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000

@@ -63,6 +63,7 @@ class ProviderCaller:
             if checked:
                 failed = route.cascade.first_failure(request, response)
                 if failed is not None:
+                    trace.detours.append(f"{target.model} failed check {failed}, escalated")
                     self._on_escalation(trace, sent, response, failed)
                     continue
                 finished: ChatResponse = route.cascade.finish(request, response)  # usage kept: all were billed
@@ -91,6 +92,7 @@ class ProviderCaller:
             trace.target = target
             raise exc
         self.cooldowns.failed(target)
+        trace.detours.append(f"{target.model} failed ({exc.code or exc.error_type}), fell back")
         log.warning("%s failed (%s); trying the next target", target, exc.message)
         return exc
 

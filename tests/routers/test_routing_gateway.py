@@ -80,8 +80,10 @@ def test_rules_and_cascades_leave_out_models_lacking_a_capability_or_the_context
     with gateway(tmp_path, up, f'\n[models.auto]\npool = ["mini", "big"]\n{router}\n') as gw:
         with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
             assert ask(client, "easy").headers["x-thrifty-model"] == "gpt-4o-mini"
-            assert ask(client, "easy", tools=[tool]).headers["x-thrifty-model"] == "gpt-4o"
+            tools = ask(client, "easy", tools=[tool])
             assert ask(client, "easy " * 3000).headers["x-thrifty-model"] == "gpt-4o"
+    assert tools.headers["x-thrifty-model"] == "gpt-4o"
+    assert tools.headers["x-thrifty-route"].endswith("; left out gpt-4o-mini (cannot take this request)")
     assert [r.json["model"] for r in up.requests] == ["gpt-4o-mini", "gpt-4o", "gpt-4o"]
 
 
@@ -147,6 +149,7 @@ def test_cascade_escalates_on_a_failed_check_and_records_both_calls(tmp_path: Pa
         rows = ledger_rows(gw)
     assert easy.headers["x-thrifty-model"] == "gpt-4o-mini"
     assert hard.headers["x-thrifty-model"] == "gpt-4o"
+    assert hard.headers["x-thrifty-route"].endswith("; gpt-4o-mini failed check refusal, escalated")
     assert hard.parse().choices[0].message.content == "gpt-4o says: hard question"
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "gpt-4o says: hard again"
     escalated = [r for r in rows if r["status"] == "escalated"]
@@ -311,7 +314,9 @@ def test_streams_fall_back_and_carry_the_route(tmp_path: Path, up: FakeUpstream)
             )
             list(raw.parse())
     assert raw.headers["x-thrifty-model"] == "gpt-4o"
-    assert raw.headers["x-thrifty-route"] == "tiers; cheapest capable tier first"
+    assert raw.headers["x-thrifty-route"] == (
+        "tiers; cheapest capable tier first; gpt-4o-mini failed (upstream_unavailable), fell back"
+    )
 
 
 @pytest.mark.parametrize(

@@ -84,4 +84,8 @@ class EligibleRouter:
         if not any(target in self._info for target in route.targets):
             return route  # nothing known about these models: counting the prompt would tell nothing
         needs = needs_of(request, self._counter, route.targets[0].model)
-        return replace(route, targets=tuple(eligible(route.targets, self._info, needs, request.model)))
+        kept = tuple(eligible(route.targets, self._info, needs, request.model))
+        if kept == route.targets:
+            return route
+        left_out = ", ".join(t.model for t in route.targets if t not in kept)
+        return replace(route, targets=kept, reason=f"{route.reason}; left out {left_out} (cannot take this request)")
