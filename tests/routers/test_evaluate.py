@@ -130,6 +130,23 @@ def test_eval_command_prints_tables_and_writes_decisions(tmp_path: Path) -> None
     assert {row["model"] for row in lines} <= set(router.models)
 
 
+def test_eval_says_where_it_could_not_score_the_routers_own_choice_and_survives_a_missing_model(
+    tmp_path: Path,
+) -> None:
+    records = twelve_models(80)
+    router = train(records, dim=256)
+    save(router, tmp_path / "r")
+    write_outcomes(tmp_path / "o.jsonl", records)
+    text = eval_command(tmp_path / "o.jsonl", tmp_path / "r")
+    assert "has no outcome in this data" in text  # about a tenth of each model's outcomes are missing
+    # A file that never measures m05: the router may choose it, so no operating point; the curves still print.
+    without = [OutcomeRecord(r.prompt, {m: o for m, o in r.outcomes.items() if m != "m05"}) for r in records]
+    write_outcomes(tmp_path / "w.jsonl", without)
+    text = eval_command(tmp_path / "w.jsonl", tmp_path / "r", tmp_path / "d.jsonl")
+    assert "APGR" in text and "cannot calibrate it" in text and "no decisions written" in text
+    assert not (tmp_path / "d.jsonl").exists()
+
+
 def test_decisions_follow_the_operating_point() -> None:
     router = train(synthetic_records(), dim=512)
     prompts = [r.prompt for r in synthetic_records(40, seed=4)]

@@ -336,17 +336,39 @@ def eval_command(data: str | Path, router_dir: str | Path, decisions_out: str | 
     out += [metrics_table(curves, matrix), "", curve_table(curves, matrix), ""]
     point = router.point
     if point is None:
-        calibration = calibrate(router, records)
+        try:
+            calibration = calibrate(router, records)
+        except ValueError as exc:  # the curves above stand; only an operating point cannot be chosen here
+            out.append(f"router not calibrated, and this data cannot calibrate it: {exc}")
+            if decisions_out is not None:
+                out.append("no decisions written: calibrate the router first (`thrifty router calibrate`)")
+            return "\n".join(out)
         point = calibration.point
         out.append("router not calibrated: calibrated here on this data to keep 95% of the best model's quality")
         out.append(describe(calibration))
     else:
         out.append(_at_point(router, matrix, point))
+    unmeasured = _unmeasured_choices(router, matrix, point)
+    if unmeasured:
+        out.append(
+            f"note: on {unmeasured} of {len(matrix.prompts)} prompts the model the router would call (as in "
+            "--decisions) has no outcome in this data; the figures above choose among the measured models there"
+        )
     if decisions_out is not None:
         rows = decisions(router, matrix.prompts, point)
         _write_jsonl(Path(decisions_out), rows)
         out.append(f"wrote {len(rows)} decisions to {decisions_out}")
     return "\n".join(out)
+
+
+def _unmeasured_choices(router: LearnedRouter, data: OutcomeMatrix, point: OperatingPoint) -> int:
+    """Prompts where the gateway's choice (among all the router's models) was not measured in ``data``."""
+    chosen = [row["model"] for row in decisions(router, data.prompts, point)]
+    return sum(
+        1
+        for i, model in enumerate(chosen)
+        if model not in data.models or not bool(data.available[i, data.models.index(model)])
+    )
 
 
 def _at_point(router: LearnedRouter, data: OutcomeMatrix, point: OperatingPoint) -> str:
