@@ -309,6 +309,7 @@ def build_router(
                     tuple(r.keywords),
                     r.max_input_tokens,
                     r.min_input_tokens,
+                    tuple(r.task),
                 )
                 for r in model.rules
             ]

@@ -101,6 +101,8 @@ class RuleSettings(_Strict):
     keywords: list[str] = []
     max_input_tokens: Annotated[int, Field(gt=0)] | None = None
     min_input_tokens: Annotated[int, Field(ge=0)] | None = None
+    task: list[Literal["translate", "summarize", "classify", "extract", "code", "math", "chat"]] = []
+    """The task the last user turn asks for (``routers.tasks``: a heuristic); any of these."""
 
 
 class CascadeSettings(_Strict):

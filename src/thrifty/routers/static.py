@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from thrifty.errors import UnknownModel
 from thrifty.routers.pool import ModelInfo, eligible, needs_of
+from thrifty.routers.tasks import task_of
 from thrifty.tokens import TiktokenCounter
 from thrifty.types import ChatRequest, Principal, Route, Target
 
@@ -46,12 +47,15 @@ class Rule:
     keywords: tuple[str, ...] = ()
     max_input_tokens: int | None = None
     min_input_tokens: int | None = None
+    tasks: tuple[str, ...] = ()
+    """``routers.tasks.task_of`` of the last turn must be one of these (any when empty)."""
 
     def matches(self, request: ChatRequest, principal: Principal, input_tokens: int, text: str) -> bool:
         return (
             (self.feature is None or principal.feature == self.feature)
             and (self.tenant is None or principal.tenant == self.tenant)
             and (not self.keywords or any(k.lower() in text for k in self.keywords))
+            and (not self.tasks or task_of(text) in self.tasks)
             and (self.max_input_tokens is None or input_tokens <= self.max_input_tokens)
             and (self.min_input_tokens is None or input_tokens >= self.min_input_tokens)
         )
@@ -60,6 +64,8 @@ class Rule:
         parts = [f"{name}={value}" for name, value in (("feature", self.feature), ("tenant", self.tenant)) if value]
         if self.keywords:
             parts.append("keywords=" + "|".join(self.keywords))
+        if self.tasks:
+            parts.append("task=" + "|".join(self.tasks))
         if self.max_input_tokens is not None:
             parts.append(f"input<={self.max_input_tokens}")
         if self.min_input_tokens is not None:
