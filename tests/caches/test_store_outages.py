@@ -165,3 +165,19 @@ async def test_the_breaker_probes_again_after_a_cooldown_that_doubles() -> None:
     assert await breaker.call(failing, 1.0, -1, "x") == -1
     now[0] += resilient.FIRST_COOLDOWN_S  # a success reset it: the next wait is the first again
     assert not breaker.open
+
+
+async def test_an_entry_of_another_tenant_under_the_key_is_never_served() -> None:
+    """The tenant is part of the key; a shared store written by every replica (or by anything else) is still
+    not trusted to hold only the asker's entries."""
+    from thrifty.caches.keys import exact_key
+
+    store = MemoryStore()
+    cache, request, principal = layered(store)
+    key = exact_key(request, principal, (Target("up", "m"),))
+    await store.put(key, entry())  # tenant "acme": the asker's, so a hit
+    assert await cache.lookup(request, principal) is not None
+    now = time.time()
+    foreign = CacheEntry(ANSWER, Target("up", "m"), Usage(1, 1), "globex", "f", "fast", now, now + 60)
+    await store.put(key, foreign)
+    assert await cache.lookup(request, principal) is None

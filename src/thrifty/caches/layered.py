@@ -121,9 +121,11 @@ class LayeredCache:
                     self._inflight[key] = (request.request_id, asyncio.get_running_loop().create_future())
                     self._leading[request.request_id] = key
                 entry = await self.breaker.call(lambda: self.entries.get(key), LOOKUP_TIMEOUT_S, None, "a miss")
-                # An entry stored under another feature's longer TTL is too old for this one's.
-                fresh = entry is not None and time.time() - entry.created_at <= rule.ttl_s
-                if entry is not None and fresh and not (await self.purges.current()).covers(entry, principal.feature):
+                if (
+                    entry is not None
+                    and _servable(entry, principal, rule)
+                    and not (await self.purges.current()).covers(entry, principal.feature)
+                ):
                     self._resolve(request, entry)
                     return hit(entry, request, "exact")
         if rule.semantic and self.semantic is not None:
@@ -188,6 +190,12 @@ class LayeredCache:
     async def aclose(self) -> None:
         await self.entries.aclose()
         await self.purges.aclose()
+
+
+def _servable(entry: CacheEntry, principal: Principal, rule: Rule) -> bool:
+    """The asker's tenant's (in the key too; checked again, as every replica writes a shared store), and young
+    enough for the asker's TTL (an entry stored under another feature's longer TTL is too old for this one)."""
+    return entry.tenant == principal.tenant and time.time() - entry.created_at <= rule.ttl_s
 
 
 def hit(entry: CacheEntry, request: ChatRequest, kind: str) -> ChatResponse:

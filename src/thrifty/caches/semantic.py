@@ -174,7 +174,7 @@ class SemanticCache:
         )
         oldest = time.time() - max_age_s
         for _key, cosine, text, entry in candidates:
-            if entry.created_at < oldest or purges.covers(entry, principal.feature):
+            if entry.created_at < oldest or entry.tenant != principal.tenant or purges.covers(entry, principal.feature):
                 continue
             if self._make_judge is None:  # the bundled scorer: microseconds, on the loop
                 decision = judge.decide(query.text, text, cosine)
