@@ -118,6 +118,8 @@ async def test_a_sqlite_store_another_process_locks_costs_no_wait(tmp_path: Path
 class Stalled(MemoryStore):
     """A store whose server accepted the connection and never answers."""
 
+    remote = True
+
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0

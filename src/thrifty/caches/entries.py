@@ -115,6 +115,9 @@ class PurgeScope:
 class EntryStore(Protocol):
     """Where exact-cache entries live: this process, a SQLite file, or Redis shared by replicas."""
 
+    remote: bool
+    """Its calls leave this process (a file another process may lock, a server): each is given a timeout."""
+
     async def get(self, key: str) -> CacheEntry | None: ...
     async def put(self, key: str, entry: CacheEntry) -> None: ...
     async def purge(self, scope: PurgeScope) -> int: ...
@@ -123,6 +126,8 @@ class EntryStore(Protocol):
 
 class MemoryStore:
     """An LRU dict, bounded by entry count; expired entries are dropped when met."""
+
+    remote = False
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()

@@ -89,6 +89,7 @@ class LayeredCache:
     ) -> None:
         self.policy, self.entries, self.semantic = policy, store, semantic
         self.breaker = Breaker("the exact cache's store")
+        self._timeouts = (LOOKUP_TIMEOUT_S, STORE_TIMEOUT_S) if store.remote else (None, None)
         self._aliases = aliases
         self._inflight: dict[str, tuple[str, asyncio.Future[CacheEntry | None]]] = {}
         """Exact key -> (the request id asking the model for it, its answer to come)."""
@@ -120,7 +121,7 @@ class LayeredCache:
                 if not request.body.get("stream"):  # lead before reading: no identical request misses in between
                     self._inflight[key] = (request.request_id, asyncio.get_running_loop().create_future())
                     self._leading[request.request_id] = key
-                entry = await self.breaker.call(lambda: self.entries.get(key), LOOKUP_TIMEOUT_S, None, "a miss")
+                entry = await self.breaker.call(lambda: self.entries.get(key), self._timeouts[0], None, "a miss")
                 if (
                     entry is not None
                     and _servable(entry, principal, rule)
@@ -171,7 +172,7 @@ class LayeredCache:
             if rule.exact:
                 key = exact_key(request, principal, self._aliases[request.model])
                 try:
-                    await self.breaker.call(lambda: self.entries.put(key, entry), STORE_TIMEOUT_S, None, "not stored")
+                    await self.breaker.call(lambda: self.entries.put(key, entry), self._timeouts[1], None, "not stored")
                 finally:  # after the write, so that no identical request can miss between the two
                     self._resolve(request, entry)
             if rule.semantic and self.semantic is not None:

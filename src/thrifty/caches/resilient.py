@@ -40,13 +40,18 @@ class Breaker:
     def open(self) -> bool:
         return self._clock() < self._until
 
-    async def call(self, make: Callable[[], Awaitable[T]], timeout_s: float, default: T, doing: str) -> T:
-        """``make()``'s result, or ``default`` when the store is cooling down, fails or takes over ``timeout_s``."""
+    async def call(self, make: Callable[[], Awaitable[T]], timeout_s: float | None, default: T, doing: str) -> T:
+        """``make()``'s result, or ``default`` when the store is cooling down, fails or takes over ``timeout_s``
+        (None: a store in this process, which cannot stall; its errors are still caught)."""
         if self.open:
             self.skipped += 1
             return default
         try:
-            result = await asyncio.wait_for(make(), timeout_s)
+            if timeout_s is None:
+                result = await make()
+            else:
+                async with asyncio.timeout(timeout_s):  # no task per call, as wait_for makes on Python 3.11
+                    result = await make()
         except Exception as exc:  # TimeoutError, a driver's errors, a corrupt value: the cache is optional
             self._failed(exc, doing)
             return default

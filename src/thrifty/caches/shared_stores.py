@@ -31,6 +31,8 @@ PURGE_BUSY_WAIT_S = 30.0
 
 
 class SqliteStore:
+    remote = True
+
     def __init__(self, path: Path, max_entries: int = 100_000) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), timeout=BUSY_WAIT_S, isolation_level=None, check_same_thread=False)
@@ -148,6 +150,8 @@ return dropped
 
 
 class RedisStore:
+    remote = True
+
     def __init__(self, url: str, max_entries: int = 100_000) -> None:
         try:
             import redis.asyncio as redis_asyncio
