@@ -80,14 +80,16 @@ async def measure(name: str, requests: int, folder: Path) -> dict[str, Any]:
         await cache.store(request, principal, answer, time.time())
         cache.release(request, principal)
         miss.append(time.perf_counter() - started)
-        assert found is None
+        if found is not None:
+            raise RuntimeError(f"request {i} should have been a miss")
     for i, body in enumerate(bodies):
         request = ChatRequest(body, f"hit_{i}")
         started = time.perf_counter()
         found = await cache.lookup(request, principal)
         hit.append(time.perf_counter() - started)
         cache.release(request, principal)
-        assert found is not None and found.cache == "exact"
+        if found is None or found.cache != "exact":
+            raise RuntimeError(f"request {i} should have been an exact hit")
     await cache.aclose()
     return {"store": name, "miss_then_store": percentiles(miss), "hit": percentiles(hit)}
 
