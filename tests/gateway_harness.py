@@ -72,6 +72,13 @@ def running_gateway(tmp_path: Path, up: FakeUpstream, **kwargs: Any) -> Iterator
         yield server
 
 
+def chat_raw(client: Any, text: str, model: str = "auto", **kwargs: Any) -> Any:
+    """One user turn through an ``openai.OpenAI`` client; the raw response, for its headers."""
+    return client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], **kwargs
+    )
+
+
 def settings_for(tmp_path: Path, up: FakeUpstream, **kwargs: Any) -> Settings:
     path = tmp_path / "thrifty.toml"
     path.write_text(config_text(up, **kwargs))

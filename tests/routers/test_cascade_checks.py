@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import openai
 import pytest
 
 from fakes.upstream import FakeUpstream, FakeUsage
-from gateway_harness import config_text, ledger_rows
+from gateway_harness import chat_raw, config_text, ledger_rows, running_gateway
 from thrifty.assembly import build_pricer, build_router
 from thrifty.errors import ConfigError
 from thrifty.guards.estimate import CostEstimator
@@ -39,15 +40,11 @@ def up() -> Iterator[FakeUpstream]:
         yield upstream
 
 
-def gateway(tmp_path: Path, up: FakeUpstream, cascade: str) -> ServerThread:
-    (tmp_path / "thrifty.toml").write_text(config_text(up, extra=CASCADE + cascade))
-    return ServerThread(load_settings(tmp_path / "thrifty.toml"))
+def gateway(tmp_path: Path, up: FakeUpstream, cascade: str) -> AbstractContextManager[ServerThread]:
+    return running_gateway(tmp_path, up, extra=CASCADE + cascade)
 
 
-def ask(client: openai.OpenAI, text: str, **kwargs: Any) -> Any:
-    return client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": text}], **kwargs
-    )
+ask = chat_raw
 
 
 def test_self_consistency_samples_the_cheap_tier_and_escalates_when_samples_disagree(

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from fakes.upstream import FakeUpstream, FakeUsage, Fault
-from gateway_harness import config_text, ledger_rows
+from gateway_harness import chat_raw, config_text, ledger_rows
 from thrifty.accounting import Trace, with_escalations
 from thrifty.ledger import tables
 from thrifty.server.run import ServerThread
@@ -51,10 +51,7 @@ def gateway(tmp_path: Path, up: FakeUpstream, extra: str) -> ServerThread:
     return ServerThread(load_settings(tmp_path / "thrifty.toml"))
 
 
-def ask(client: openai.OpenAI, text: str, **kwargs: Any) -> Any:
-    return client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": text}], **kwargs
-    )
+ask = chat_raw
 
 
 def test_pool_skips_models_lacking_a_capability_or_the_context(tmp_path: Path, up: FakeUpstream) -> None:
