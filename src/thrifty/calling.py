@@ -53,7 +53,15 @@ class ProviderCaller:
             sent = route.cascade.prepare(request, provider.samples) if checked else request
             started = time.perf_counter()
             try:
-                response = await provider.chat(sent, target.model)
+                try:
+                    response = await provider.chat(sent, target.model)
+                except ThriftyError as refused:
+                    if sent is request or refused.http_status != 400:
+                        raise
+                    # The provider refuses what the checks added (n, logprobs): ask as the client did; those
+                    # checks then have nothing to judge and pass.
+                    log.warning("%s refused a cascade check's n/logprobs (%s); asked without", target, refused)
+                    response = await provider.chat(request, target.model)
             except ThriftyError as exc:
                 last = self._fall_through(target, exc, trace)
                 continue

@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from fakes.upstream import FakeUpstream, FakeUsage
+from fakes.upstream import FakeUpstream, FakeUsage, Fault
 from gateway_harness import chat_raw, config_text, ledger_rows, running_gateway
 from thrifty.assembly import build_pricer, build_router
 from thrifty.errors import ConfigError
@@ -20,7 +20,7 @@ from thrifty.routers.cascade import Checks
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
 from thrifty.tokens import TiktokenCounter
-from thrifty.types import ChatRequest
+from thrifty.types import ChatRequest, ChatResponse, Target, Usage
 
 CASCADE = '\n[models.auto]\ntargets = ["up::gpt-4o-mini", "up::gpt-4o"]\nrouter = "cascade"\n[models.auto.cascade]\n'
 # gpt-4o-mini: $0.15 / $0.60 per million tokens; 1,000 in and 200 out per choice.
@@ -120,13 +120,46 @@ def test_only_providers_that_give_several_choices_are_sampled() -> None:
     assert checks.prepare(mine, samples=True) is mine  # the client's own n and logprobs are left alone
 
 
-def test_a_budget_holds_for_every_sample_of_the_cheap_tier(tmp_path: Path, up: FakeUpstream) -> None:
+def test_a_budget_holds_for_every_sample_of_the_cheap_tier_and_no_more(tmp_path: Path, up: FakeUpstream) -> None:
     (tmp_path / "thrifty.toml").write_text(config_text(up, extra=CASCADE + 'checks = ["self_consistency"]\n'))
     settings = load_settings(tmp_path / "thrifty.toml")
     aliases = {"auto": settings.alias_targets("auto")}
-    request = ChatRequest({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}, "r")
     pricer, counter = build_pricer(settings), TiktokenCounter()
-    plain = CostEstimator(pricer, counter, aliases, 4096, frozenset({"auto"})).worst_case(request)[0]
+    plain = CostEstimator(pricer, counter, aliases, 4096, frozenset({"auto"}))
     sampled = CostEstimator(pricer, counter, aliases, 4096, frozenset({"auto"}), settings.sampled_aliases())
-    worst = sampled.worst_case(request)[0]
-    assert plain is not None and worst is not None and worst > Decimal("2.5") * plain  # output dominates: ~3x
+
+    def request(n: int = 1) -> ChatRequest:
+        body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "n": n}
+        return ChatRequest(body, "r")
+
+    one, three = plain.worst_case(request())[0], sampled.worst_case(request())[0]
+    assert one is not None and three is not None
+    # The cheap tier's output three times ($0.60 per million, 1,000 tokens each), the last tier's once.
+    assert three - one == Decimal("0.0012")
+    assert sampled.worst_case_bound(request()) >= three * 10**9  # type: ignore[operator]
+    assert sampled.worst_case(request(2))[0] == plain.worst_case(request(2))[0]  # the client's own n: no samples
+
+
+def test_the_answer_handed_back_is_one_the_majority_gave() -> None:
+    checks = Checks(("self_consistency",), samples=3)
+    request = ChatRequest({"model": "auto", "messages": []}, "r")
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": f"So the answer is {n}."}, "finish_reason": "stop"}
+        for i, n in enumerate((54, 51, 51))
+    ]
+    response = ChatResponse({"choices": choices}, Usage(10, 30), Target("up", "gpt-4o-mini"), 1.0)
+    assert checks.first_failure(request, response) is None  # two of three agree
+    (served,) = checks.finish(request, response).body["choices"]
+    assert served["message"]["content"] == "So the answer is 51." and served["index"] == 0
+
+
+def test_a_provider_refusing_the_checks_options_is_asked_again_without_them(tmp_path: Path, up: FakeUpstream) -> None:
+    up.script([Fault.status(400)])  # e.g. a reasoning model, or a server without logprobs
+    with gateway(tmp_path, up, 'checks = ["logprob"]\n') as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            answer = ask(client, "what is six times seven?")
+    assert answer.headers["x-thrifty-model"] == "gpt-4o-mini"
+    assert [(r.json["model"], r.json.get("logprobs")) for r in up.requests] == [
+        ("gpt-4o-mini", True),
+        ("gpt-4o-mini", None),
+    ]

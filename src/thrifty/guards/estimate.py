@@ -56,7 +56,7 @@ class CostEstimator:
         self._samples = dict(samples or {})
         self._default_max = default_max_output_tokens
         self._outputs: dict[str, tuple[int, int]] = {}
-        self._bounds: dict[tuple[str, int, int, bool, tuple[bool, bool]], int | None] = {}
+        self._bounds: dict[tuple[str, int, tuple[int, ...], bool, tuple[bool, bool]], int | None] = {}
         self._bounds_minute = 0
 
     def max_output_tokens(self, request: ChatRequest) -> int:
@@ -64,16 +64,25 @@ class CostEstimator:
         cap = body.get("max_completion_tokens") or body.get("max_tokens") or self._default_max
         return int(cap) * int(body.get("n") or 1)
 
+    def output_caps(self, request: ChatRequest) -> list[int]:
+        """Per target of the alias, the most output it may bill: ``max_output_tokens``, times the samples a
+        self-consistency cascade asks of each tier but the last (when the client asked for one choice)."""
+        cap = self.max_output_tokens(request)
+        targets = self._aliases[request.model]
+        samples = self._samples.get(request.model, 1)
+        if samples == 1 or int(request.body.get("n") or 1) != 1:
+            return [cap] * len(targets)
+        return [cap * samples] * (len(targets) - 1) + [cap]
+
     def input_tokens(self, request: ChatRequest, target: Target) -> int:
         return prompt_tokens(self._counter, request, target.model)
 
     def quotes(self, request: ChatRequest) -> list[Quote]:
         """Per target: expected and worst cost; the worst is what a budget would hold on that target (cache
         writes and audio rates included)."""
-        cap = self.max_output_tokens(request) * self._samples.get(request.model, 1)
         hour, audio = billing_kinds(request)
         quotes = []
-        for target in self._aliases[request.model]:
+        for target, cap in zip(self._aliases[request.model], self.output_caps(request), strict=True):
             tokens_in = self.input_tokens(request, target)
             seen, total = self._outputs.get(target.model, (0, 0))
             expected_out = min(cap, total // seen if seen else cap // 4)
@@ -95,12 +104,11 @@ class CostEstimator:
 
         Targets that count text with the same encoding share one count (on the request path, counting is the
         cost); media are priced per target, since models of one encoding bill images very differently."""
-        cap = self.max_output_tokens(request) * self._samples.get(request.model, 1)
         hour, audio = billing_kinds(request)
         counts: dict[str, int] = {}
         worst: Decimal | None = None
         most = 0
-        for target in self._aliases[request.model]:
+        for target, cap in zip(self._aliases[request.model], self.output_caps(request), strict=True):
             encoding = encoding_name_for(target.model)[0]
             if encoding not in counts:
                 counts[encoding] = text_tokens(self._counter, request, target.model)
@@ -145,10 +153,10 @@ class CostEstimator:
 
         The input is bounded by its bytes and rounded up to four significant bits, so that requests of about the
         same size and the same ``max_tokens`` share one price computation: a price only grows with tokens."""
-        cap = self.max_output_tokens(request)
+        caps = tuple(self.output_caps(request))
         bound_in = messages_token_bound(request.messages) + len(_definitions(request))
         hour, audio = billing_kinds(request)
-        key = (request.model, size_class(bound_in), cap, hour, audio)
+        key = (request.model, size_class(bound_in), caps, hour, audio)
         minute = int(time.time() // 60)
         if minute != self._bounds_minute or len(self._bounds) >= BOUND_PRICES:
             self._bounds.clear()
@@ -156,7 +164,7 @@ class CostEstimator:
         if key in self._bounds:
             return self._bounds[key]
         worst: Decimal | None = None
-        for target in self._aliases[request.model]:
+        for target, cap in zip(self._aliases[request.model], caps, strict=True):
             worst = self._worse(request, worst, self._dearest(target, key[1], cap, hour, audio))
         bound = self._bounds[key] = None if worst is None else ceil_nusd(worst)
         return bound

@@ -33,6 +33,7 @@ from thrifty.routers.checks import (
     Verdict,
     answer_from_openai,
     extract_final_number,
+    majority,
     run_checks,
 )
 from thrifty.types import ChatRequest, ChatResponse, Principal, Route, Target
@@ -101,13 +102,14 @@ class Checks:
         return replace(request, body={**body, **extra}) if extra else request
 
     def finish(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
-        """The answer as the client asked for it: its own choices only, log-probabilities only if asked."""
+        """The answer as the client asked for it: one choice (of the samples, one giving the majority's answer),
+        log-probabilities only if asked."""
         body = request.body
         choices = response.body.get("choices")
         if not isinstance(choices, list):
             return response
-        if "self_consistency" in self.names and int(body.get("n") or 1) == 1:
-            choices = choices[:1]
+        if "self_consistency" in self.names and int(body.get("n") or 1) == 1 and choices:
+            choices = [{**_majority_choice(choices), "index": 0}]
         if "logprob" in self.names and not body.get("logprobs"):
             choices = [{**c, "logprobs": None} if isinstance(c, dict) else c for c in choices]
         return replace(response, body={**response.body, "choices": choices}, raw=None)  # not the bytes as sent
@@ -125,7 +127,8 @@ class Checks:
                 checks.append(ArithmeticCheck())
             elif name == "json" and _asks_json(request.body):
                 checks.append(JsonCheck(_schema(request.body)))
-            elif name == "self_consistency":
+            elif name == "self_consistency" and int(request.body.get("n") or 1) == 1:
+                # Only samples the gateway asked for: a client's own n > 1 may want them to differ.
                 checks.append(SelfConsistencyCheck(self.min_agreement, final_number_or_text, "self_consistency"))
             elif name == "logprob":
                 checks.append(LogprobCheck(self.min_confidence))
@@ -135,6 +138,17 @@ class Checks:
             checks.append(RegexCheck(self.regex))
         checks.extend(self.custom)
         return checks
+
+
+def _majority_choice(choices: list[Any]) -> dict[str, Any]:
+    """The first sample whose answer is the one most samples give (the check passed: most agree)."""
+    answers = [final_number_or_text(str((c.get("message") or {}).get("content") or "")) for c in choices]
+    winner, _ = majority(answers)
+    for choice, answer in zip(choices, answers, strict=True):
+        if answer == winner and isinstance(choice, dict):
+            return choice
+    first: dict[str, Any] = choices[0]
+    return first
 
 
 def _asks_json(body: dict[str, Any]) -> bool:
