@@ -48,3 +48,11 @@ def test_a_rule_routes_by_task_and_says_so() -> None:
     assert route("Fix this bug: TypeError in my javascript") == (coder, "rule 1: task=code")
     assert route("Translate 'cat' into French") == (cheap, "rule 2: task=translate|classify|chat")
     assert route("Solve 2x = 10") == (strong, "no rule matched: default")
+
+
+def test_a_long_turn_is_read_at_its_start_and_end_only() -> None:
+    """The instruction is at either end; reading a pasted document in full let one long word (a DNA or hex
+    string) hold the event loop for seconds on a backtracking pattern."""
+    assert task_of("ACGT" * 50_000 + "\nTranslate the above into French.") == "translate"
+    assert task_of("Summarize this:\n" + "word " * 20_000) == "summarize"
+    assert task_of("Tell me about it.\n" + "word " * 2_000 + "```python\nx = 1\n```" + " word" * 2_000) == "chat"

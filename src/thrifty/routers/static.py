@@ -50,12 +50,13 @@ class Rule:
     tasks: tuple[str, ...] = ()
     """``routers.tasks.task_of`` of the last turn must be one of these (any when empty)."""
 
-    def matches(self, request: ChatRequest, principal: Principal, input_tokens: int, text: str) -> bool:
+    def matches(self, request: ChatRequest, principal: Principal, input_tokens: int, text: str, task: str = "") -> bool:
+        """``task``: ``task_of(text)``, read once by the router for all its rules."""
         return (
             (self.feature is None or principal.feature == self.feature)
             and (self.tenant is None or principal.tenant == self.tenant)
             and (not self.keywords or any(k.lower() in text for k in self.keywords))
-            and (not self.tasks or task_of(text) in self.tasks)
+            and (not self.tasks or task in self.tasks)
             and (self.max_input_tokens is None or input_tokens <= self.max_input_tokens)
             and (self.min_input_tokens is None or input_tokens >= self.min_input_tokens)
         )
@@ -87,8 +88,9 @@ class RulesRouter:
         last = request.messages[-1]
         text = text_of(last.get("content")).lower()
         tokens = self._counter.count_messages(self._default.model, request.messages)
+        task = task_of(text) if any(rule.tasks for rule in self._rules) else ""
         for number, rule in enumerate(self._rules, start=1):
-            if rule.matches(request, principal, tokens, text):
+            if rule.matches(request, principal, tokens, text, task):
                 return Route(_first(rule.use, self._targets), "rules", f"rule {number}: {rule.describe()}")
         return Route(_first(self._default, self._targets), "rules", "no rule matched: default")
 

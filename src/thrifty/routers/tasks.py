@@ -28,7 +28,7 @@ _PATTERNS = {
     "code": re.compile(
         r"```|\b(?:python|javascript|typescript|java|golang|rust|kotlin|swift|c\+\+|c#|sql|bash|regex|html|css)\b|"
         r"\b(?:function|compile[rs]?|refactor|debug|stack ?trace|exception|unit tests?|api endpoint|bug)\b|"
-        r"\b(?:def|class|import|return|const|let|var|select|lambda)\s+\w|[{};]\s*$|=>|\w+\(\w*\)"
+        r"\b(?:def|class|import|return|const|let|var|select|lambda)\s+\w|[{};]\s*$|=>|\w\(\w*\)"
     ),
     "math": re.compile(
         r"\d\s*[-+*/^×÷=]\s*\d|\b(?:solve|equation|integral|derivative|probability|calculate|compute|percent(?:age)?|"
@@ -37,8 +37,14 @@ _PATTERNS = {
 }
 
 
+SCANNED_CHARS = 2000
+"""The start and the end of a long turn are read (where the instruction is), so a pasted document costs nothing."""
+
+
 def task_of(text: str) -> str:
     """One of ``TASKS`` for a prompt's text (case does not matter)."""
+    if len(text) > 2 * SCANNED_CHARS:
+        text = text[:SCANNED_CHARS] + "\n" + text[-SCANNED_CHARS:]
     lowered = text.lower()
     for task, pattern in _PATTERNS.items():
         if pattern.search(lowered):
