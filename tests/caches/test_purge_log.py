@@ -150,3 +150,55 @@ async def test_postgres_log_round_trips_and_forgets_old_records(pg_url: str) -> 
         assert await log.read(time.time() + 60) == []
     finally:
         await log.aclose()
+
+
+def test_a_feature_purged_gets_its_own_semantic_entry_in_place_of_the_one_it_may_no_longer_use(
+    tmp_path: Path, up: FakeUpstream
+) -> None:
+    """The semantic store kept one entry per question text: the old one, hidden from B by the purge, made B's
+    fresh answer look like a duplicate, so B paid on every request until the old entry's TTL ran out."""
+    with gateway(tmp_path, up, "\n[cache]\nsemantic = true\nembedder = 'hashing'\n") as gw:
+        assert [ask(gw, "a"), ask(gw, "b")] == ["miss", "semantic"]
+        assert httpx.post(gw.base_url + "/admin/cache/purge", json={"feature": "b"}).json() == {"purged": 0}
+        assert ask(gw, "b") == "miss"
+        assert ask(gw, "b") == "semantic"
+    assert len(up.requests) == 2
+
+
+async def test_a_replica_honours_its_own_purge_while_the_log_cannot_be_read() -> None:
+    class Unreadable(MemoryPurgeLog):
+        async def read(self, since: float) -> list[Any]:
+            raise ConnectionError("redis went away")
+
+    view = RecentPurges(Unreadable())
+    await view.record(PurgeScope(tenant="acme"))
+    assert (await view.current()).covers(entry("b", time.time() - 1))
+
+
+async def test_a_waiter_gets_the_leaders_entry_only_within_its_own_ttl() -> None:
+    """Identical requests share one store read; the entry it finds must still suit each asker (feature b keeps
+    answers a minute, feature a a day)."""
+    import asyncio
+
+    from thrifty.caches.entries import MemoryStore
+    from thrifty.caches.keys import exact_key
+    from thrifty.caches.layered import CachePolicy, LayeredCache
+    from thrifty.settings import CacheRule, CacheSettings
+    from thrifty.types import ChatRequest, Principal
+
+    class Slow(MemoryStore):
+        async def get(self, key: str) -> CacheEntry | None:
+            await asyncio.sleep(0.05)
+            return await super().get(key)
+
+    store = Slow()
+    settings = CacheSettings(exact=True, features={"b": CacheRule(ttl_s=60)})
+    cache = LayeredCache(CachePolicy(settings), store, {"fast": (Target("up", "m"),)})
+    body = {"model": "fast", "messages": HI, "temperature": 0}
+    a, b = Principal("acme", feature="a"), Principal("acme", feature="b")
+    old = CacheEntry({"choices": []}, Target("up", "m"), Usage(1, 1), "acme", "a", "fast", time.time() - 120, 1e12)
+    await store.put(exact_key(ChatRequest(body, "r0"), a, (Target("up", "m"),)), old)
+    leader, waiter = await asyncio.gather(
+        cache.lookup(ChatRequest(body, "r1"), a), cache.lookup(ChatRequest(body, "r2"), b)
+    )
+    assert leader is not None and waiter is None

@@ -183,3 +183,20 @@ async def test_an_entry_of_another_tenant_under_the_key_is_never_served() -> Non
     foreign = CacheEntry(ANSWER, Target("up", "m"), Usage(1, 1), "globex", "f", "fast", now, now + 60)
     await store.put(key, foreign)
     assert await cache.lookup(request, principal) is None
+
+
+def test_stores_set_up_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    """Creating the tables waits for the lock as a purge would: 50 ms (the request path's wait) failed start-up."""
+    from thrifty.caches.purge_log import SqlitePurgeLog
+
+    path = tmp_path / "cache.sqlite"
+    db = sqlite3.connect(str(path))
+    db.execute("PRAGMA journal_mode=WAL")  # as any earlier version left it
+    db.close()
+    other = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    import threading
+
+    threading.Timer(0.3, lambda: (other.execute("ROLLBACK"), other.close())).start()
+    SqliteStore(path)
+    SqlitePurgeLog(path)

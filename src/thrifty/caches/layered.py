@@ -73,7 +73,13 @@ class SemanticLayer(Protocol):
         self, request: ChatRequest, principal: Principal, threshold: float, max_age_s: float, purges: PurgeRecords
     ) -> ChatResponse | None: ...
     async def store(
-        self, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float, asked_at: float
+        self,
+        request: ChatRequest,
+        principal: Principal,
+        response: ChatResponse,
+        ttl_s: float,
+        asked_at: float,
+        purges: PurgeRecords,
     ) -> None: ...
     async def purge(self, scope: PurgeScope) -> int: ...
 
@@ -114,7 +120,8 @@ class LayeredCache:
             waiting = self._inflight.get(key)
             if waiting is not None:  # an identical request is asking the model: its answer, unless it fails
                 entry = await self._wait(key, waiting)
-                if entry is not None:
+                # The leader may have found an entry in the store: this asker's own TTL and purges apply to it.
+                if entry is not None and await self._usable(entry, principal, rule):
                     self.coalesced += 1
                     return hit(entry, request, "exact")
             else:
@@ -122,17 +129,21 @@ class LayeredCache:
                     self._inflight[key] = (request.request_id, asyncio.get_running_loop().create_future())
                     self._leading[request.request_id] = key
                 entry = await self.breaker.call(lambda: self.entries.get(key), self._timeouts[0], None, "a miss")
-                if (
-                    entry is not None
-                    and _servable(entry, principal, rule)
-                    and not (await self.purges.current()).covers(entry, principal.feature)
-                ):
+                if entry is not None and await self._usable(entry, principal, rule):
                     self._resolve(request, entry)
                     return hit(entry, request, "exact")
         if rule.semantic and self.semantic is not None:
             purges = await self.purges.current()
             return await self.semantic.lookup(request, principal, rule.semantic_threshold, rule.ttl_s, purges)
         return None
+
+    async def _usable(self, entry: CacheEntry, principal: Principal, rule: Rule) -> bool:
+        """The asker's tenant's (in the key too; checked again, as every replica writes a shared store), young
+        enough for the asker's TTL (an entry stored under another feature's longer TTL is too old for this one),
+        and not covered by a purge (of its attribution or of the asker's feature)."""
+        if entry.tenant != principal.tenant or time.time() - entry.created_at > rule.ttl_s:
+            return False
+        return not (await self.purges.current()).covers(entry, principal.feature)
 
     async def _wait(self, key: str, waiting: tuple[str, asyncio.Future[CacheEntry | None]]) -> CacheEntry | None:
         try:
@@ -176,7 +187,8 @@ class LayeredCache:
                 finally:  # after the write, so that no identical request can miss between the two
                     self._resolve(request, entry)
             if rule.semantic and self.semantic is not None:
-                await self.semantic.store(request, principal, response, rule.ttl_s, entry.created_at)
+                purges = await self.purges.current()
+                await self.semantic.store(request, principal, response, rule.ttl_s, entry.created_at, purges)
         except Exception as exc:  # a store's own errors (Redis, SQLite, pgvector) and anything else
             log.warning("cache: answer not stored (%s: %s)", exc.__class__.__name__, exc)
 
@@ -191,12 +203,6 @@ class LayeredCache:
     async def aclose(self) -> None:
         await self.entries.aclose()
         await self.purges.aclose()
-
-
-def _servable(entry: CacheEntry, principal: Principal, rule: Rule) -> bool:
-    """The asker's tenant's (in the key too; checked again, as every replica writes a shared store), and young
-    enough for the asker's TTL (an entry stored under another feature's longer TTL is too old for this one)."""
-    return entry.tenant == principal.tenant and time.time() - entry.created_at <= rule.ttl_s
 
 
 def hit(entry: CacheEntry, request: ChatRequest, kind: str) -> ChatResponse:

@@ -97,7 +97,9 @@ class RecentPurges:
     async def record(self, scope: PurgeScope) -> None:
         """Raises when the log cannot be written: the purge must not report success without holding."""
         await self.log.record(scope)
-        self._read_at = -float("inf")  # this replica honours its own purge at once
+        # This replica honours its own purge at once, even while the log cannot be read back.
+        self._view = PurgeRecords((*self._view.records, (time.time(), scope)), self._view.skew_s)
+        self._read_at = -float("inf")
 
     async def aclose(self) -> None:
         await self.log.aclose()
@@ -170,9 +172,11 @@ class SqlitePurgeLog:
     def __init__(self, path: Path, kept_s: float = MIN_KEPT_S) -> None:
         self.kept_s = max(kept_s, MIN_KEPT_S)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=0.05, isolation_level=None, check_same_thread=False)
+        # Set up waiting as long as a purge would (another process may hold the lock), then briefly.
+        self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS cache_purges (at REAL NOT NULL, scope BLOB NOT NULL)")
+        self._db.execute("PRAGMA busy_timeout = 50")
 
     async def record(self, scope: PurgeScope) -> None:
         self._db.execute("PRAGMA busy_timeout = 30000")

@@ -185,7 +185,13 @@ class SemanticCache:
         return None
 
     async def store(
-        self, request: ChatRequest, principal: Principal, response: ChatResponse, ttl_s: float, asked_at: float = 0.0
+        self,
+        request: ChatRequest,
+        principal: Principal,
+        response: ChatResponse,
+        ttl_s: float,
+        asked_at: float = 0.0,
+        purges: PurgeRecords = NO_PURGES,
     ) -> None:
         query = self._query(request, principal)
         if query is None or response.usage is None:
@@ -194,16 +200,20 @@ class SemanticCache:
         vector = await self._embed(query.text, "answer not stored")
         if vector is None:
             return
-        await self.breaker.call(lambda: self._keep(query, vector, entry, ttl_s), STORE_TIMEOUT_S, None, "not stored")
+        await self.breaker.call(
+            lambda: self._keep(query, vector, entry, ttl_s, purges), STORE_TIMEOUT_S, None, "not stored"
+        )
 
-    async def _keep(self, query: SemanticQuery, vector: Vector, entry: CacheEntry, ttl_s: float) -> None:
+    async def _keep(
+        self, query: SemanticQuery, vector: Vector, entry: CacheEntry, ttl_s: float, purges: PurgeRecords
+    ) -> None:
         nearest = await self._vectors.search(query.partition, vector, 1)
         if nearest and nearest[0][2] == query.text:  # the same question is already answered here ...
             key, _, _, stored = nearest[0]
-            if stored.created_at >= entry.created_at - ttl_s:
-                return  # ... recently enough for this rule
-            # ... but too long ago for this rule (another feature's TTL is longer): the fresh answer takes
-            # its place, kept as long as the old one would have been.
+            if stored.created_at >= entry.created_at - ttl_s and not purges.covers(stored, entry.feature):
+                return  # ... recently enough for this rule, and not purged for this asker
+            # ... but too long ago for this rule (another feature's TTL is longer), or purged for it: the fresh
+            # answer takes its place, kept as long as the old one would have been.
             await self._vectors.remove(key)
             entry = replace(entry, expires_at=max(entry.expires_at, stored.expires_at))
         await self._vectors.add(query.partition, "s_" + secrets.token_hex(12), vector, query.text, entry)

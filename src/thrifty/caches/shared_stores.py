@@ -35,7 +35,8 @@ class SqliteStore:
 
     def __init__(self, path: Path, max_entries: int = 100_000) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=BUSY_WAIT_S, isolation_level=None, check_same_thread=False)
+        # Set up waiting as long as a purge would (another process may hold the lock), then briefly.
+        self._db = sqlite3.connect(str(path), timeout=PURGE_BUSY_WAIT_S, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
@@ -44,6 +45,7 @@ class SqliteStore:
             "expires_at REAL NOT NULL, used_at REAL NOT NULL)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS ix_cache_used ON cache_entries (used_at)")
+        self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_WAIT_S * 1000)}")
         self._max = max_entries
         self._puts = 0
         # Also at each start: a process that restarts often may never reach its 256th store.
