@@ -388,12 +388,14 @@ def build_purge_log(settings: Settings) -> PurgeLog:
     config = settings.cache
     rules = [*config.models.values(), *config.features.values()]
     kept_s = max([config.ttl_s, *(r.ttl_s for r in rules if r.ttl_s is not None)])
+    # The most widely shared of the cache's stores: a SQLite exact cache beside a pgvector semantic one still
+    # needs every host to hear of a purge.
     if config.store == "redis":
         return RedisPurgeLog(config.url or "redis://127.0.0.1:6379/0", kept_s)
-    if config.store == "sqlite":
-        return SqlitePurgeLog(settings.path(config.url or "cache.sqlite"), kept_s)
     if config.semantic_store == "pgvector":
         return PostgresPurgeLog(config.semantic_url or settings.ledger_url(), kept_s)
+    if config.store == "sqlite":
+        return SqlitePurgeLog(settings.path(config.url or "cache.sqlite"), kept_s)
     return MemoryPurgeLog(kept_s)
 
 

@@ -200,3 +200,32 @@ def test_stores_set_up_while_another_process_holds_the_lock(tmp_path: Path) -> N
     threading.Timer(0.3, lambda: (other.execute("ROLLBACK"), other.close())).start()
     SqliteStore(path)
     SqlitePurgeLog(path)
+
+
+async def test_after_a_cooldown_one_call_probes_while_the_others_skip() -> None:
+    now = [0.0]
+    breaker = Breaker("test store", clock=lambda: now[0])
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def failing() -> int:
+        raise ConnectionError("down")
+
+    async def slow() -> int:
+        calls.append("probe")
+        await release.wait()
+        return 7
+
+    async def quick() -> int:
+        calls.append("quick")
+        return 8
+
+    assert await breaker.call(failing, 1.0, -1, "x") == -1
+    now[0] += resilient.FIRST_COOLDOWN_S
+    probe = asyncio.ensure_future(breaker.call(slow, 1.0, -1, "x"))
+    await asyncio.sleep(0)
+    assert await breaker.call(quick, 1.0, -1, "x") == -1  # the probe is out: this one does not pile on
+    release.set()
+    assert await probe == 7
+    assert await breaker.call(quick, 1.0, -1, "x") == 8
+    assert calls == ["probe", "quick"]

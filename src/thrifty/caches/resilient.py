@@ -46,6 +46,8 @@ class Breaker:
         if self.open:
             self.skipped += 1
             return default
+        if self._cooldown:  # a probe after a cool-down: the others keep skipping until it has answered
+            self._until = self._clock() + (timeout_s or FIRST_COOLDOWN_S)
         try:
             if timeout_s is None:
                 result = await make()
@@ -55,7 +57,7 @@ class Breaker:
         except Exception as exc:  # TimeoutError, a driver's errors, a corrupt value: the cache is optional
             self._failed(exc, doing)
             return default
-        self._cooldown = 0.0
+        self._cooldown, self._until = 0.0, 0.0
         return result
 
     def _failed(self, exc: BaseException, doing: str) -> None:
