@@ -229,3 +229,21 @@ async def test_after_a_cooldown_one_call_probes_while_the_others_skip() -> None:
     assert await probe == 7
     assert await breaker.call(quick, 1.0, -1, "x") == 8
     assert calls == ["probe", "quick"]
+
+
+async def test_a_purge_waiting_for_the_lock_leaves_the_event_loop_serving(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite"
+    store = SqliteStore(path)
+    await store.put("kept", entry())
+    other = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process writing
+    try:
+        purge = asyncio.ensure_future(store.purge(PurgeScope()))
+        await asyncio.sleep(0.1)
+        assert not purge.done()  # waiting in its own thread: run on the loop, this sleep would have waited for it
+        assert await store.get("kept") is not None  # and lookups go on meanwhile
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await purge == 1
+    await store.aclose()

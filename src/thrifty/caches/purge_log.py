@@ -165,12 +165,14 @@ class RedisPurgeLog:
 
 
 class SqlitePurgeLog:
-    """A table in the SQLite cache file (one host, one clock); statements run on the event loop."""
+    """A table in the SQLite cache file (one host, one clock). Reads run on the event loop (a WAL read never
+    waits); a record is written on a connection of its own in a worker thread, as it may wait for the lock."""
 
     skew_s = 0.0
 
     def __init__(self, path: Path, kept_s: float = MIN_KEPT_S) -> None:
         self.kept_s = max(kept_s, MIN_KEPT_S)
+        self._path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         # Set up waiting as long as a purge would (another process may hold the lock), then briefly.
         self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -179,13 +181,15 @@ class SqlitePurgeLog:
         self._db.execute("PRAGMA busy_timeout = 50")
 
     async def record(self, scope: PurgeScope) -> None:
-        self._db.execute("PRAGMA busy_timeout = 30000")
+        await asyncio.to_thread(self._write, time.time(), _encode(scope))
+
+    def _write(self, now: float, scope: bytes) -> None:
+        db = sqlite3.connect(str(self._path), timeout=30.0, isolation_level=None)
         try:
-            now = time.time()
-            self._db.execute("INSERT INTO cache_purges VALUES (?, ?)", (now, _encode(scope)))
-            self._db.execute("DELETE FROM cache_purges WHERE at < ?", (now - self.kept_s,))
+            db.execute("INSERT INTO cache_purges VALUES (?, ?)", (now, scope))
+            db.execute("DELETE FROM cache_purges WHERE at < ?", (now - self.kept_s,))
         finally:
-            self._db.execute("PRAGMA busy_timeout = 50")
+            db.close()
 
     async def read(self, since: float) -> list[Record]:
         rows = self._db.execute("SELECT at, scope FROM cache_purges WHERE at >= ?", (since,)).fetchall()

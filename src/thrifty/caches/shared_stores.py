@@ -8,6 +8,7 @@ replica, so the limit is the cache's, not one process's). Redis' own ``maxmemory
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -35,6 +36,7 @@ class SqliteStore:
 
     def __init__(self, path: Path, max_entries: int = 100_000) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         # Set up waiting as long as a purge would (another process may hold the lock), then briefly.
         self._db = sqlite3.connect(str(path), timeout=PURGE_BUSY_WAIT_S, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -100,15 +102,21 @@ class SqliteStore:
             )
 
     async def purge(self, scope: PurgeScope) -> int:
+        """On a connection of its own in a worker thread: a large purge may wait for, and hold, the write lock
+        for seconds, which the event loop (serving lookups on the store's connection) must not."""
         where, params = _where(scope)
-        self._db.execute(f"PRAGMA busy_timeout = {int(PURGE_BUSY_WAIT_S * 1000)}")
-        try:
-            return self._db.execute("DELETE FROM cache_entries" + where, params).rowcount
-        finally:
-            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_WAIT_S * 1000)}")
+        return await asyncio.to_thread(_delete_where, self._path, "DELETE FROM cache_entries" + where, params)
 
     async def aclose(self) -> None:
         self._db.close()
+
+
+def _delete_where(path: Path, statement: str, params: list[Any]) -> int:
+    db = sqlite3.connect(str(path), timeout=PURGE_BUSY_WAIT_S, isolation_level=None)
+    try:
+        return db.execute(statement, params).rowcount
+    finally:
+        db.close()
 
 
 def _where(scope: PurgeScope) -> tuple[str, list[Any]]:
