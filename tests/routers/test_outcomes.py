@@ -47,9 +47,14 @@ def test_missing_models_become_nan_in_the_matrix() -> None:
     assert model_names(records) == ("a", "b")
 
 
-def test_groups_default_to_one_per_record() -> None:
+def test_records_without_a_group_are_grouped_by_prompt() -> None:
+    """MMLU asks 105 questions twice (under two subjects): twins split across folds were memorised, not predicted."""
+    other = GOOD.replace('"prompt": "', '"prompt": "another ')
     records = parse_outcomes([GOOD, GOOD.replace("}}}", '}}, "group": "g"}'), GOOD.replace("}}}", '}}, "group": 7}')])
-    assert groups_of(records) == ["#0", "g", "7"]
+    records += parse_outcomes([GOOD, other])
+    groups = groups_of(records)
+    assert groups[1:3] == ["g", "7"]
+    assert groups[0] == groups[3] != groups[4]
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ Costs are read as ``Decimal`` so that a user's figures reach reports exactly as 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -135,8 +136,11 @@ def model_names(records: Sequence[OutcomeRecord]) -> tuple[str, ...]:
 
 
 def groups_of(records: Sequence[OutcomeRecord]) -> list[str]:
-    """Each record's group; a record without one is a group of its own."""
-    return [record.group or f"#{index}" for index, record in enumerate(records)]
+    """Each record's group; a record without one is grouped with the records of the same prompt (MMLU asks 105
+    of its questions twice, under two subjects: cross-validation must not train on one and test on its twin)."""
+    return [
+        record.group or "#" + hashlib.blake2b(record.prompt.encode(), digest_size=12).hexdigest() for record in records
+    ]
 
 
 def _parse_line(line: str, source: str, number: int) -> OutcomeRecord:
