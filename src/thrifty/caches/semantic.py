@@ -40,7 +40,9 @@ log = logging.getLogger("thrifty.cache")
 NO_PURGES = PurgeRecords()
 
 NEIGHBOURS = 1
-EMBED_WARNING_EVERY_S = 60.0
+EMBED_TIMEOUT_S = 5.0
+"""An embedding slower than this is a miss (or an answer not stored), and the embedder is skipped for a
+cool-down (``caches.resilient``): a remote embeddings model that hangs must not hold every request."""
 """An embedder that keeps failing is logged once a minute, not at every lookup and store."""
 """Only the nearest stored question is judged: falling through to the next ones adds more false hits than
 correct ones (GPTCache's data: 606/31 against 604/23 at the default threshold)."""
@@ -115,7 +117,7 @@ class SemanticCache:
         self.breaker = Breaker("the semantic cache's vector store")
         self._judges: dict[float, SimilarityJudge] = dict(judges or {})
         self._make_judge = make_judge
-        self._warned_at = -math.inf
+        self._embed_breaker = Breaker("the semantic cache's embedder")
 
     @property
     def embedder(self) -> Embedder:
@@ -132,14 +134,12 @@ class SemanticCache:
     async def _embed(self, text: str, doing: str) -> Vector | None:
         """The query's vector, or None when the embedder fails: a cache that cannot embed is a miss (or does not
         store), never a failed request, and never a paid answer lost after the provider call."""
-        try:
-            # Embedding is CPU work of several milliseconds; the model releases the GIL, the event loop goes on.
-            vectors = await asyncio.to_thread(self._embedder.embed, [text])
-        except Exception as exc:  # a remote model's errors and timeouts, a local model's runtime errors
-            now = time.monotonic()
-            if now - self._warned_at >= EMBED_WARNING_EVERY_S:  # an embedder that is down fails every request
-                self._warned_at = now
-                log.warning("semantic cache: embedding failed (%s: %s): %s", exc.__class__.__name__, exc, doing)
+        # Embedding is CPU work of several milliseconds (the model releases the GIL, the event loop goes on), or a
+        # remote call; its errors and timeouts are a miss, and a failing embedder is spared for a while.
+        vectors = await self._embed_breaker.call(
+            lambda: asyncio.to_thread(self._embedder.embed, [text]), EMBED_TIMEOUT_S, None, doing
+        )
+        if vectors is None:
             return None
         vector: Vector = vectors[0]
         return vector
