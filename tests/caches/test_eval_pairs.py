@@ -65,7 +65,8 @@ def test_summary_counts_precision_recall_and_auc() -> None:
     ]
     summary = summarize(decisions)
     assert summary == {
-        "pairs": 4,
+        "pairs": 5,
+        "labelled": 4,
         "positives": 2,
         "hits": 2,
         "false_hits": 1,
@@ -78,6 +79,7 @@ def test_summary_counts_precision_recall_and_auc() -> None:
 def test_summary_without_hits_or_labels() -> None:
     assert summarize([{"hit": False, "score": 0.1, "label": 0}]) == {
         "pairs": 1,
+        "labelled": 1,
         "positives": 0,
         "hits": 0,
         "false_hits": 0,
@@ -109,11 +111,40 @@ def test_read_pairs_checks_every_line(tmp_path: Path) -> None:
         ('{"query": "a", "cached": "b", "context_query": "x"}', '"context_query" must be a list'),
         ("[1, 2]", "must be a JSON object"),
         ("{not json", "not JSON"),
+        ('{"query": "a", "cached": "b", "label": true}', '"label" must be 0 or 1'),
+        ('{"query": "a", "cached": "b", "label": 1.0}', '"label" must be 0 or 1'),
+        ('{"query": "a", "cached": "b", "context_query": [1]}', '"context_query" must be a list of messages'),
+        ('{"query": "a", "cached": "b", "context_cached": ["hi"]}', '"context_cached" must be a list of messages'),
     ]:
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"query": "a", "cached": "b"}\n' + body + "\n", encoding="utf-8")
         with pytest.raises(ValueError, match=rf"bad.jsonl:2: .*{problem}"):
             list(read_pairs(bad))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "latin1.jsonl").write_bytes('{"query": "caf\xe9", "cached": "b"}\n'.encode("latin-1"))
+    (tmp_path / "bom.jsonl").write_text('\ufeff{"query": "a", "cached": "b"}\n', encoding="utf-8")
+    for name, problem in [("empty", "no pairs"), ("latin1", "1: not UTF-8"), ("missing", "cannot be read")]:
+        with pytest.raises(ValueError, match=rf"{name}.jsonl:? ?.*{problem}"):
+            list(read_pairs(tmp_path / f"{name}.jsonl"))
+    assert [p["query"] for p in read_pairs(tmp_path / "bom.jsonl")] == ["a"]
+
+
+def test_eval_cache_errors_are_one_line(tmp_path: Path) -> None:
+    """Every bad input ended in a 38-line traceback: the command caught only the gateway's own errors."""
+    (tmp_path / "thrifty.toml").write_text('[providers.up]\nkind = "replay"\n[models.fast]\ntargets = ["up::m"]\n')
+    (tmp_path / "pairs.jsonl").write_text('{"query": "a", "cached": "b", "label": 1}\n{bad\n')
+    for extra, problem in [
+        ([], "pairs.jsonl:2: not JSON"),
+        (["--decisions", "no/such/dir/d.jsonl"], "cannot be written"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "thrifty.cli", "eval", "cache", "--pairs", "pairs.jsonl", *extra],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1 and problem in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_eval_cache_cli_on_a_pair_file(tmp_path: Path) -> None:
@@ -131,7 +162,7 @@ def test_eval_cache_cli_on_a_pair_file(tmp_path: Path) -> None:
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     done = _eval_cli(tmp_path, '[cache]\nsemantic = true\nembedder = "minilm"\n')
     assert done.returncode == 0, done.stderr
-    assert "3 pairs, 1 labelled duplicates" in done.stdout
+    assert "3 pairs (3 labelled, 1 duplicates)" in done.stdout
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [d["hit"] for d in out] == [True, False, False]
 
@@ -200,3 +231,11 @@ def test_eval_cache_follows_the_alias_and_feature_rules(tmp_path: Path) -> None:
     assert found == [False, False] and "caching is off" in printed
     done = _eval_cli(tmp_path, config, "--model", "slow")
     assert done.returncode != 0 and "'slow' is not a configured model alias" in done.stderr
+
+
+def test_a_blank_query_is_decided_as_the_gateway_does() -> None:
+    """The gateway looks nothing up for a blank last turn; the evaluation called two blanks identical, a hit."""
+    (decided,) = evaluate_pairs(
+        [{"query": "   ", "cached": "   ", "label": 0}], GuardedJudge(0.8).decide, HashingEmbedder(32)
+    )
+    assert decided["hit"] is False and decided["reason"].startswith("blank")

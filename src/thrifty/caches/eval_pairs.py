@@ -23,26 +23,41 @@ import numpy as np
 from thrifty.caches.embedders import Embedder
 from thrifty.caches.keys import cacheable_request
 from thrifty.caches.similarity import Decision
+from thrifty.errors import BadRequest
 
 DecideFn = Callable[[str, str, float], Decision]
 BATCH = 64
 """Pairs embedded per call: large enough to batch the model, small enough to stream a large file."""
 
 
+class PairFileError(BadRequest, ValueError):
+    """A pair file that cannot be read, or a line of it that is not a pair: one line, with the line number."""
+
+
 def read_pairs(path: Path) -> Iterator[dict[str, Any]]:
-    """The pairs of a JSONL file, checked, with the line number in every complaint."""
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                pair = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from exc
-            problem = _problem(pair)
-            if problem:
-                raise ValueError(f"{path}:{number}: {problem}")
-            yield pair
+    """The pairs of a JSONL file (UTF-8, a byte-order mark allowed), checked, with the line number in every
+    complaint; a file without any pair is refused."""
+    number, found = 0, 0
+    try:
+        with path.open(encoding="utf-8-sig") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    pair = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise PairFileError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+                problem = _problem(pair)
+                if problem:
+                    raise PairFileError(f"{path}:{number}: {problem}")
+                found += 1
+                yield pair
+    except UnicodeDecodeError as exc:
+        raise PairFileError(f"{path}:{number + 1}: not UTF-8 text") from exc
+    except OSError as exc:
+        raise PairFileError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if not found:
+        raise PairFileError(f"{path}: no pairs in it (one JSON object a line: query, cached, label)")
 
 
 def _problem(pair: object) -> str:
@@ -51,11 +66,14 @@ def _problem(pair: object) -> str:
     for field in ("query", "cached"):
         if not isinstance(pair.get(field), str):
             return f'"{field}" must be a string'
-    if "label" in pair and pair["label"] not in (0, 1):
+    if "label" in pair and (type(pair["label"]) is not int or pair["label"] not in (0, 1)):
         return '"label" must be 0 or 1'
     for field in ("context_query", "context_cached"):
-        if not isinstance(pair.get(field, []), list):
-            return f'"{field}" must be a list of messages'
+        context = pair.get(field, [])
+        if not isinstance(context, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) for m in context
+        ):
+            return f'"{field}" must be a list of messages (objects with a "role")'
     return ""
 
 
@@ -93,6 +111,8 @@ def _settled(pair: dict[str, Any], exact: bool, semantic: bool) -> Decision | No
         return Decision(False, 0.0, "never cached: the conversation carries tool results")
     if exact and pair["query"] == pair["cached"]:
         return Decision(True, 1.0, "exact: the same request")
+    if not pair["query"].strip():
+        return Decision(False, 0.0, "blank: the semantic cache looks nothing up for it")
     if not semantic:
         return Decision(False, 0.0, "not the same request, and the semantic cache is off")
     return None
@@ -115,12 +135,17 @@ def _cosines(embedder: Embedder, batch: Sequence[dict[str, Any]]) -> list[float]
 
 def summarize(decisions: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Precision and recall of the hits, and ROC AUC of the scores, over the pairs that carry a label."""
-    labelled = [(bool(d["hit"]), float(d["score"]), int(d["label"])) for d in decisions if "label" in d]
+    total, labelled = 0, []
+    for d in decisions:
+        total += 1
+        if "label" in d:
+            labelled.append((bool(d["hit"]), float(d["score"]), int(d["label"])))
     hits = sum(hit for hit, _, _ in labelled)
     positives = sum(label for _, _, label in labelled)
     true_hits = sum(hit and label == 1 for hit, _, label in labelled)
     return {
-        "pairs": len(labelled),
+        "pairs": total,
+        "labelled": len(labelled),
         "positives": positives,
         "hits": hits,
         "false_hits": hits - true_hits,

@@ -16,10 +16,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 from thrifty.caches.eval_pairs import evaluate_pairs, read_pairs, summarize
-from thrifty.errors import ConfigError
+from thrifty.errors import BadRequest, ConfigError
 from thrifty.settings import Settings
 
 if TYPE_CHECKING:
@@ -75,20 +75,22 @@ def eval_cache_command(
     if alias and alias not in settings.models:
         raise ConfigError(f"--model {alias!r} is not a configured model alias ({', '.join(sorted(settings.models))})")
     rule = CachePolicy(settings.cache).rule(alias, feature)
+    kept: list[dict[str, Any]] = []  # what the summary needs of each pair: a large file is not held in memory
     with ExitStack() as stack:
+        out = stack.enter_context(_opened(decisions_out)) if decisions_out is not None else None
         embedder = stack.enter_context(configured_embedder(settings)) if rule.semantic else None
         judge = configured_judges(settings, embedder)(rule.semantic_threshold) if embedder is not None else None
-        decisions = list(
-            evaluate_pairs(read_pairs(pairs), None if judge is None else judge.decide, embedder, exact=rule.exact)
-        )
+        decide = None if judge is None else judge.decide
+        for decision in evaluate_pairs(read_pairs(pairs), decide, embedder, exact=rule.exact):
+            if out is not None:  # written as they come: what a failure later on cost is kept
+                out.write(json.dumps(decision) + "\n")
+            kept.append({k: decision[k] for k in ("hit", "score", "label") if k in decision})
         spend = spend_line(embedder)
-    if decisions_out is not None:
-        decisions_out.write_text("".join(json.dumps(d) + "\n" for d in decisions), encoding="utf-8")
-    summary = summarize(decisions)
+    summary = summarize(kept)
     auc = summary.get("auc")
     if embedder is not None:
-        decision = settings.cache.pair_model or "the bundled scorer"
-        how = f"semantic: embedder {embedder.name}, threshold {rule.semantic_threshold}, decision: {decision}"
+        decided_by = settings.cache.pair_model or "the bundled scorer"
+        how = f"semantic: embedder {embedder.name}, threshold {rule.semantic_threshold}, decision: {decided_by}"
     else:
         how = "semantic cache off for this request: only the same request hits"
     caches = f"exact cache {'on' if rule.exact else 'off'}; {how}"
@@ -98,11 +100,19 @@ def eval_cache_command(
             "or in the alias's or feature's rule)"
         )
     lines = [
-        f"{summary['pairs']} pairs, {summary['positives']} labelled duplicates; {caches}",
+        f"{summary['pairs']} pairs ({summary['labelled']} labelled, {summary['positives']} duplicates); {caches}",
         f"hits {summary['hits']} (false {summary['false_hits']}): precision {summary['precision']}, "
         f"recall {summary['recall']}, ROC AUC {'n/a' if auc is None else round(float(auc), 4)}",
     ]
     return "\n".join([*lines, spend] if spend else lines)
+
+
+def _opened(path: Path) -> TextIO:
+    """The decisions file, opened before any pair is judged (a remote embedder's calls are paid for)."""
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise BadRequest(f"--decisions {path}: cannot be written ({exc.strerror or exc})") from exc
 
 
 def spend_line(embedder: Embedder | None) -> str:
