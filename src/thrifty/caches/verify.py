@@ -1,11 +1,12 @@
 """Measuring the semantic cache's false hits: a sample of semantic hits is also asked of the model.
 
 The client already has the cached answer; in the background the same request goes to the model (the principal's
-budgets pay for it, and refuse it when they cannot), and the two answers are compared. Agreement is a word-overlap
-test (Jaccard of the answers' word sets at least 0.5): cheap, and a paraphrase served another question's answer
-fails it by far. The verification call is a ledger row of its own (endpoint ``verify``, ``cache`` =
-``verify-agree`` or ``verify-disagree``, its cost charged to the cache lever), so the false-hit rate per feature is
-a query on the ledger, and a metric.
+budgets pay for it, and refuse it when they cannot), and the two answers are compared (``answers_agree``): first
+for the contradictions a false hit leaves (numbers with none in common, opposite words, each naming what the other
+does not: "Paris" / "Berlin"), then by meaning, the cosine of the two answers under the cache's own embedder at
+least 0.75 (a word-overlap test, Jaccard 0.5, without one). The verification call is a ledger row of its own
+(endpoint ``verify``, ``cache`` = ``verify-agree`` or ``verify-disagree``, its cost charged to the cache lever),
+so the false-hit rate per feature is a query on the ledger, and a metric.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from thrifty.accounting import Trace, settle
+from thrifty.caches.text_signals import signals
 from thrifty.errors import ThriftyError
 from thrifty.types import ChatRequest, ChatResponse, Cost, Principal
 
@@ -27,14 +29,35 @@ if TYPE_CHECKING:
 log = logging.getLogger("thrifty.cache")
 
 AGREEMENT = 0.5
+"""Without an embedder: the Jaccard of the answers' word sets that counts as the same answer."""
+AGREEMENT_COSINE = 0.75
 _WORDS = re.compile(r"\w+")
 
 
-def answers_agree(cached: str, fresh: str) -> bool:
+def answers_agree(cached: str, fresh: str, cosine: float | None = None) -> bool:
+    """Whether the fresh answer says what the cached one said: no contradiction, and close in meaning."""
+    if not cached.strip() or not fresh.strip():
+        return not cached.strip() and not fresh.strip()
+    if contradiction(cached, fresh):
+        return False
+    if cosine is not None:
+        return cosine >= AGREEMENT_COSINE
     a, b = set(_WORDS.findall(cached.lower())), set(_WORDS.findall(fresh.lower()))
-    if not a and not b:
-        return True
     return len(a & b) / len(a | b) >= AGREEMENT
+
+
+def contradiction(cached: str, fresh: str) -> str:
+    """What two answers to one question disagree on, as the semantic guards read questions: numbers with none in
+    common, an opposite word, or each naming what the other does not; empty when nothing."""
+    found = signals(cached, fresh, 0.0)
+    numbers = found.numbers
+    if numbers[0] and numbers[1] and not numbers[0] & numbers[1]:
+        return "numbers"
+    if found.antonym is not None:
+        return "opposites"
+    if all(found.distinct_names):
+        return "names"
+    return ""
 
 
 class SemanticVerifier:
@@ -73,12 +96,25 @@ class SemanticVerifier:
                 gateway.record_failure(trace, exc.error_type)  # like any failed call, with what it cost if anything
                 return
             cost, answered_by = gateway.account(trace, asked, fresh), fresh.target.model
-            agree = answers_agree(output_text(cached), output_text(fresh))
+            agree = await self._agree(output_text(cached), output_text(fresh))
             trace.cache = "verify-agree" if agree else "verify-disagree"
             gateway.record(trace.entry("ok", cost, ZERO, savings={"cache": -cost.usd} if cost.usd else {}))
             gateway.metrics.verified(principal.feature, agree)
         finally:
             await settle(admission, cost or ZERO, trace, answered_by)  # zero releases the reservation
+
+    async def _agree(self, cached: str, fresh: str) -> bool:
+        """``answers_agree`` with the cosine of the two answers under the semantic cache's embedder (a remote one
+        is paid for and in the ledger, as for lookups); without it, or when it fails, word overlap."""
+        embedder = getattr(getattr(self._gateway.cache, "semantic", None), "embedder", None)
+        cosine = None
+        if embedder is not None and cached.strip() and fresh.strip() and not contradiction(cached, fresh):
+            try:
+                vectors = await asyncio.to_thread(embedder.embed, [cached, fresh])
+                cosine = float(vectors[0] @ vectors[1])
+            except Exception as exc:  # the verification still counts, on word overlap
+                log.warning("verifying a semantic hit: the answers could not be embedded (%s)", exc)
+        return answers_agree(cached, fresh, cosine)
 
     async def drain(self) -> None:
         """Let the verifications in flight finish (at shutdown: their calls are paid for, their rows due)."""
