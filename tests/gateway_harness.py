@@ -24,7 +24,9 @@ def closed_port() -> int:
     return port
 
 
-def config_text(up: FakeUpstream, ledger_url: str = "sqlite:///ledger.sqlite", extra: str = "") -> str:
+def config_text(
+    up: FakeUpstream, ledger_url: str = "sqlite:///ledger.sqlite", extra: str = "", capture_payloads: bool = False
+) -> str:
     return f"""
 [server]
 first_byte_timeout_s = 1.5
@@ -33,6 +35,7 @@ upstream_timeout_s = 5
 [ledger]
 url = "{ledger_url}"
 flush_interval_ms = 10
+capture_payloads = {str(capture_payloads).lower()}
 
 [providers.up]
 kind = "openai"

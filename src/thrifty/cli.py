@@ -186,6 +186,13 @@ def cmd_cache_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_verified(args: argparse.Namespace) -> int:
+    from thrifty.caches.verified import verified_command
+
+    print(verified_command(_engine(args), Path(args.out), args.since, args.feature))
+    return 0
+
+
 def cmd_cache_train(args: argparse.Namespace) -> int:
     from thrifty.caches.pair_training import TrainingOptions, train_command
 
@@ -370,6 +377,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--gateway", help="a running gateway's URL, to purge its in-process caches too")
     c.add_argument("--key", help="admin key for --gateway (default: $THRIFTY_ADMIN_KEY)")
     c.set_defaults(run=cmd_cache_purge)
+    c = cache_sub.add_parser(
+        "verified", parents=[config], help="the verified semantic hits in the ledger, as labelled pairs"
+    )
+    c.add_argument("--out", required=True, help="JSON lines, as thrifty eval cache and cache train read them")
+    c.add_argument("--since", help="YYYY-MM-DD (UTC)")
+    c.add_argument("--feature")
+    c.set_defaults(run=cmd_cache_verified)
     c = cache_sub.add_parser("train", parents=[config], help="learn the semantic hit decision from labelled pairs")
     c.add_argument("--pairs", required=True, help='JSON lines: {"query", "cached", "label"} (as for eval cache)')
     c.add_argument("--out", required=True, help="model folder to write; point [cache] pair_model at it")

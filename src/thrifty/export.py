@@ -21,7 +21,7 @@ def export_workload(engine: Engine, out: Path, since_day: str | None = None) -> 
         select(r.request_id, r.started_at, r.tenant, r.user_id, r.feature, r.session_id, r.model, r.output_tokens)
         .add_columns(p.request_json, p.answer_text)
         .join(tables.payloads, p.request_id == r.request_id)
-        .where(r.status == "ok")
+        .where(r.status == "ok", r.endpoint != "verify")  # the gateway's own checks are not its clients' traffic
         .order_by(r.started_at)
     )
     since = queries.since_timestamp(since_day)

@@ -150,6 +150,8 @@ class ChatResponse:
     """``exact`` or ``semantic`` when the answer came from the cache (``target`` then names who first gave it)."""
     route: str = ""
     """Which router decided and why (the ``x-thrifty-route`` header)."""
+    matched: tuple[str, float] | None = None
+    """A semantic hit: the stored question whose answer this is, and the decision's score (for verification)."""
 
 
 @dataclass(frozen=True, slots=True)

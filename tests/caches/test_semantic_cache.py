@@ -14,8 +14,11 @@ from sqlalchemy import select
 
 from fakes.upstream import FakeUpstream, FakeUsage, Fault
 from gateway_harness import config_text, ledger_rows
+from thrifty.caches.eval_pairs import read_pairs
+from thrifty.caches.verified import verified_command, verified_pairs
 from thrifty.cli import main
 from thrifty.errors import ConfigError
+from thrifty.export import export_workload
 from thrifty.keys import create_key
 from thrifty.ledger import tables
 from thrifty.server.run import ServerThread
@@ -32,9 +35,9 @@ def up() -> Iterator[FakeUpstream]:
         yield upstream
 
 
-def gateway(tmp_path: Path, up: FakeUpstream, extra: str, name: str = "gw") -> ServerThread:
+def gateway(tmp_path: Path, up: FakeUpstream, extra: str, name: str = "gw", capture: bool = False) -> ServerThread:
     (tmp_path / name).mkdir(exist_ok=True)
-    (tmp_path / name / "thrifty.toml").write_text(config_text(up, extra=extra))
+    (tmp_path / name / "thrifty.toml").write_text(config_text(up, extra=extra, capture_payloads=capture))
     return ServerThread(load_settings(tmp_path / name / "thrifty.toml"))
 
 
@@ -154,7 +157,7 @@ def test_a_sample_of_semantic_hits_is_verified_against_the_model(tmp_path: Path)
 
     extra = SEMANTIC.format(embedder="minilm") + "verify_sample = 1.0\n"
     with FakeUpstream(usage=FakeUsage(input_tokens=100, output_tokens=20), reply=reply) as up:
-        with gateway(tmp_path, up, extra) as gw:
+        with gateway(tmp_path, up, extra, capture=True) as gw:
             with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
                 headers = {"x-thrifty-feature": "help"}
                 ask(c, SYSTEM, user("How do I reset my account password?"), extra_headers=headers)
@@ -176,11 +179,24 @@ def test_a_sample_of_semantic_hits_is_verified_against_the_model(tmp_path: Path)
             while sum(r["endpoint"] == "verify" for r in rows) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)  # the verifications run in the background, after the answers were served
                 rows = ledger_rows(gw)
+            pairs = sorted(verified_pairs(gw.runtime.ledger.engine), key=lambda p: p["label"])
+            said = verified_command(gw.runtime.ledger.engine, tmp_path / "verified.jsonl", None, "help")
+            exported = export_workload(gw.runtime.ledger.engine, tmp_path / "traffic.jsonl")
             metrics = gw.runtime.gateway.metrics.render().decode()
             with gw.runtime.ledger.engine.connect() as conn:
                 savings = [(s.request_id, s.lever, s.savings_nusd) for s in conn.execute(select(tables.savings))]
     verified = sorted(r["cache"] for r in rows if r["endpoint"] == "verify")
     assert verified == ["verify-agree", "verify-disagree"]
+    # The verified hits as labelled pairs (`thrifty cache verified`), to tune the threshold on: the stored
+    # question each hit answered, its score, and whether the model agreed.
+    assert [(p["query"], p["cached"], p["label"], p["feature"]) for p in pairs] == [
+        ("How can I export my billing history?", "How do I export my billing history?", 0, "help"),
+        ("How can I reset my account password?", "How do I reset my account password?", 1, "help"),
+    ]
+    assert all(0.8 <= p["score"] <= 1 for p in pairs) and pairs[0]["context_query"] == [SYSTEM]
+    assert exported == 4  # the client's requests; the verification calls are the gateway's own
+    assert said.startswith("2 verified semantic hits (1 agreed, 1 disagreed: 50.0% false hits)")
+    assert len(list(read_pairs(tmp_path / "verified.jsonl"))) == 2  # what eval cache and cache train read
     assert 'thrifty_semantic_verifications_total{feature="help",outcome="disagree"} 1.0' in metrics
     assert 'thrifty_semantic_verifications_total{feature="help",outcome="agree"} 1.0' in metrics
     verify_ids = {r["request_id"] for r in rows if r["endpoint"] == "verify"}

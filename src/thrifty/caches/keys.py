@@ -97,9 +97,13 @@ def semantic_query(request: ChatRequest, principal: Principal, targets: Sequence
     ]
     if attachments:  # only then: text-only requests keep the partitions they had before attachments counted
         context["attachments"] = attachments
-    # Text parts read as separate lines: ["Translate to French", "good night"] is not "Frenchgood night".
-    text = "\n".join(text_of(p) for p in content) if isinstance(content, list) else text_of(content)
-    return SemanticQuery(_digest(context), text)
+    return SemanticQuery(_digest(context), turn_text(content))
+
+
+def turn_text(content: object) -> str:
+    """A user turn's text as the semantic cache embeds it: text parts as separate lines (["Translate to French",
+    "good night"] is not "Frenchgood night")."""
+    return "\n".join(text_of(p) for p in content) if isinstance(content, list) else text_of(content)
 
 
 def temperature_bucket(body: JsonObject) -> str:

@@ -181,7 +181,7 @@ class SemanticCache:
             else:  # a pair model reads both embeddings and may have to embed the candidate again: off the loop
                 decision = await asyncio.to_thread(judge.decide, query.text, text, cosine)
             if decision.hit:
-                return hit(entry, request, "semantic")
+                return replace(hit(entry, request, "semantic"), matched=(text, decision.score))
         return None
 
     async def store(

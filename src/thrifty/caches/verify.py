@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from thrifty.accounting import Trace, settle
 from thrifty.caches.text_signals import signals
 from thrifty.errors import ThriftyError
-from thrifty.types import ChatRequest, ChatResponse, Cost, Principal
+from thrifty.types import ChatRequest, ChatResponse, Cost, Payload, Principal
 
 if TYPE_CHECKING:
     from thrifty.pipeline import Gateway
@@ -58,6 +58,17 @@ def contradiction(cached: str, fresh: str) -> str:
     if all(found.distinct_names):
         return "names"
     return ""
+
+
+def verified_payload(request: ChatRequest, cached: ChatResponse, fresh: str) -> Payload:
+    """A verification's captured payload: what was asked, the stored question the hit answered and its score, the
+    cached answer; the fresh answer as the answer. ``thrifty cache verified`` turns these into labelled pairs."""
+    from thrifty.pipeline import output_text
+
+    question, score = cached.matched or ("", None)
+    body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
+    asked = {"asked": body, "cached_query": question, "score": score, "cached_answer": output_text(cached)}
+    return Payload(asked, fresh)
 
 
 class SemanticVerifier:
@@ -98,7 +109,9 @@ class SemanticVerifier:
             cost, answered_by = gateway.account(trace, asked, fresh), fresh.target.model
             agree = await self._agree(output_text(cached), output_text(fresh))
             trace.cache = "verify-agree" if agree else "verify-disagree"
-            gateway.record(trace.entry("ok", cost, ZERO, savings={"cache": -cost.usd} if cost.usd else {}))
+            savings = {"cache": -cost.usd} if cost.usd else {}
+            payload = verified_payload(request, cached, output_text(fresh)) if gateway.capture_payloads else None
+            gateway.record(trace.entry("ok", cost, ZERO, savings=savings, payload=payload))
             gateway.metrics.verified(principal.feature, agree)
         finally:
             await settle(admission, cost or ZERO, trace, answered_by)  # zero releases the reservation
