@@ -2,10 +2,11 @@
 
 Each verification (``[cache] verify_sample``) recorded with ``[ledger] capture_payloads = true`` (prompts are
 kept only where their owner chose to) keeps the question asked, the stored question whose answer served it and
-the decision's score; the model's fresh answer agreeing with the cached one labels the pair 1, disagreeing 0. The pairs are in ``thrifty eval cache``'s
-format, so the threshold can be tuned on one's own traffic (``thrifty eval cache --pairs``) and the decision
-learned from it (``thrifty cache train --pairs``). Only hits are verified, so the pairs say how precise the
-decision is at and above the threshold it ran with, not what a lower one would have found.
+the decision's score; the model's fresh answer agreeing with the cached one labels the pair 1, disagreeing 0.
+The pairs are in ``thrifty eval cache``'s format, so the threshold can be tuned on one's own traffic (``thrifty
+eval cache --pairs``) and the decision learned from it (``thrifty cache train --pairs``). Only hits are verified,
+so the pairs say how precise the decision is at and above the threshold it ran with, not what a lower one would
+have found.
 """
 
 from __future__ import annotations
