@@ -307,12 +307,31 @@ def test_an_image_question_only_matches_the_same_image(tmp_path: Path, up: FakeU
     assert len(up.requests) == 3
 
 
-def test_a_failing_embedder_is_a_miss_and_loses_no_paid_answer(
+def test_a_failing_embedder_is_a_miss_and_loses_no_paid_answer(tmp_path: Path, up: FakeUpstream) -> None:
+    """The remote embedding model fails at the lookup and again at the store: the request is answered all the same,
+    its cost is in the ledger, nothing is cached; a refusal of one text (a 400) is that request's miss only, so the
+    next request embeds again."""
+    extra = (
+        '\n[cache]\nsemantic = true\nembedder = "remote"\nembedding_model = "embed"\nembedding_dimensions = 32\n'
+        "semantic_threshold = 0.5\n"
+    )
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            up.script([Fault.status(400), Fault.ok(), Fault.status(400)])  # embed (lookup), chat, embed (store)
+            kind, answer = ask(c, SYSTEM, user("where can I download my invoices"))
+            assert (kind, answer) == ("miss", "echo: where can I download my invoices")
+            assert ask(c, SYSTEM, user("where can I download my invoices please"))[0] == "miss"  # nothing stored
+            assert ask(c, SYSTEM, user("where can I download my invoices, please"))[0] == "semantic"
+        rows = ledger_rows(gw)
+    chats = [r for r in rows if r["endpoint"] == "chat"]
+    assert len(chats) == 3 and all(r["cost_nusd"] > 0 for r in chats[:2]) and chats[2]["cost_nusd"] == 0
+
+
+def test_an_embeddings_server_that_is_down_is_spared_for_a_cool_down(
     tmp_path: Path, up: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The remote embedding model fails at the lookup: the request is answered all the same, its cost is in the
-    ledger, nothing is cached (the embedder is spared while it cools down, so the store does not try it); once the
-    cool-down is over, the cache works again."""
+    """The embeddings server answers 503 at the lookup: the request is answered all the same, nothing is cached
+    (the embedder is spared while it cools down, so the store does not try it); after the cool-down it works."""
     from thrifty.caches import resilient
 
     monkeypatch.setattr(resilient, "FIRST_COOLDOWN_S", 1.0)
@@ -322,7 +341,7 @@ def test_a_failing_embedder_is_a_miss_and_loses_no_paid_answer(
     )
     with gateway(tmp_path, up, extra) as gw:
         with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
-            up.script([Fault.status(400)])  # the lookup's embedding
+            up.script([Fault.status(503)])  # the lookup's embedding
             kind, answer = ask(c, SYSTEM, user("where can I download my invoices"))
             assert (kind, answer) == ("miss", "echo: where can I download my invoices")
             time.sleep(1.1)

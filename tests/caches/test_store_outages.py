@@ -247,3 +247,39 @@ async def test_a_purge_waiting_for_the_lock_leaves_the_event_loop_serving(tmp_pa
         other.close()
     assert await purge == 1
     await store.aclose()
+
+
+async def test_a_burst_of_timeouts_is_one_outage_and_a_late_success_does_not_close_the_breaker() -> None:
+    """Forty lookups waiting on a stalled store all time out: the cool-down must not double forty times (to a
+    minute of no cache under exactly the load where it saves most); a call from before the outage that succeeds
+    late is no sign the store is back."""
+    now = [0.0]
+    breaker = Breaker("test store", clock=lambda: now[0])
+    release = asyncio.Event()
+
+    async def stalled() -> int:
+        await release.wait()
+        raise TimeoutError
+
+    async def late() -> int:
+        await release.wait()
+        return 1
+
+    calls = [asyncio.ensure_future(breaker.call(stalled, None, -1, "x")) for _ in range(40)]
+    slow_success = asyncio.ensure_future(breaker.call(late, None, -1, "x"))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(*calls, slow_success)
+    assert breaker.open
+    now[0] += resilient.FIRST_COOLDOWN_S  # one cool-down, not 2 ** 40 of them
+    assert not breaker.open
+
+
+async def test_a_refused_input_is_that_calls_miss_only() -> None:
+    breaker = Breaker("test embedder", trips=lambda exc: not isinstance(exc, ValueError))
+
+    async def refused() -> int:
+        raise ValueError("input too long")
+
+    assert await breaker.call(refused, 1.0, -1, "x") == -1
+    assert not breaker.open

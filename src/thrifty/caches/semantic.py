@@ -25,6 +25,7 @@ from thrifty.caches.keys import SemanticQuery, semantic_query
 from thrifty.caches.layered import hit
 from thrifty.caches.purge_log import PurgeRecords
 from thrifty.caches.resilient import LOOKUP_TIMEOUT_S, STORE_TIMEOUT_S, Breaker
+from thrifty.errors import UpstreamRejected
 from thrifty.types import ChatRequest, ChatResponse, Principal, Target
 
 if TYPE_CHECKING:
@@ -40,12 +41,12 @@ log = logging.getLogger("thrifty.cache")
 NO_PURGES = PurgeRecords()
 
 NEIGHBOURS = 1
-EMBED_TIMEOUT_S = 5.0
-"""An embedding slower than this is a miss (or an answer not stored), and the embedder is skipped for a
-cool-down (``caches.resilient``): a remote embeddings model that hangs must not hold every request."""
-"""An embedder that keeps failing is logged once a minute, not at every lookup and store."""
 """Only the nearest stored question is judged: falling through to the next ones adds more false hits than
 correct ones (GPTCache's data: 606/31 against 604/23 at the default threshold)."""
+EMBED_TIMEOUT_S = 5.0
+"""An embedding slower than this is a miss (or an answer not stored), and the embedder is skipped for a
+cool-down (``caches.resilient``): a remote embeddings model that hangs must not hold every request. A provider
+refusing one text (too long, say) is that request's miss only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,9 @@ class SemanticCache:
         self.breaker = Breaker("the semantic cache's vector store")
         self._judges: dict[float, SimilarityJudge] = dict(judges or {})
         self._make_judge = make_judge
-        self._embed_breaker = Breaker("the semantic cache's embedder")
+        self._embed_breaker = Breaker(
+            "the semantic cache's embedder", trips=lambda exc: not isinstance(exc, UpstreamRejected)
+        )
 
     @property
     def embedder(self) -> Embedder:
