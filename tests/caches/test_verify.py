@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from thrifty.caches.verify import answers_agree, contradiction
@@ -37,3 +39,37 @@ def test_a_paraphrase_agrees_by_meaning() -> None:
 def test_blank_answers() -> None:
     assert answers_agree("", "  ")
     assert not answers_agree("", "Paris.")
+
+
+def test_long_answers_are_compared_by_meaning_only() -> None:
+    """Two correct paragraphs differ in incidental numbers, names and words like before / after: read as
+    contradictions, four of eleven agreeing answers in a review were counted as false hits."""
+    cached = (
+        "Canberra became the capital of Australia as a compromise between Sydney and Melbourne. The site was chosen "
+        "in 1908, and Parliament moved there in 1927, after years in Melbourne. It is a planned city, designed by "
+        "Walter Burley Griffin and Marion Mahony Griffin, with a large artificial lake at its centre."
+    )
+    fresh = (
+        "The capital is Canberra. Federation came in 1901; neither Sydney nor Melbourne would accept the other as "
+        "capital, so a new city was planned between them, and Parliament sat in Melbourne before it moved. Its "
+        "design came from an international competition won by the Griffins."
+    )
+    assert contradiction(cached, fresh) == ""
+    assert answers_agree(cached, fresh, cosine=0.8)
+
+
+def test_a_numbered_list_against_a_duration_is_no_contradiction() -> None:
+    assert contradiction("Step 1: unplug it. Step 2: wait. Step 3: plug it back.", "Unplug it for 30 seconds.") == ""
+
+
+def test_a_bad_since_is_a_one_line_error_that_leaves_the_output_alone(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    from thrifty.caches.verified import verified_command
+    from thrifty.errors import BadRequest
+
+    out = tmp_path / "pairs.jsonl"
+    out.write_text("kept\n")
+    with pytest.raises(BadRequest, match="--since 2024/01/01"):
+        verified_command(create_engine("sqlite://"), out, "2024/01/01", None)
+    assert out.read_text() == "kept\n"

@@ -2,11 +2,11 @@
 
 The client already has the cached answer; in the background the same request goes to the model (the principal's
 budgets pay for it, and refuse it when they cannot), and the two answers are compared (``answers_agree``): first
-for the contradictions a false hit leaves (numbers with none in common, opposite words, each naming what the other
-does not: "Paris" / "Berlin"), then by meaning, the cosine of the two answers under the cache's own embedder at
-least 0.75 (a word-overlap test, Jaccard 0.5, without one). The verification call is a ledger row of its own
-(endpoint ``verify``, ``cache`` = ``verify-agree`` or ``verify-disagree``, its cost charged to the cache lever),
-so the false-hit rate per feature is a query on the ledger, and a metric.
+for the contradictions a false hit leaves in a short answer (numbers with none in common, opposite words, each
+naming what the other does not: "Paris" / "Berlin"), then by meaning, the cosine of the two answers under the
+cache's own embedder at least 0.75 (a word-overlap test, Jaccard 0.5, without one). The verification call is a
+ledger row of its own (endpoint ``verify``, ``cache`` = ``verify-agree`` or ``verify-disagree``, its cost charged
+to the cache lever), so the false-hit rate per feature is a query on the ledger, and a metric.
 """
 
 from __future__ import annotations
@@ -46,12 +46,22 @@ def answers_agree(cached: str, fresh: str, cosine: float | None = None) -> bool:
     return len(a & b) / len(a | b) >= AGREEMENT
 
 
+CONTRADICTION_MAX_WORDS = 40
+"""Answers longer than this are compared by meaning only: in a paragraph, incidental numbers, names and opposite
+words ("before" / "after") differ between two correct answers (and the comparison grows with the square of the
+length)."""
+
+
 def contradiction(cached: str, fresh: str) -> str:
-    """What two answers to one question disagree on, as the semantic guards read questions: numbers with none in
-    common, an opposite word, or each naming what the other does not; empty when nothing."""
+    """What two short answers to one question disagree on, as the semantic guards read questions: numbers with none
+    in common, an opposite word, or each naming what the other does not; empty when nothing (or when either answer
+    is longer than ``CONTRADICTION_MAX_WORDS``)."""
+    if max(len(cached.split()), len(fresh.split())) > CONTRADICTION_MAX_WORDS:
+        return ""
     found = signals(cached, fresh, 0.0)
     numbers = found.numbers
-    if numbers[0] and numbers[1] and not numbers[0] & numbers[1]:
+    # The answer's figure (45 dollars / 120 dollars), not a list's numbering against a duration.
+    if 0 < len(numbers[0]) <= 2 and 0 < len(numbers[1]) <= 2 and not numbers[0] & numbers[1]:
         return "numbers"
     if found.antonym is not None:
         return "opposites"
@@ -121,7 +131,7 @@ class SemanticVerifier:
         is paid for and in the ledger, as for lookups); without it, or when it fails, word overlap."""
         embedder = getattr(getattr(self._gateway.cache, "semantic", None), "embedder", None)
         cosine = None
-        if embedder is not None and cached.strip() and fresh.strip() and not contradiction(cached, fresh):
+        if embedder is not None and cached.strip() and fresh.strip():
             try:
                 vectors = await asyncio.to_thread(embedder.embed, [cached, fresh])
                 cosine = float(vectors[0] @ vectors[1])
