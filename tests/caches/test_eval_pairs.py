@@ -123,7 +123,11 @@ def test_read_pairs_checks_every_line(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n")
     (tmp_path / "latin1.jsonl").write_bytes('{"query": "caf\xe9", "cached": "b"}\n'.encode("latin-1"))
     (tmp_path / "bom.jsonl").write_text('\ufeff{"query": "a", "cached": "b"}\n', encoding="utf-8")
-    for name, problem in [("empty", "no pairs"), ("latin1", "1: not UTF-8"), ("missing", "cannot be read")]:
+    (tmp_path / "late.jsonl").write_bytes(
+        b'{"query": "a", "cached": "b"}\n' * 299 + b'{"query": "caf\xe9", "cached": "b"}\n'
+    )
+    cases = [("empty", "no pairs"), ("latin1", "1: not UTF-8"), ("missing", "cannot be read"), ("late", "300: not UTF")]
+    for name, problem in cases:
         with pytest.raises(ValueError, match=rf"{name}.jsonl:? ?.*{problem}"):
             list(read_pairs(tmp_path / f"{name}.jsonl"))
     assert [p["query"] for p in read_pairs(tmp_path / "bom.jsonl")] == ["a"]
@@ -136,6 +140,7 @@ def test_eval_cache_errors_are_one_line(tmp_path: Path) -> None:
     for extra, problem in [
         ([], "pairs.jsonl:2: not JSON"),
         (["--decisions", "no/such/dir/d.jsonl"], "cannot be written"),
+        (["--decisions", "pairs.jsonl"], "would overwrite --pairs"),
     ]:
         done = subprocess.run(
             [sys.executable, "-m", "thrifty.cli", "eval", "cache", "--pairs", "pairs.jsonl", *extra],
@@ -145,6 +150,7 @@ def test_eval_cache_errors_are_one_line(tmp_path: Path) -> None:
             timeout=60,
         )
         assert done.returncode == 1 and problem in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert (tmp_path / "pairs.jsonl").read_text().startswith('{"query": "a"')  # never emptied
 
 
 def test_eval_cache_cli_on_a_pair_file(tmp_path: Path) -> None:

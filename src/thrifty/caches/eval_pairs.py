@@ -39,8 +39,9 @@ def read_pairs(path: Path) -> Iterator[dict[str, Any]]:
     complaint; a file without any pair is refused."""
     number, found = 0, 0
     try:
-        with path.open(encoding="utf-8-sig") as lines:
-            for number, line in enumerate(lines, 1):
+        with path.open("rb") as lines:  # decoded a line at a time: a bad byte is reported on its own line
+            for number, raw in enumerate(lines, 1):
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 if not line.strip():
                     continue
                 try:
@@ -53,7 +54,7 @@ def read_pairs(path: Path) -> Iterator[dict[str, Any]]:
                 found += 1
                 yield pair
     except UnicodeDecodeError as exc:
-        raise PairFileError(f"{path}:{number + 1}: not UTF-8 text") from exc
+        raise PairFileError(f"{path}:{number}: not UTF-8 text") from exc
     except OSError as exc:
         raise PairFileError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if not found:

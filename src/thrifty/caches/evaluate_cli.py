@@ -74,6 +74,8 @@ def eval_cache_command(
 
     if alias and alias not in settings.models:
         raise ConfigError(f"--model {alias!r} is not a configured model alias ({', '.join(sorted(settings.models))})")
+    if decisions_out is not None and decisions_out.resolve() == pairs.resolve():
+        raise BadRequest("--decisions would overwrite --pairs: write the decisions to another file")
     rule = CachePolicy(settings.cache).rule(alias, feature)
     kept: list[dict[str, Any]] = []  # what the summary needs of each pair: a large file is not held in memory
     with ExitStack() as stack:

@@ -66,6 +66,10 @@ def _pair(saved: dict[str, Any], agreed: bool, feature: str) -> dict[str, Any] |
 
 
 def verified_command(engine: Engine, out: Path, since_day: str | None, feature: str | None) -> str:
+    try:
+        queries.since_timestamp(since_day)  # before the output file is opened (and emptied)
+    except ValueError as exc:
+        raise BadRequest(f"--since {since_day}: {exc}") from exc
     counts = [0, 0]
     try:
         with out.open("w", encoding="utf-8") as file:

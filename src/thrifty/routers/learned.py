@@ -36,7 +36,7 @@ from thrifty.routers.features import (
     require_numpy,
     shape_features,
 )
-from thrifty.routers.outcomes import OutcomeRecord, model_names, read_outcomes
+from thrifty.routers.outcomes import OutcomeRecord, groups_of, model_names, read_outcomes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -162,7 +162,7 @@ def train(
     vectors = space.raw(prompts)[2] if embedder is not None else None
     x = space.encode(hashed, shapes, vectors)
     quality = np.array([[_quality(r, m) for m in models] for r in records], dtype=np.float64)
-    groups = [r.group or f"#{i}" for i, r in enumerate(records)]
+    groups = groups_of(records)  # a prompt asked twice stays on one side of the penalty's folds
     weights, bias, alphas = ridge.fit_per_model(x, quality, groups, folds, alpha)
     return LearnedRouter(
         models=models,
