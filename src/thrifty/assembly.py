@@ -30,6 +30,7 @@ from thrifty.pricing import CatalogPricer, ModelPrice
 from thrifty.protocols import Guard, Optimizer, Provider, ResponseCache, Router
 from thrifty.providers.http import Timeouts
 from thrifty.routers.baselines import baselines, pick
+from thrifty.routers.cooldown import Cooldowns
 from thrifty.routers.latency import LatencyAwareRouter, LatencyTracker
 from thrifty.routers.pool import ALL_CAPABILITIES, EligibleRouter, ModelInfo
 from thrifty.routers.static import StaticRouter
@@ -156,6 +157,7 @@ def build_runtime(settings: Settings) -> Runtime:
         capture_payloads=settings.ledger.capture_payloads or bool(watch),
         observers=[detector, latency, *_span_observer(settings), *watch],
         baselines=baselines(settings, aliases, pricer),
+        cooldowns=Cooldowns(settings.server.cooldown_failures, settings.server.cooldown_s),
     )
     bind_summarizer(gateway)
     if settings.cache.verify_sample:

@@ -80,11 +80,12 @@ class Gateway:
         capture_payloads: bool = False,
         observers: Sequence[Callable[[LedgerEntry], None]] = (),
         baselines: Mapping[str, Target] | None = None,
+        cooldowns: Cooldowns | None = None,
     ) -> None:
         self.aliases = dict(aliases)
         self.authenticator, self.guard, self.cache = authenticator, guard, cache
         self.optimizer, self.router, self.providers = optimizer, router, dict(providers)
-        self.caller = ProviderCaller(self.providers, Cooldowns(), self._record_escalation)
+        self.caller = ProviderCaller(self.providers, cooldowns or Cooldowns(), self._record_escalation)
         self.baselines = {alias: (baselines or {}).get(alias, targets[0]) for alias, targets in self.aliases.items()}
         self.pricer, self.ledger = pricer, ledger
         self.metrics = metrics or GatewayMetrics()

@@ -33,6 +33,11 @@ class ServerSettings(_Strict):
     upstream_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     first_byte_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    cooldown_failures: Annotated[int, Field(gt=0)] = 3
+    """Retryable failures in a row after which a target is tried last (a dead provider stops costing every request
+    a timeout) ..."""
+    cooldown_s: Annotated[float, Field(gt=0)] = 30.0
+    """... for this long; one success ends it."""
     public_metrics: bool = False
     """``GET /metrics`` without a key once keys exist (it shows spend per tenant and feature); default: an admin
     key (``Authorization: Bearer``, which Prometheus sends with ``authorization: {credentials: ...}``)."""

@@ -302,6 +302,16 @@ def test_a_failing_target_is_cooled_down(tmp_path: Path, up: FakeUpstream) -> No
     assert len(up.requests) == 4
 
 
+def test_the_cooldown_is_configured(tmp_path: Path, up: FakeUpstream) -> None:
+    text = config_text(up, extra=POOL).replace("[server]\n", "[server]\ncooldown_failures = 1\ncooldown_s = 600\n", 1)
+    (tmp_path / "thrifty.toml").write_text(text)
+    with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            client.chat.completions.create(model="resilient", messages=[{"role": "user", "content": "x"}])
+        cooling = gw.runtime.gateway.caller.cooldowns.cooling()
+    assert [str(t) for t in cooling] == ["down::gpt-4o-mini"]  # one refused connection was enough (default 3)
+
+
 def test_streams_fall_back_and_carry_the_route(tmp_path: Path, up: FakeUpstream) -> None:
     up.script([Fault.status(503)])
     with gateway(tmp_path, up, '\n[models.auto]\npool = ["mini", "big"]\n') as gw:
