@@ -377,9 +377,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--gateway", help="a running gateway's URL, to purge its in-process caches too")
     c.add_argument("--key", help="admin key for --gateway (default: $THRIFTY_ADMIN_KEY)")
     c.set_defaults(run=cmd_cache_purge)
-    c = cache_sub.add_parser(
-        "verified", parents=[config], help="the verified semantic hits in the ledger, as labelled pairs"
-    )
+    c = cache_sub.add_parser("verified", parents=[config], help="verified semantic hits, as labelled pairs")
     c.add_argument("--out", required=True, help="JSON lines, as thrifty eval cache and cache train read them")
     c.add_argument("--since", help="YYYY-MM-DD (UTC)")
     c.add_argument("--feature")

@@ -485,7 +485,7 @@ def test_a_feature_whose_ttl_an_entry_outlived_stores_its_own_answer(tmp_path: P
 def test_remote_embeddings_come_from_one_model_named_in_every_partition(tmp_path: Path, up: FakeUpstream) -> None:
     """Vectors of two models do not compare: a fallback to another model, or an alias pointed at a new one, must
     never file its vectors beside the old model's."""
-    from thrifty.assembly import build_embedder
+    from thrifty.cache_assembly import build_embedder
 
     remote = '\n[cache]\nsemantic = true\nembedder = "remote"\nembedding_model = "{alias}"\nembedding_dimensions = 32\n'
     (tmp_path / "one.toml").write_text(config_text(up, extra=remote.format(alias="embed")))

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 @contextmanager
 def configured_embedder(settings: Settings) -> Iterator[Embedder]:
     """The embedder of ``[cache] embedder``; a remote one works through a gateway that lives as long as this."""
-    from thrifty.assembly import build_embedder
+    from thrifty.cache_assembly import build_embedder
 
     embedder = build_embedder(settings)
     if settings.cache.embedder != "remote":

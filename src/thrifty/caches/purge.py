@@ -57,7 +57,7 @@ def purge_from_cli(
 
 
 async def _record(settings: Settings, scope: PurgeScope) -> None:
-    from thrifty.assembly import build_purge_log
+    from thrifty.cache_assembly import build_purge_log
 
     log = build_purge_log(settings)
     try:
@@ -67,7 +67,7 @@ async def _record(settings: Settings, scope: PurgeScope) -> None:
 
 
 async def _purge_entries(settings: Settings, scope: PurgeScope) -> int:
-    from thrifty.assembly import build_entry_store
+    from thrifty.cache_assembly import build_entry_store
 
     store = build_entry_store(settings)
     try:
