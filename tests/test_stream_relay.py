@@ -62,7 +62,9 @@ class CountingAdmission:
     async def extend(self) -> None:
         self.extended += 1
 
-    async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None:
+    async def settle(
+        self, cost: Cost, usage: Usage | None = None, model: str = "", model_output: int | None = None
+    ) -> None:
         return None
 
 

@@ -210,17 +210,20 @@ async def settle(admission: Admission, cost: Cost, trace: Trace, model: str = ""
     into an error that the client would retry and pay for twice. Shielded: a client leaving mid-settle must not
     leave the spend uncounted."""
     usd, usage = cost.usd, trace.usage if model else None
+    own = usage.output_tokens if usage is not None else None  # what the answering model wrote, steps aside
     if trace.escalations:
         usd = (usd or Decimal(0)) + trace.escalated_usd
         usage = trace.escalated_usage if usage is None else usage + trace.escalated_usage
-    settling = _settle_logged(admission, Cost(usd), usage, model, trace.request_id)
+    settling = _settle_logged(admission, Cost(usd), usage, model, trace.request_id, own)
     # In process a settle never yields, so nothing can interrupt it; a shield there would cost ~30 us.
     await (asyncio.shield(settling) if getattr(admission, "remote", True) else settling)
 
 
-async def _settle_logged(admission: Admission, cost: Cost, usage: Usage | None, model: str, request_id: str) -> None:
+async def _settle_logged(
+    admission: Admission, cost: Cost, usage: Usage | None, model: str, request_id: str, own: int | None
+) -> None:
     """Logs its own failure: when the client has gone, nobody else is left to see it."""
     try:
-        await admission.settle(cost, usage, model)
+        await admission.settle(cost, usage, model, own)
     except Exception:
         log.exception("could not settle the budgets of %s; the ledger has its cost", request_id)

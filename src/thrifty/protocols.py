@@ -44,7 +44,12 @@ class Admission(Protocol):
         """Keep what was reserved for a call still running (reservations expire, so that none leak)."""
         ...
 
-    async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None: ...
+    async def settle(
+        self, cost: Cost, usage: Usage | None = None, model: str = "", model_output: int | None = None
+    ) -> None:
+        """``usage``: every call's (cascade steps too: rate limits count them); ``model_output``: the answering
+        model's own output tokens, which output estimates learn from (default ``usage``'s)."""
+        ...
 
 
 class Guard(Protocol):

@@ -144,6 +144,7 @@ def test_cascade_escalates_on_a_failed_check_and_records_both_calls(tmp_path: Pa
                 )
             )
         rows = ledger_rows(gw)
+        learned = dict(gw.runtime.gateway.guard.estimator._outputs)  # type: ignore[attr-defined]
     assert easy.headers["x-thrifty-model"] == "gpt-4o-mini"
     assert hard.headers["x-thrifty-model"] == "gpt-4o"
     assert hard.headers["x-thrifty-route"].endswith("; gpt-4o-mini failed check refusal, escalated")
@@ -154,6 +155,8 @@ def test_cascade_escalates_on_a_failed_check_and_records_both_calls(tmp_path: Pa
         ("gpt-4o-mini", "check:refusal", 270_000)
     ] * 2
     assert len(rows) == 5
+    # Quotes learn each model's own output: gpt-4o wrote 200 tokens a call, not its own plus the cheap tier's.
+    assert learned["gpt-4o"] == (2, 400) and learned["gpt-4o-mini"] == (1, 200)
 
 
 def test_a_cascade_takes_a_tool_call_as_the_answer(tmp_path: Path, up: FakeUpstream) -> None:

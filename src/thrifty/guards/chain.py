@@ -57,7 +57,9 @@ class ChainAdmission:
         if self._budget is not None and not self._settled:
             await self._budget.extend()
 
-    async def settle(self, cost: Cost, usage: Usage | None = None, model: str = "") -> None:
+    async def settle(
+        self, cost: Cost, usage: Usage | None = None, model: str = "", model_output: int | None = None
+    ) -> None:
         if self._settled:
             return
         self._settled = True
@@ -67,7 +69,7 @@ class ChainAdmission:
             limiter = self._limiter if self._subjects else None
             tokens = usage.input_tokens + usage.output_tokens
             if model:
-                self._estimator.observe_output(model, usage.output_tokens)
+                self._estimator.observe_output(model, usage.output_tokens if model_output is None else model_output)
         if self._budget is not None and limiter is not None and self.remote:
             # overlapping round trips to a shared store
             await asyncio.gather(self._budget.settle(actual_nusd), limiter.count(self._subjects, tokens, actual_nusd))
