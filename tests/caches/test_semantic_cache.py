@@ -396,6 +396,22 @@ def test_a_failed_verification_is_in_the_ledger(tmp_path: Path, up: FakeUpstream
     assert verify["status"] == "error" and verify["error_type"] == "invalid_request_error"
 
 
+def test_verification_asks_as_a_miss_would_have_with_the_features_optimizers(tmp_path: Path, up: FakeUpstream) -> None:
+    """Without the feature's output cap (or stop sequences) the fresh answer differs from the cached one for that
+    reason alone: a spurious disagreement."""
+    import time
+
+    extra = SEMANTIC.format(embedder="minilm") + "verify_sample = 1.0\n[optimize.caps]\ndefault_max_tokens = 40\n"
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as c:
+            ask(c, SYSTEM, user("How do I reset my account password?"))
+            assert ask(c, SYSTEM, user("How can I reset my account password?"))[0] == "semantic"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(up.requests) < 2:
+            time.sleep(0.05)
+    assert [r.json.get("max_tokens") for r in up.requests] == [40, 40]
+
+
 def test_verification_is_paid_from_the_principals_budget(tmp_path: Path, up: FakeUpstream) -> None:
     """The verification's cost counts against the budget like any call, so verifying cannot overshoot it."""
     import time

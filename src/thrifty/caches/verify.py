@@ -108,7 +108,10 @@ class SemanticVerifier:
         cost: Cost | None = None
         answered_by = ""
         try:
-            asked = admission.bounded(replace(admission.request, charged_to=""))  # within what the budget holds
+            # As a miss would have asked: the feature's optimizers (caps, stop sequences, pruning) shape the answer
+            # the cached one is compared with, within what the budget holds.
+            optimized = await gateway.optimizer.optimize(replace(admission.request, charged_to=""), principal)
+            asked = admission.bounded(optimized)
             try:
                 route = gateway.router.route(asked, principal)
                 fresh = await gateway.caller.call(asked, route, trace)
