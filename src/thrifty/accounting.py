@@ -59,6 +59,8 @@ class Trace:
     escalated_usage: Usage = field(default_factory=Usage)
     escalations: int = 0
     escalated_unpriced: bool = False
+    samples: int = 1
+    """Choices the answering call returned of which the client got one (a self-consistency cascade's)."""
     detours: list[str] = field(default_factory=list)
     """Why the answer is not the route's first target's: each target passed over, and why (``x-thrifty-route``)."""
 
@@ -210,7 +212,8 @@ async def settle(admission: Admission, cost: Cost, trace: Trace, model: str = ""
     into an error that the client would retry and pay for twice. Shielded: a client leaving mid-settle must not
     leave the spend uncounted."""
     usd, usage = cost.usd, trace.usage if model else None
-    own = usage.output_tokens if usage is not None else None  # what the answering model wrote, steps aside
+    # What the answering model writes for one answer: its own tokens (not the cascade steps'), per sample kept.
+    own = usage.output_tokens // max(trace.samples, 1) if usage is not None else None
     if trace.escalations:
         usd = (usd or Decimal(0)) + trace.escalated_usd
         usage = trace.escalated_usage if usage is None else usage + trace.escalated_usage

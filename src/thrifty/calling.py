@@ -74,6 +74,7 @@ class ProviderCaller:
                     trace.detours.append(f"{target.model} failed check {failed}, escalated")
                     self._on_escalation(trace, sent, response, failed)
                     continue
+                trace.samples = len(response.body.get("choices") or ()) or 1
                 finished: ChatResponse = route.cascade.finish(request, response)  # usage kept: all were billed
                 return finished
             return response

@@ -55,6 +55,7 @@ def test_self_consistency_samples_the_cheap_tier_and_escalates_when_samples_disa
             agreed = ask(client, "what is six times seven?")
             split = ask(client, "unsure: pick a number")
         rows = ledger_rows(gw)
+        learned = dict(gw.runtime.gateway.guard.estimator._outputs)  # type: ignore[attr-defined]
     assert agreed.headers["x-thrifty-model"] == "gpt-4o-mini"
     assert [c.message.content for c in agreed.parse().choices] == ["gpt-4o-mini: the answer is 42."]  # one, as asked
     assert split.headers["x-thrifty-model"] == "gpt-4o"
@@ -66,6 +67,7 @@ def test_self_consistency_samples_the_cheap_tier_and_escalates_when_samples_disa
         ("gpt-4o-mini", "escalated", "check:self_consistency", three),
         ("gpt-4o", "ok", "", 4_500_000),
     ]
+    assert learned["gpt-4o-mini"] == (1, 200)  # one answer's output, not the three samples billed
 
 
 def test_logprob_confidence_asks_for_logprobs_and_hands_back_the_answer_without_them(
