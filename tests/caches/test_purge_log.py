@@ -202,3 +202,15 @@ async def test_a_waiter_gets_the_leaders_entry_only_within_its_own_ttl() -> None
         cache.lookup(ChatRequest(body, "r1"), a), cache.lookup(ChatRequest(body, "r2"), b)
     )
     assert leader is not None and waiter is None
+
+
+async def test_replicas_starting_together_share_one_postgres_log(pg_url: str) -> None:
+    import asyncio
+
+    logs = [PostgresPurgeLog(pg_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(log.record(PurgeScope(tenant=f"t{i}")) for i, log in enumerate(logs)))
+        assert sorted(scope.tenant or "" for _, scope in await logs[0].read(0.0)) == ["t0", "t1", "t2", "t3"]
+    finally:
+        for log in logs:
+            await log.aclose()

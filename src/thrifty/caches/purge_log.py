@@ -39,6 +39,8 @@ SKEW_S = 1.0
 """Redis and PostgreSQL date records by their own clock, replicas their entries by theirs: a purge there also
 covers what was asked up to this long after it (a few answers asked right after a purge are asked again)."""
 REDIS_KEY = "thrifty:cache-purges"
+CREATE_PG_TABLE = "CREATE TABLE IF NOT EXISTS thrifty_cache_purges (at double precision NOT NULL, scope bytea)"
+SCHEMA_LOCK = 0x7468726966747950  # "thriftyP": the purge log's table is created once when replicas start together
 
 Record = tuple[float, PurgeScope]
 
@@ -220,9 +222,12 @@ class PostgresPurgeLog:
 
         with self._engine.connect() as conn:
             if not self._ready:
-                conn.execute(
-                    text("CREATE TABLE IF NOT EXISTS thrifty_cache_purges (at double precision NOT NULL, scope bytea)")
-                )
+                # Replicas starting together: CREATE ... IF NOT EXISTS alone can still collide in the catalogue.
+                conn.execute(text("SELECT pg_advisory_lock(:lock)"), {"lock": SCHEMA_LOCK})
+                try:
+                    conn.execute(text(CREATE_PG_TABLE))
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:lock)"), {"lock": SCHEMA_LOCK})
                 self._ready = True
             result = conn.execute(text(statement), params)
             return list(result) if result.returns_rows else []
