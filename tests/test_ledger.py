@@ -177,3 +177,38 @@ def test_postgres_sets_aside_a_refused_row_and_writes_the_rest(pg_url: str, tmp_
         assert len(rejected) == 1 and '"req_000003"' in rejected[0]
     finally:
         second.close()
+
+
+@pytest.mark.postgres
+def test_a_long_outage_holds_rows_on_disk_not_in_memory(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_QUEUED_ROWS rows waiting, the rest wait in the journal file only (a queue of every row of a long
+    outage, each with its prompt and answer, grew the gateway's memory until it went down with its database);
+    once the database is back all of them are written, none twice."""
+    from thrifty.ledger import writer
+
+    monkeypatch.setattr(writer, "MAX_QUEUED_ROWS", 5)
+    monkeypatch.setattr(writer, "BATCH_ROWS", 7)  # the spilled rows are read back over several batches
+    proxy = TcpProxy("127.0.0.1", 5432)
+    url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    ledger = SqlLedger(url, tmp_path / "journal", 10)
+    ledger.start()
+    try:
+        ledger.record(entry(0))
+        assert ledger.flush()
+        proxy.cut()
+        for n in range(1, 60):
+            ledger.record(entry(n))
+        assert not ledger.flush(0.3)
+        assert ledger._queued <= 5 and sum(r[3] for r in ledger._spilled) >= 50
+        proxy.restore()
+        assert ledger.flush(20)
+        assert count(ledger) == 60
+        assert not ledger._spilled and ledger._queued == 0
+        for n in range(60, 70):  # and back to the queue
+            ledger.record(entry(n))
+        assert ledger.flush(10) and count(ledger) == 70 and not ledger._spilled
+    finally:
+        ledger.close()
+        proxy.close()

@@ -42,6 +42,8 @@ class Journal:
         self._segment = (self._leftovers[-1][0] + 1) if self._leftovers else 1
         self._fd = self._open(self._segment)
         self._pending: dict[int, int] = {self._segment: 0}
+        self._size = 0
+        """Bytes in the current segment (rows are located by offset when they wait here only)."""
 
     def _segments(self) -> Iterator[tuple[int, Path]]:
         for path in self.folder.glob("segment-*.jsonl"):
@@ -54,13 +56,32 @@ class Journal:
         path = self.folder / f"segment-{segment:09d}.jsonl"
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
-    def append(self, row: dict[str, object]) -> int:
-        """Write one row; returns the segment it is in (to acknowledge it later)."""
+    def append(self, row: dict[str, object]) -> tuple[int, int, int]:
+        """Write one row; returns the segment it is in (to acknowledge it later) and its byte range there."""
         line = orjson.dumps(row) + b"\n"
         with self._lock:
             os.write(self._fd, line)
             self._pending[self._segment] += 1
-            return self._segment
+            start = self._size
+            self._size += len(line)
+            return self._segment, start, self._size
+
+    def read(self, segment: int, start: int, end: int, most: int) -> tuple[list[dict[str, object]], int]:
+        """Up to ``most`` rows written to ``segment`` from offset ``start`` (before ``end``), and the offset after
+        the last one read: rows that waited in the journal only, read back a batch at a time."""
+        rows: list[dict[str, object]] = []
+        with (self.folder / f"segment-{segment:09d}.jsonl").open("rb") as file:
+            file.seek(start)
+            offset = start
+            while offset < end and len(rows) < most:
+                line = file.readline()
+                if not line:
+                    break
+                offset += len(line)
+                row = orjson.loads(line)
+                if isinstance(row, dict):
+                    rows.append(row)
+        return rows, offset
 
     def acknowledge(self, segment_counts: dict[int, int]) -> None:
         """These rows are in the database now; delete segments that are closed and fully acknowledged."""
@@ -78,11 +99,13 @@ class Journal:
             if self._pending[self._segment] == 0:
                 # Everything in it is in the database already: empty it in place.
                 os.ftruncate(self._fd, 0)
+                self._size = 0
                 return
             os.close(self._fd)
             self._segment += 1
             self._fd = self._open(self._segment)
             self._pending[self._segment] = 0
+            self._size = 0
 
     def leftovers(self) -> list[dict[str, object]]:
         """Rows a previous process journaled; lines torn by a crash mid-write are skipped."""

@@ -1,14 +1,18 @@
 """``SqlLedger``: rows journaled on the request path, written to the database in batches by one thread.
 
 If the database is down the thread keeps the batch and retries with back-off while the gateway goes on serving;
-the journal holds the rows across a crash. Inserts ignore request ids the database already has, so replaying a
-journal after a crash never counts a request twice. A row the database refuses for its content (not for being
+the journal holds the rows across a crash. Past ``MAX_QUEUED_ROWS`` waiting in memory (a long outage under
+traffic: each row may carry a prompt and an answer), new rows wait in the journal only, located by their byte
+range, and are read back from it once the queue has drained: the gateway's memory does not grow with the outage.
+Inserts ignore request ids the database already has, so replaying a journal after a crash never counts a request
+twice. A row the database refuses for its content (not for being
 unreachable) must not hold up the rows behind it forever: strings are cut to their columns' lengths, and a row
 still refused is set aside, whole, in the journal folder's ``rejected.jsonl`` with an error in the log.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import queue
@@ -33,6 +37,8 @@ log = logging.getLogger("thrifty.ledger")
 Row = dict[str, Any]
 BATCH_ROWS = 512
 ROTATE_EVERY_S = 5.0
+MAX_QUEUED_ROWS = 20_000
+"""Rows held in memory for the writer; beyond them, rows wait in the journal file only."""
 
 
 def make_engine(url: str) -> Engine:
@@ -138,16 +144,27 @@ class SqlLedger:
         self._migrated = False
         self.written = 0
         self._recorded = 0
+        self._queued = 0
+        self._spilled: collections.deque[list[int]] = collections.deque()
+        """Byte ranges ``[segment, start, end, rows]`` of rows that wait in the journal only, oldest first."""
 
     def start(self) -> None:
         self._thread.start()
 
     def record(self, entry: LedgerEntry) -> None:
         row = row_of(entry, self.capture_payloads)
-        segment = self._journal.append(row)
+        segment, start, end = self._journal.append(row)
         with self._settled:
             self._outstanding += 1
             self._recorded += 1
+            if self._spilled or self._queued >= MAX_QUEUED_ROWS:  # in order: once one row waits on disk, all do
+                last = self._spilled[-1] if self._spilled else None
+                if last is not None and last[0] == segment and last[2] == start:
+                    last[2], last[3] = end, last[3] + 1
+                else:
+                    self._spilled.append([segment, start, end, 1])
+                return
+            self._queued += 1
         self._queue.put((row, segment))
 
     def caught_up(self, timeout_s: float = 5.0) -> bool:
@@ -188,6 +205,8 @@ class SqlLedger:
         last_rotation = time.monotonic()
         while True:
             batch, stop = self._take_batch()
+            if not batch and not stop:
+                batch = self._take_spilled()
             while batch and not self._insert([row for row, _ in batch]):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -224,6 +243,20 @@ class SqlLedger:
         self._journal.drop_leftovers()
         return True
 
+    def _take_spilled(self) -> list[tuple[Row, int]]:
+        """Rows that waited in the journal only, read back once the queue is empty, a batch at a time."""
+        with self._settled:
+            if not self._spilled:
+                return []
+            segment, start, end, count = self._spilled[0]
+        rows, read_to = self._journal.read(segment, start, end, BATCH_ROWS)
+        with self._settled:
+            if read_to >= end:
+                self._spilled.popleft()
+            else:  # the rest of the range waits for the next batch
+                self._spilled[0][1], self._spilled[0][3] = read_to, count - len(rows)
+        return [(row, segment) for row in rows]
+
     def _take_batch(self) -> tuple[list[tuple[Row, int]], bool]:
         try:
             first = self._queue.get(timeout=self._interval_s)
@@ -240,9 +273,14 @@ class SqlLedger:
             except queue.Empty:
                 break
             if item is None:
-                return batch, True
+                return self._taken(batch), True
             batch.append(item)
-        return batch, False
+        return self._taken(batch), False
+
+    def _taken(self, batch: list[tuple[Row, int]]) -> list[tuple[Row, int]]:
+        with self._settled:
+            self._queued -= len(batch)
+        return batch
 
     def _insert(self, rows: list[Row]) -> bool:
         """Whether the rows are settled: written (or set aside as refused); False to retry later."""
