@@ -212,3 +212,23 @@ def test_a_long_outage_holds_rows_on_disk_not_in_memory(
     finally:
         ledger.close()
         proxy.close()
+
+
+def test_journal_leftovers_are_read_a_batch_at_a_time(tmp_path: Path) -> None:
+    """After a long outage and a crash the leftovers may not fit in memory: start-up reads them in batches."""
+    from thrifty.ledger.journal import Journal
+
+    first = Journal(tmp_path / "journal")
+    for n in range(25):
+        first.append(row_of(entry(n)))
+    first.rotate()  # a closed segment with rows the database never got, then the current one
+    for n in range(25, 35):
+        first.append(row_of(entry(n)))
+    first.close()
+    again = Journal(tmp_path / "journal")
+    try:
+        sizes = [len(batch) for batch in again.leftover_batches(7)]
+        assert sizes == [7, 7, 7, 7, 7]
+        assert [row["request_id"] for row in again.leftovers()] == [row_of(entry(n))["request_id"] for n in range(35)]
+    finally:
+        again.close()

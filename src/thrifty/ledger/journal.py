@@ -109,16 +109,25 @@ class Journal:
 
     def leftovers(self) -> list[dict[str, object]]:
         """Rows a previous process journaled; lines torn by a crash mid-write are skipped."""
-        rows: list[dict[str, object]] = []
+        return [row for batch in self.leftover_batches(1 << 30) for row in batch]
+
+    def leftover_batches(self, size: int) -> Iterator[list[dict[str, object]]]:
+        """The same rows, ``size`` at a time, read as they are needed."""
+        batch: list[dict[str, object]] = []
         for _, path in self._leftovers:
-            for line in path.read_bytes().splitlines():
-                try:
-                    row = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(row, dict):
-                    rows.append(row)
-        return rows
+            with path.open("rb") as file:
+                for line in file:
+                    try:
+                        row = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(row, dict):
+                        batch.append(row)
+                    if len(batch) >= size:
+                        yield batch
+                        batch = []
+        if batch:
+            yield batch
 
     def drop_leftovers(self) -> None:
         for _, path in self._leftovers:

@@ -198,8 +198,7 @@ class SqlLedger:
 
     def _run(self) -> None:
         backoff = 0.05
-        leftovers = self._journal.leftovers()
-        while not self._prepare(leftovers):
+        while not self._prepare():
             time.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
         last_rotation = time.monotonic()
@@ -226,20 +225,23 @@ class SqlLedger:
             if stop:
                 return
 
-    def _prepare(self, leftovers: list[Row]) -> bool:
-        """Migrate, then insert what a previous process left in the journal."""
+    def _prepare(self) -> bool:
+        """Migrate, then insert what a previous process left in the journal, a batch at a time (after a long outage
+        it may be more than memory holds; inserts are idempotent, so a retry starts again from the first)."""
+        recovered = 0
         try:
             if not self._migrated:
                 migrate(self.engine)
                 self._migrated = True
-            for start in range(0, len(leftovers), BATCH_ROWS):
-                if not self._insert(leftovers[start : start + BATCH_ROWS]):
+            for batch in self._journal.leftover_batches(BATCH_ROWS):
+                if not self._insert(batch):
                     return False
+                recovered += len(batch)
         except SQLAlchemyError as exc:
             log.warning("ledger database unavailable (%s); rows wait in the journal", exc.__class__.__name__)
             return False
-        if leftovers:
-            log.info("recovered %d ledger rows from the journal", len(leftovers))
+        if recovered:
+            log.info("recovered %d ledger rows from the journal", recovered)
         self._journal.drop_leftovers()
         return True
 
