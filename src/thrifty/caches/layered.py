@@ -177,7 +177,8 @@ class LayeredCache:
         if response.usage is None or not cacheable_response(response.body, self.policy.settings.cache_tool_calls):
             return
         entry = CacheEntry.of(request, principal, response, rule.ttl_s, asked_at)
-        if (await self.purges.current()).covers(entry):
+        purges = await self.purges.current()
+        if purges.covers(entry):
             return  # asked for before a purge that covers it: what the purge meant to remove must not come back
         try:
             if rule.exact:
@@ -187,7 +188,6 @@ class LayeredCache:
                 finally:  # after the write, so that no identical request can miss between the two
                     self._resolve(request, entry)
             if rule.semantic and self.semantic is not None:
-                purges = await self.purges.current()
                 await self.semantic.store(request, principal, response, rule.ttl_s, entry.created_at, purges)
         except Exception as exc:  # a store's own errors (Redis, SQLite, pgvector) and anything else
             log.warning("cache: answer not stored (%s: %s)", exc.__class__.__name__, exc)

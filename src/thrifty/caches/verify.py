@@ -70,14 +70,12 @@ def contradiction(cached: str, fresh: str) -> str:
     return ""
 
 
-def verified_payload(request: ChatRequest, cached: ChatResponse, fresh: str) -> Payload:
+def verified_payload(request: ChatRequest, cached: ChatResponse, cached_text: str, fresh: str) -> Payload:
     """A verification's captured payload: what was asked, the stored question the hit answered and its score, the
     cached answer; the fresh answer as the answer. ``thrifty cache verified`` turns these into labelled pairs."""
-    from thrifty.pipeline import output_text
-
     question, score = cached.matched or ("", None)
     body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
-    asked = {"asked": body, "cached_query": question, "score": score, "cached_answer": output_text(cached)}
+    asked = {"asked": body, "cached_query": question, "score": score, "cached_answer": cached_text}
     return Payload(asked, fresh)
 
 
@@ -120,10 +118,11 @@ class SemanticVerifier:
                 gateway.record_failure(trace, exc.error_type)  # like any failed call, with what it cost if anything
                 return
             cost, answered_by = gateway.account(trace, asked, fresh), fresh.target.model
-            agree = await self._agree(output_text(cached), output_text(fresh))
+            cached_text, fresh_text = output_text(cached), output_text(fresh)
+            agree = await self._agree(cached_text, fresh_text)
             trace.cache = "verify-agree" if agree else "verify-disagree"
             savings = {"cache": -cost.usd} if cost.usd else {}
-            payload = verified_payload(request, cached, output_text(fresh)) if gateway.capture_payloads else None
+            payload = verified_payload(request, cached, cached_text, fresh_text) if gateway.capture_payloads else None
             gateway.record(trace.entry("ok", cost, ZERO, savings=savings, payload=payload))
             gateway.metrics.verified(principal.feature, agree)
         finally:
