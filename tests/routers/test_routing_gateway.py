@@ -67,6 +67,23 @@ def test_pool_skips_models_lacking_a_capability_or_the_context(tmp_path: Path, u
     assert rows[0]["baseline_cost_nusd"] == 4_500_000 and rows[0]["cost_nusd"] == 270_000
 
 
+def test_a_history_of_tool_calls_needs_a_model_with_tools(tmp_path: Path, up: FakeUpstream) -> None:
+    """The turn after a tool result may offer no tools; a model without tool use would still refuse the history."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    history = [
+        {"role": "user", "content": "easy"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        {"role": "user", "content": "thanks, and so?"},
+    ]
+    with gateway(tmp_path, up, '\n[models.auto]\npool = ["mini", "big"]\n') as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            raw = client.chat.completions.with_raw_response.create(model="auto", messages=history)  # type: ignore[arg-type]
+            plain = ask(client, "thanks, and so?")
+    assert raw.headers["x-thrifty-model"] == "gpt-4o"
+    assert plain.headers["x-thrifty-model"] == "gpt-4o-mini"
+
+
 @pytest.mark.parametrize("router", ['router = "rules"\ndefault = "mini"', 'router = "cascade"'])
 def test_rules_and_cascades_leave_out_models_lacking_a_capability_or_the_context(
     tmp_path: Path, up: FakeUpstream, router: str

@@ -30,7 +30,9 @@ class Needs:
 def needs_of(request: ChatRequest, counter: TiktokenCounter, model: str) -> Needs:
     body = request.body
     wanted = set()
-    if body.get("tools") or body.get("functions"):
+    if body.get("tools") or body.get("functions") or any(map(_is_tool_turn, request.messages)):
+        # A conversation that already holds tool calls or their results needs a model that reads them, whether or
+        # not this turn offers tools again: a model without tool use refuses such a history.
         wanted.add("tools")
     if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
         wanted.add("json")
@@ -41,6 +43,14 @@ def needs_of(request: ChatRequest, counter: TiktokenCounter, model: str) -> Need
             break
     output = int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
     return Needs(frozenset(wanted), counter.count_messages(model, request.messages) + output)
+
+
+def _is_tool_turn(message: object) -> bool:
+    if not isinstance(message, dict):
+        return False
+    if message.get("role") in ("tool", "function"):
+        return True
+    return bool(message.get("tool_calls") or message.get("function_call"))
 
 
 def eligible(targets: Sequence[Target], info: Mapping[Target, ModelInfo], needs: Needs, alias: str) -> list[Target]:
