@@ -111,7 +111,7 @@ class Gateway:
                 # The cache keys on what the client asked: a budget's clamp of max_tokens reaches the call only
                 # (through ``bounded``), or every repeat near the end of a budget would be a miss, paid again.
                 request = sent = self.planned(request, trace.principal)
-                response = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
+                response = await self.cache.lookup(request, trace.principal, admission is not None)  # 3. cache
                 fresh = response is None
                 if response is None:
                     if admission is None:
@@ -170,7 +170,7 @@ class Gateway:
             self.check_model(request.model)
             admission, refused = await self.admit(request, trace.principal)  # 2. guard
             request = self.planned(request, trace.principal)  # the client's, not the clamped (see handle)
-            cached = await self.cache.lookup(request, trace.principal)  # 3. cache lookup
+            cached = await self.cache.lookup(request, trace.principal, admission is not None)  # 3. cache lookup
             sent = request
             if cached is not None:
                 trace.cache = cached.cache

@@ -61,7 +61,11 @@ class Guard(Protocol):
 class ResponseCache(Protocol):
     """Stage 3: an answer already paid for."""
 
-    async def lookup(self, request: ChatRequest, principal: Principal) -> ChatResponse | None: ...
+    async def lookup(self, request: ChatRequest, principal: Principal, spend: bool = True) -> ChatResponse | None:
+        """``spend=False`` for a request its budget refused: only what costs nothing to look up (no paid embedding:
+        nobody would be charged for it but the gateway)."""
+        ...
+
     async def store(
         self, request: ChatRequest, principal: Principal, response: ChatResponse, asked_at: float = 0.0
     ) -> None:

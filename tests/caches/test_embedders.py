@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from thrifty.caches.embedders import CachedEmbedder, Embedder, HashingEmbedder, bundled_model_path, normalise_rows
+from thrifty.caches.embedders import (
+    CachedEmbedder,
+    Embedder,
+    HashingEmbedder,
+    RemoteEmbedder,
+    bundled_model_path,
+    normalise_rows,
+    would_pay,
+)
 from thrifty.errors import ConfigError
 
 _REQUIRE = os.environ.get("THRIFTY_REQUIRE_SERVICES") == "1"
@@ -129,3 +137,10 @@ def test_minilm_behind_the_cache_matches_direct_embedding(minilm: Embedder) -> N
     cached = CachedEmbedder(minilm)
     np.testing.assert_allclose(cached.embed(texts), minilm.embed(texts), atol=1e-6)
     assert cached.misses == 2 and cached.hits == 0 and len(cached) == 1
+
+
+def test_only_a_remote_embedding_not_yet_held_would_be_paid() -> None:
+    remote = CachedEmbedder(RemoteEmbedder("embed", 4))
+    remote._remember(["held"], np.ones((1, 4), dtype=np.float32))
+    assert would_pay(remote, "new") and not would_pay(remote, "held")
+    assert not would_pay(CachedEmbedder(HashingEmbedder(8)), "new") and not would_pay(HashingEmbedder(8), "new")

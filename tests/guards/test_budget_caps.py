@@ -117,3 +117,36 @@ def test_a_spent_budget_is_still_served_what_the_cache_holds(tmp_path: Path) -> 
                     refused = exc
     assert refused is not None and refused.code == "budget_exceeded"
     assert len(up.requests) == 1
+
+
+def test_a_spent_budget_pays_for_no_remote_embedding(tmp_path: Path) -> None:
+    """With a remote embedder, the semantic lookup of a request its budget refused would be a paid call charged to
+    the gateway (tenant ``thrifty``), which a client retrying a refused request could run up without end: such a
+    request is looked up only as far as that costs nothing (the exact cache, texts the embedder already holds)."""
+    remote = (
+        '\n[cache]\nexact = true\nsemantic = true\nembedder = "remote"\nembedding_model = "embed"\n'
+        "embedding_dimensions = 32\nsemantic_threshold = 0.5\n"
+    )
+    with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200)) as up:
+        with gateway(tmp_path, up, remote, usd="0.0027") as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+
+                def ask(text: str) -> str:
+                    messages = [{"role": "user", "content": text}]
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="fast",
+                        messages=messages,  # type: ignore[arg-type]
+                        temperature=0,
+                    )
+                    return raw.headers["x-thrifty-cache"]
+
+                assert ask("where can I download my invoices") == "miss"
+                embedded = [r.path for r in up.requests].count("/v1/embeddings")
+                assert ask("where can I download my invoices") == "exact"
+                try:
+                    ask("where can I download my invoices please")
+                    refused = None
+                except openai.RateLimitError as exc:
+                    refused = exc
+    assert refused is not None and refused.code == "budget_exceeded"
+    assert embedded >= 1 and [r.path for r in up.requests].count("/v1/embeddings") == embedded

@@ -195,6 +195,10 @@ class CachedEmbedder:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
 
+    def knows(self, text: str) -> bool:
+        with self._lock:
+            return text in self._vectors
+
     def _lookup(self, texts: Sequence[str]) -> dict[str, Vectors]:
         found: dict[str, Vectors] = {}
         with self._lock:
@@ -278,3 +282,10 @@ class RemoteEmbedder:
         if matrix.shape != (len(texts), self._dimensions):
             raise ConfigError(f"{self._alias} returned {matrix.shape} vectors, not {(len(texts), self._dimensions)}")
         return normalise_rows(matrix)
+
+
+def would_pay(embedder: Embedder, text: str) -> bool:
+    """Embedding ``text`` would call a priced model (a remote embedder, the text not in its LRU)."""
+    if isinstance(embedder, CachedEmbedder):
+        return not embedder.knows(text) and would_pay(embedder.inner, text)
+    return isinstance(embedder, RemoteEmbedder)

@@ -70,7 +70,13 @@ class SemanticLayer(Protocol):
     """Near-duplicate questions in the same context (``caches.semantic``)."""
 
     async def lookup(
-        self, request: ChatRequest, principal: Principal, threshold: float, max_age_s: float, purges: PurgeRecords
+        self,
+        request: ChatRequest,
+        principal: Principal,
+        threshold: float,
+        max_age_s: float,
+        purges: PurgeRecords,
+        spend: bool = True,
     ) -> ChatResponse | None: ...
     async def store(
         self,
@@ -111,7 +117,7 @@ class LayeredCache:
             request.body, settings.max_temperature
         )
 
-    async def lookup(self, request: ChatRequest, principal: Principal) -> ChatResponse | None:
+    async def lookup(self, request: ChatRequest, principal: Principal, spend: bool = True) -> ChatResponse | None:
         rule = self.policy.rule(request.model, principal.feature)
         if not (rule.exact or rule.semantic) or not self._applies(request):
             return None
@@ -134,7 +140,7 @@ class LayeredCache:
                     return hit(entry, request, "exact")
         if rule.semantic and self.semantic is not None:
             purges = await self.purges.current()
-            return await self.semantic.lookup(request, principal, rule.semantic_threshold, rule.ttl_s, purges)
+            return await self.semantic.lookup(request, principal, rule.semantic_threshold, rule.ttl_s, purges, spend)
         return None
 
     async def _usable(self, entry: CacheEntry, principal: Principal, rule: Rule) -> bool:

@@ -6,7 +6,7 @@ from thrifty.types import ChatRequest, ChatResponse, Principal
 
 
 class NoCache:
-    async def lookup(self, request: ChatRequest, principal: Principal) -> ChatResponse | None:
+    async def lookup(self, request: ChatRequest, principal: Principal, spend: bool = True) -> ChatResponse | None:
         return None
 
     async def store(

@@ -161,12 +161,18 @@ class SemanticCache:
         threshold: float,
         max_age_s: float = math.inf,
         purges: PurgeRecords = NO_PURGES,
+        spend: bool = True,
     ) -> ChatResponse | None:
         """The first candidate the judge accepts among those younger than ``max_age_s`` (the asking feature's
-        TTL: another feature's entries may live longer)."""
+        TTL: another feature's entries may live longer). ``spend=False``: a miss rather than a paid embedding."""
         query = self._query(request, principal)
         if query is None:
             return None
+        if not spend:
+            from thrifty.caches.embedders import would_pay  # numpy: only once a semantic cache exists
+
+            if would_pay(self._embedder, query.text):
+                return None
         vector = await self._embed(query.text, "treated as a miss")
         if vector is None:
             return None
