@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
 from fakes.upstream import FakeUpstream, FakeUsage
 from gateway_harness import config_text
@@ -26,6 +27,26 @@ def gateway(tmp_path: Path, up: FakeUpstream, extra: str, usd: str = "1", clamp:
 
 def sent_caps(up: FakeUpstream) -> list[tuple[Any, Any]]:
     return [(r.json.get("max_tokens"), r.json.get("max_completion_tokens")) for r in up.requests if r.json]
+
+
+def cache_kind(client: openai.OpenAI, text: str, stream: bool = False) -> str:
+    """The ``x-thrifty-cache`` header of a one-question request."""
+    messages = [{"role": "user", "content": text}]
+    if stream:
+        with client.chat.completions.with_streaming_response.create(
+            model="fast",
+            messages=messages,  # type: ignore[arg-type]
+            temperature=0,
+            stream=True,
+        ) as streamed:
+            streamed.read()
+            return streamed.headers["x-thrifty-cache"]
+    raw = client.chat.completions.with_raw_response.create(
+        model="fast",
+        messages=messages,  # type: ignore[arg-type]
+        temperature=0,
+    )
+    return raw.headers["x-thrifty-cache"]
 
 
 def test_no_max_tokens_is_sent_with_the_reserved_cap(tmp_path: Path) -> None:
@@ -88,34 +109,12 @@ def test_a_spent_budget_is_still_served_what_the_cache_holds(tmp_path: Path) -> 
         # gpt-4o-mini: a call costs $0.00027; its worst case (4,096 tokens out) $0.0026 fits the budget once.
         with gateway(tmp_path, up, "\n[cache]\nexact = true\n", usd="0.0027") as gw:
             with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
-
-                def ask(text: str, stream: bool = False) -> str:
-                    messages = [{"role": "user", "content": text}]
-                    if stream:
-                        with client.chat.completions.with_streaming_response.create(
-                            model="fast",
-                            messages=messages,  # type: ignore[arg-type]
-                            temperature=0,
-                            stream=True,
-                        ) as streamed:
-                            streamed.read()
-                            return streamed.headers["x-thrifty-cache"]
-                    raw = client.chat.completions.with_raw_response.create(
-                        model="fast",
-                        messages=messages,  # type: ignore[arg-type]
-                        temperature=0,
-                    )
-                    return raw.headers["x-thrifty-cache"]
-
-                assert ask("write a haiku") == "miss"
-                assert ask("write a haiku") == "exact"
-                assert ask("write a haiku", stream=True) == "exact"
-                try:
-                    ask("write a sonnet")
-                    refused = None
-                except openai.RateLimitError as exc:
-                    refused = exc
-    assert refused is not None and refused.code == "budget_exceeded"
+                assert cache_kind(client, "write a haiku") == "miss"
+                assert cache_kind(client, "write a haiku") == "exact"
+                assert cache_kind(client, "write a haiku", stream=True) == "exact"
+                with pytest.raises(openai.RateLimitError) as refused:
+                    cache_kind(client, "write a sonnet")
+    assert refused.value.code == "budget_exceeded"
     assert len(up.requests) == 1
 
 
@@ -130,23 +129,10 @@ def test_a_spent_budget_pays_for_no_remote_embedding(tmp_path: Path) -> None:
     with FakeUpstream(usage=FakeUsage(input_tokens=1000, output_tokens=200)) as up:
         with gateway(tmp_path, up, remote, usd="0.0027") as gw:
             with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
-
-                def ask(text: str) -> str:
-                    messages = [{"role": "user", "content": text}]
-                    raw = client.chat.completions.with_raw_response.create(
-                        model="fast",
-                        messages=messages,  # type: ignore[arg-type]
-                        temperature=0,
-                    )
-                    return raw.headers["x-thrifty-cache"]
-
-                assert ask("where can I download my invoices") == "miss"
+                assert cache_kind(client, "where can I download my invoices") == "miss"
                 embedded = [r.path for r in up.requests].count("/v1/embeddings")
-                assert ask("where can I download my invoices") == "exact"
-                try:
-                    ask("where can I download my invoices please")
-                    refused = None
-                except openai.RateLimitError as exc:
-                    refused = exc
-    assert refused is not None and refused.code == "budget_exceeded"
+                assert cache_kind(client, "where can I download my invoices") == "exact"
+                with pytest.raises(openai.RateLimitError) as refused:
+                    cache_kind(client, "where can I download my invoices please")
+    assert refused.value.code == "budget_exceeded"
     assert embedded >= 1 and [r.path for r in up.requests].count("/v1/embeddings") == embedded
