@@ -343,6 +343,10 @@ def test_purge_by_admin_endpoint_and_cli(tmp_path: Path, up: FakeUpstream) -> No
         purge = gw.base_url + "/admin/cache/purge"
         assert httpx.post(purge, json={"feature": "a"}).json() == {"purged": 1}
         assert httpx.post(purge, json={"older_than_s": "soon"}).status_code == 400
+        # A misspelt bound (the CLI's --older-than, "alias" for "model") was ignored: the purge took everything.
+        for misspelt in ({"older_than": "7d"}, {"alias": "fast"}, {"feature": ["b"]}):
+            refused = httpx.post(purge, json=misspelt)
+            assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
         done = subprocess.run(
             [
                 sys.executable,

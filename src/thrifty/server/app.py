@@ -175,6 +175,9 @@ async def cost_quote(app: ThriftyApp, request: Request, send: Send) -> None:
     await json_response(send, 200, orjson.dumps(quoted), request_id=request.request_id)
 
 
+PURGE_FIELDS = frozenset({"tenant", "feature", "model", "older_than_s"})
+
+
 async def purge_cache(app: ThriftyApp, request: Request, send: Send) -> None:
     from thrifty.caches.entries import PurgeScope
 
@@ -182,6 +185,14 @@ async def purge_cache(app: ThriftyApp, request: Request, send: Send) -> None:
     if not principal.admin:
         raise PermissionDenied("purging the cache needs an admin key (thrifty keys create --admin)")
     body = parse_body(await request.body())
+    unknown = sorted(set(body) - PURGE_FIELDS)
+    if unknown:  # a misspelt bound must not widen the purge to everything
+        raise BadRequest(
+            f"unknown field {unknown[0]!r}: a purge takes {', '.join(sorted(PURGE_FIELDS))}", param=unknown[0]
+        )
+    for field in ("tenant", "feature", "model"):
+        if body.get(field) is not None and not isinstance(body[field], str):
+            raise BadRequest(f"'{field}' must be a string", param=field)
     try:
         scope = PurgeScope(
             tenant=body.get("tenant"),

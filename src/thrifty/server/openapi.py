@@ -104,6 +104,7 @@ def document() -> dict[str, Any]:
                             "model": {"type": "string"},
                             "older_than_s": {"type": "number"},
                         },
+                        "additionalProperties": False,
                     },
                 )
             },
