@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 import orjson
 
 from thrifty.accounting import Trace
-from thrifty.errors import ThriftyError, UpstreamError
+from thrifty.errors import ThriftyError, Untranslatable, UpstreamError
 from thrifty.protocols import Provider
 from thrifty.providers.http import first_item
 from thrifty.routers.cooldown import Cooldowns
@@ -63,7 +63,7 @@ class ProviderCaller:
                     log.warning("%s refused a cascade check's n/logprobs (%s); asked without", target, refused)
                     response = await provider.chat(request, target.model)
             except ThriftyError as exc:
-                last = self._fall_through(target, exc, trace)
+                last = self._fall_through(target, exc, trace, last)
                 continue
             finally:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000
@@ -87,7 +87,7 @@ class ProviderCaller:
             try:
                 response = await self.providers[target.provider].embed(request, target.model)
             except ThriftyError as exc:
-                last = self._fall_through(target, exc, trace)
+                last = self._fall_through(target, exc, trace, last)
                 continue
             finally:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000
@@ -95,8 +95,15 @@ class ProviderCaller:
             return response
         raise last or UpstreamError("the route has no targets")
 
-    def _fall_through(self, target: Target, exc: ThriftyError, trace: Trace) -> ThriftyError:
-        """A failure the next target may not repeat is the answer; a retryable one moves on (and counts)."""
+    def _fall_through(
+        self, target: Target, exc: ThriftyError, trace: Trace, last: ThriftyError | None = None
+    ) -> ThriftyError:
+        """A failure the next target may not repeat is the answer; a retryable one moves on (and counts); a
+        request this target's provider cannot take moves on without counting. Returns the error to answer with if
+        no later target answers: a retryable one over a format's refusal (the client may retry it)."""
+        if isinstance(exc, Untranslatable):
+            trace.detours.append(f"{target.model} cannot take this request ({exc.message})")
+            return last if last is not None and last.retryable else exc
         if not exc.retryable:
             trace.target = target
             raise exc
@@ -119,7 +126,7 @@ class ProviderCaller:
                 lead = await leading_chunks(chunks)
             except ThriftyError as exc:
                 await chunks.aclose()
-                last = self._fall_through(target, exc, trace)
+                last = self._fall_through(target, exc, trace, last)
                 continue
             finally:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000

@@ -5,6 +5,7 @@
     ThriftyError
     ├── BadRequest                  400 invalid_request_error
     │   ├── UnknownModel            404 invalid_request_error  model_not_found
+    │   ├── Untranslatable          400 invalid_request_error  (not in this provider's format: next target)
     │   ├── MethodNotAllowed        405 invalid_request_error  method_not_allowed
     │   └── PayloadTooLarge         413 invalid_request_error  request_too_large
     ├── AuthenticationFailed        401 authentication_error   invalid_api_key
@@ -78,6 +79,11 @@ class NotCapable(BadRequest):
     """No model the request may go to has a capability it needs (tools, vision, JSON mode), as configured."""
 
     default_code = "model_not_capable"
+
+
+class Untranslatable(BadRequest):
+    """The request cannot be put in one provider's format (``n`` > 1 or an audio part for Anthropic), found before
+    any call: that target is passed over like one lacking a capability, and another may take the request."""
 
 
 class MethodNotAllowed(BadRequest):

@@ -421,3 +421,25 @@ def test_a_summary_escalating_through_a_cascade_is_charged_to_the_summarize_leve
 
             asyncio.run(runtime.aclose())
     assert [(lever, nusd) for lever, nusd in saved] == [("summarize", -156_000)]
+
+
+def test_a_target_whose_format_cannot_take_the_request_is_passed_over(tmp_path: Path, up: FakeUpstream) -> None:
+    """Anthropic's adapter refuses ``n`` > 1 before any call: that 400 stopped the fallback chain, so a request the
+    next target could answer failed, and a retryable 503 of the target before it reached the client as a 400."""
+    extra = (
+        '\n[models.mixed]\ntargets = ["anth::claude-3-5-haiku-latest", "up::gpt-4o-mini"]\n'
+        '\n[models.outage]\ntargets = ["down::gpt-4o-mini", "anth::claude-3-5-haiku-latest"]\n'
+    )
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            two = [{"role": "user", "content": "easy"}]
+            raw = client.chat.completions.with_raw_response.create(model="mixed", messages=two, n=2)  # type: ignore[arg-type]
+            with pytest.raises(openai.APIStatusError) as failed:
+                client.chat.completions.create(model="outage", messages=two, n=2)  # type: ignore[arg-type]
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model="claude", messages=two, n=2)  # type: ignore[arg-type]
+    assert raw.headers["x-thrifty-model"] == "gpt-4o-mini"
+    assert "claude-3-5-haiku-latest cannot take this request" in raw.headers["x-thrifty-route"]
+    assert failed.value.status_code == 503  # the outage, which a client retries; not the format's 400
+    assert "'n' must be 1" in refused.value.message
+    assert [r.json["model"] for r in up.requests] == ["gpt-4o-mini"]
