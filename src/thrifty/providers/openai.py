@@ -13,7 +13,7 @@ from typing import Any
 
 from thrifty.caches.prompt_cache import PrefixWatch
 from thrifty.caches.prompt_cache import prompt_cache_key as prefix_key
-from thrifty.errors import BadRequest, UpstreamError
+from thrifty.errors import BadRequest, UpstreamError, upstream_error_for_status
 from thrifty.providers.anthropic_format import cache_write_split
 from thrifty.providers.http import HttpClient, Timeouts, parse_json
 from thrifty.types import (
@@ -85,11 +85,42 @@ def chunk_from_sse(data: bytes) -> StreamChunk:
     chunk = parse_json(data, "a stream chunk")
     if not isinstance(chunk, dict):
         raise UpstreamError(f"upstream sent a stream chunk that is not an object: {data[:80]!r}")
-    if "error" in chunk and "choices" not in chunk:
-        error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-        raise UpstreamError(f"upstream failed mid-stream: {error.get('message', chunk['error'])}")
+    choices = chunk.get("choices")
+    failed = any(isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices or ())
+    if chunk.get("error") or failed:
+        # OpenRouter's error event also carries a choice, finished "error": it is no answer (nor an empty one).
+        raise stream_error(chunk.get("error"))
     usage = usage_from_openai(chunk.get("usage"))
     return StreamChunk(payload=data, usage=usage, usage_only=usage is not None and not chunk.get("choices"))
+
+
+# Error types an error event names, as the HTTP status the same failure has before a stream starts.
+_EVENT_STATUS = {
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "authentication_error": 401,
+    "insufficient_quota": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "server_error": 500,
+    "api_error": 500,
+}
+
+
+def stream_error(error: object) -> UpstreamError:
+    """An error event's failure, retryable or not as its status would be: a request the provider refuses (a 400)
+    is not asked of the next target, nor counted against this one."""
+    fields = error if isinstance(error, dict) else {}
+    message = f"upstream failed mid-stream: {fields.get('message', error) if error else 'finish_reason error'}"
+    code, kind = fields.get("code"), fields.get("type")
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
+        status = code
+    else:
+        named = [_EVENT_STATUS.get(str(v)) for v in (code, kind) if isinstance(v, str)]
+        status = next((s for s in named if s is not None), 502)
+    return upstream_error_for_status(status, message, code=code if isinstance(code, str) else None)
 
 
 class OpenAIProvider:
