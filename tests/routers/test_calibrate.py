@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from routing_data import STRONG, WEAK, synthetic_records
 
-from thrifty.routers.calibrate import calibrate, calibrate_command
+from thrifty.routers.calibrate import calibrate, calibrate_command, describe
 from thrifty.routers.learned import LearnedRouter, load, save, train
 from thrifty.routers.outcomes import ModelOutcome, OutcomeRecord, write_outcomes
 
@@ -99,13 +99,10 @@ def test_a_model_the_router_knows_but_the_data_never_measured_is_refused(router:
     assert main(["router", "calibrate", "--router", str(tmp_path / "r"), "--data", str(tmp_path / "o.jsonl")]) == 1
 
 
-def test_a_fixed_model_is_judged_on_the_quality_it_would_really_get() -> None:
-    """Where a model was not measured, "always that model" stands for the router's own choice; it must be judged
-    on that mix, not on the model's mean where it was measured, or calibration picks a point that then misses.
-
-    Here "d" is perfect and cheap but measured on the alpha prompts only; on the beta prompts the router (trained
-    on other data) would pick the weak model, which fails them all. "Always d" is really 0.5, so the strong
-    model must take the beta prompts."""
+def test_outcomes_missing_not_at_random_are_called_out() -> None:
+    """Calibration measures every candidate on the prompts that measure every model. Here "d" is perfect and cheap
+    but measured on the alpha prompts only, and the weak model fails every beta prompt: what holds on the alpha
+    prompts does not hold on the others, and the summary must say so rather than present the point as sound."""
 
     def outcome(quality: float, cost: str) -> ModelOutcome:
         return ModelOutcome(quality, Decimal(cost))
@@ -119,8 +116,10 @@ def test_a_fixed_model_is_judged_on_the_quality_it_would_really_get() -> None:
         data.append(OutcomeRecord(f"beta question {i}", {STRONG: outcome(1, "0.01"), WEAK: outcome(0, "0.00001")}))
     router = train(training, dim=256, alpha=1.0)
     result = calibrate(router, data, 0.95)
-    assert result.met, (result.point, result.quality, result.target_quality)
-    assert result.point.model != "d" and result.shares[STRONG] >= 0.5
+    assert "measured on the 60 of 120 prompts" in result.note
+    assert "WARNING: the prompts left out are not like those used" in describe(result)
+    random_gaps = [r if i % 4 else OutcomeRecord(r.prompt, {WEAK: r.outcomes[WEAK]}) for i, r in enumerate(data[::2])]
+    assert "WARNING" not in calibrate(router, [*random_gaps, *data[::2]], 0.95).note
 
 
 def test_a_model_measured_on_a_few_prompts_is_never_the_fixed_operating_point() -> None:

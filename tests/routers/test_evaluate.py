@@ -130,7 +130,7 @@ def test_eval_command_prints_tables_and_writes_decisions(tmp_path: Path) -> None
     assert {row["model"] for row in lines} <= set(router.models)
 
 
-def test_eval_says_where_it_could_not_score_the_routers_own_choice_and_survives_a_missing_model(
+def test_eval_says_what_it_measured_on_and_survives_a_missing_model(
     tmp_path: Path,
 ) -> None:
     records = twelve_models(80)
@@ -138,7 +138,8 @@ def test_eval_says_where_it_could_not_score_the_routers_own_choice_and_survives_
     save(router, tmp_path / "r")
     write_outcomes(tmp_path / "o.jsonl", records)
     text = eval_command(tmp_path / "o.jsonl", tmp_path / "r")
-    assert "has no outcome in this data" in text  # about a tenth of each model's outcomes are missing
+    # About a tenth of each model's outcomes are missing: compared on the prompts that measure all twelve.
+    assert "measured on the 26 of 80 prompts where every model was measured" in text
     # A file that never measures m05: the router may choose it, so no operating point; the curves still print.
     without = [OutcomeRecord(r.prompt, {m: o for m, o in r.outcomes.items() if m != "m05"}) for r in records]
     write_outcomes(tmp_path / "w.jsonl", without)
@@ -161,3 +162,49 @@ def test_cross_validation_keeps_groups_in_one_fold() -> None:
     predicted = cross_validated_predictions(records, folds=3)
     assert predicted.shape == (120, 2)
     assert np.allclose(predicted[0::2], predicted[1::2])
+
+
+def test_outcomes_missing_at_random_do_not_move_the_figures(tmp_path: Path) -> None:
+    """The strong model unmeasured on 40% of prompts at random: policies were scored on every prompt (forced to
+    the weak model where the strong one was missing) against single models averaged over their own prompts, so
+    the oracle scored no better than random and calibration missed its target sending nearly all to strong."""
+    import random
+
+    from thrifty.routers.calibrate import calibrate
+
+    records = synthetic_records(600, seed=3)
+    rng = random.Random(5)
+    gappy = [r if rng.random() > 0.4 else OutcomeRecord(r.prompt, {WEAK: r.outcomes[WEAK]}) for r in records]
+    router = train(synthetic_records(), dim=512)
+
+    def oracle_apgr(recs: list[OutcomeRecord]) -> float:
+        from thrifty.routers.evaluate import comparable
+
+        data = to_matrix(comparable(recs, [WEAK, STRONG])[0])
+        m = gap_metrics(policy_curve("oracle", *oracle(data, "share"), data), reference(data), "share")
+        assert m is not None
+        return m.apgr
+
+    assert oracle_apgr(gappy) == pytest.approx(oracle_apgr(records), abs=0.05)
+    full, missing = calibrate(router, records), calibrate(router, gappy)
+    assert full.met and missing.met and "where every model was measured" in missing.note
+    assert missing.shares[STRONG] == pytest.approx(full.shares[STRONG], abs=0.1)
+    save(router, tmp_path / "r")
+    write_outcomes(tmp_path / "o.jsonl", gappy)
+    text = eval_command(tmp_path / "o.jsonl", tmp_path / "r", tmp_path / "d.jsonl")
+    assert "prompts where every model was measured" in text and "WARNING" not in text
+    assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 600  # every prompt of the file
+
+
+def test_eval_leaves_out_models_the_router_cannot_call(tmp_path: Path) -> None:
+    """A cheap model the router was not trained on had no prediction and no cost in the router's curve: at a high
+    cost weight the curve chose it, and the learned router scored a negative APGR."""
+    records = synthetic_records(200, seed=3)
+    router = train(records, dim=512)
+    save(router, tmp_path / "r")
+    cheap = [OutcomeRecord(r.prompt, {**r.outcomes, "z": ModelOutcome(0.1, Decimal("0.0000001"))}) for r in records]
+    write_outcomes(tmp_path / "z.jsonl", cheap)
+    text = eval_command(tmp_path / "z.jsonl", tmp_path / "r")
+    assert "left out z" in text
+    (row,) = [line for line in text.splitlines() if line.startswith("learned router")]
+    assert float(row.split()[2]) > 0.5  # APGR

@@ -172,3 +172,17 @@ def test_routers_saved_in_the_first_format_still_load(router: LearnedRouter, tmp
     (tmp_path / "router.json").write_text(json.dumps(meta))
     prompts = [r.prompt for r in synthetic_records(n=10, seed=5)]
     assert np.allclose(load(tmp_path).predict(prompts), fixed.predict(prompts))
+
+
+def test_a_long_prompts_shape_is_read_on_its_head_and_tail() -> None:
+    """Decision time is bounded: the counts of a long prompt come from its ends, scaled to its length (a scan of a
+    whole 1M-character prompt took a quarter of a second per decision)."""
+    from thrifty.routers.features import shape_features
+
+    middle_numbers = "word " * 2000 + "12 34 56 " * 100_000 + "word " * 2000
+    even = "what is 12 + 30? explain. " * 40_000
+    rows = np.expm1(shape_features([middle_numbers, even]))
+    assert rows[0, 0] == pytest.approx(len(middle_numbers))
+    assert rows[0, 2] == 0  # the numbers in the middle were not read
+    exact = [200_000, 80_000, 0, 80_000, 40_000, 0]  # words, numbers, lines, .?!, operators, brackets
+    assert rows[1, 1:] == pytest.approx(exact, rel=0.01)

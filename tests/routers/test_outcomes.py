@@ -66,7 +66,8 @@ def test_records_without_a_group_are_grouped_by_prompt() -> None:
         ('{"prompt": "p", "outcomes": {}}', "at least one model"),
         ('{"prompt": "p", "outcomes": {"a": {"quality": 1.5, "cost_usd": 0}}}', "quality must be a number in [0, 1]"),
         ('{"prompt": "p", "outcomes": {"a": {"quality": true, "cost_usd": 0}}}', "quality must be a number"),
-        ('{"prompt": "p", "outcomes": {"a": {"quality": 1, "cost_usd": -1}}}', "cost_usd must be a number >= 0"),
+        ('{"prompt": "p", "outcomes": {"a": {"quality": 1, "cost_usd": -1}}}', "cost_usd must be a number in [0, "),
+        ('{"prompt": "p", "outcomes": {"a": {"quality": 1, "cost_usd": 1e400}}}', "cost_usd must be a number in [0, "),
         ('{"prompt": "p", "outcomes": {"a": {"quality": 1, "cost_usd": "1"}}}', "cost_usd must be a number"),
         ('{"prompt": "p", "outcomes": {"a": {"quality": 1}}}', "missing ['cost_usd']"),
         ('{"prompt": "p", "outcomes": {"a": {"quality": 1, "cost_usd": 0, "x": 1}}}', "unknown key(s) ['x']"),
@@ -81,6 +82,15 @@ def test_errors_name_the_line(line: str, message: str) -> None:
     assert info.value.line == 3
     assert str(info.value).startswith("logs.jsonl:3: ")
     assert message in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_names_the_line_and_a_bom_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(GOOD.encode() + b"\n" + '{"prompt": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    with pytest.raises(OutcomeFileError, match=r"latin1.jsonl:2: not UTF-8"):
+        read_outcomes(path)
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode() + b"\n")
+    assert len(read_outcomes(path)) == 1
 
 
 def test_an_empty_file_is_an_error(tmp_path: Path) -> None:

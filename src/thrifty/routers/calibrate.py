@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from thrifty.routers.evaluate import policy_curve, realized, reference, router_predictions
+from thrifty.routers.evaluate import comparable, policy_curve, realized, reference, router_predictions
 from thrifty.routers.features import require_numpy
 from thrifty.routers.learned import LearnedRouter, OperatingPoint, choose_indices, load, save
 from thrifty.routers.outcomes import OutcomeMatrix, OutcomeRecord, read_outcomes, to_matrix
@@ -25,6 +25,10 @@ from thrifty.routers.outcomes import OutcomeMatrix, OutcomeRecord, read_outcomes
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
+
+
+EXACT_POINTS = 1 << 16
+"""Switch points tried in full; past this many (tens of thousands of prompts, a dozen models) a quantile sample."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class Calibration:
     best_model_cost_usd: Decimal
     shares: dict[str, float]
     """Share of prompts each model gets at ``point``."""
+    note: str = ""
+    """What the figures were measured on, when not every prompt (``evaluate.comparable``)."""
 
     @property
     def met(self) -> bool:
@@ -57,12 +63,14 @@ def calibrate(router: LearnedRouter, records: list[OutcomeRecord], keep: float =
             "that measures every model the router was trained on"
         )
     # Only the router's models: one it does not know is never chosen in the gateway, so no operating point may
-    # lean on it; prompts with none of its models measured say nothing here.
-    data = to_matrix([r for r in records if any(m in r.outcomes for m in router.models)], router.models)
+    # lean on it; and the target and every candidate measured on the same prompts (``comparable``).
+    used, note = comparable(records, router.models)
+    data = to_matrix(used, router.models)
     ref = reference(data)
     target = keep * float(ref.quality[ref.best])
     predicted, relative = router_predictions(router, data)
-    curve = policy_curve("router", predicted, relative, data)
+    # Every weight that changes a choice, not a sample of them: "the least expected cost" is exact.
+    curve = policy_curve("router", predicted, relative, data, max_points=EXACT_POINTS)
     # (cost, -quality) orders candidates: the cheapest first, and among equal costs the better one.
     candidates = [
         (float(curve.cost_usd[i]), -float(curve.quality[i]), OperatingPoint(float(curve.weights[i])))
@@ -89,6 +97,7 @@ def calibrate(router: LearnedRouter, records: list[OutcomeRecord], keep: float =
         best_model_quality=float(ref.quality[ref.best]),
         best_model_cost_usd=_usd(float(ref.cost_usd[ref.best])),
         shares=shares,
+        note=note,
     )
 
 
@@ -119,6 +128,7 @@ def describe(c: Calibration) -> str:
             f"expected cost ${c.expected_cost_usd * 1000:.6f} per 1k prompts, "
             f"against ${c.best_model_cost_usd * 1000:.6f} for always {c.best_model} ({saving:.1%} less)",
             f"traffic: {shares}",
+            *([c.note] if c.note else []),
         ]
     )
 

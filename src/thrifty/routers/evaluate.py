@@ -11,8 +11,11 @@ from +inf to -inf traces its curve from "always the cheapest" to "always the mos
 straight lines, which is what splitting traffic at random between two neighbouring points achieves; for ties in a
 score this is also the expected curve of breaking them at random.
 
-A model missing on a prompt cannot be scored there, so a policy chooses among the models measured on each prompt,
-and a single model's quality and cost are its means over the prompts it was measured on.
+Every policy and every single model is measured on the same prompts: those where every model compared was measured
+(``comparable``). Scoring a policy on all prompts (choosing among the models measured on each) against single models
+averaged over their own prompts compared different prompt sets: with the strong model missing on 40% of prompts,
+the oracle scored no better than random. Only when fewer than ``MIN_COMPLETE`` prompts measure every model does a
+policy choose among the models measured on each prompt, and the output says so.
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ from typing import TYPE_CHECKING, Literal
 
 from thrifty.routers.features import PromptEmbedder, require_numpy
 from thrifty.routers.learned import LearnedRouter, OperatingPoint, choose_indices, load, train
-from thrifty.routers.outcomes import OutcomeMatrix, OutcomeRecord, groups_of, read_outcomes, to_matrix
+from thrifty.routers.outcomes import (
+    OutcomeMatrix,
+    OutcomeRecord,
+    groups_of,
+    model_names,
+    read_outcomes,
+    to_matrix,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,7 +46,29 @@ if TYPE_CHECKING:
     Array = NDArray[np.float64]
 
 Axis = Literal["share", "cost"]
-_CHUNK = 64
+_CELLS = 4_000_000
+"""Weights x prompts x models evaluated at once (memory bound: 32 MB a float64 array)."""
+MIN_COMPLETE = 10
+"""Fewer prompts than this measuring every model: each prompt is scored on the models measured there."""
+
+
+def comparable(records: Sequence[OutcomeRecord], models: Sequence[str]) -> tuple[list[OutcomeRecord], str]:
+    """The records to compare policies on (see the module's docstring), and a note saying what was left out."""
+    relevant = [r for r in records if any(m in r.outcomes for m in models)]
+    complete = [r for r in relevant if all(m in r.outcomes for m in models)]
+    if len(complete) == len(relevant):
+        return relevant, ""
+    if len(complete) >= MIN_COMPLETE:
+        note = (
+            f"measured on the {len(complete)} of {len(relevant)} prompts where every model was measured: policies "
+            "and single models compared on the same prompts"
+        )
+        left = [r for r in relevant if not all(m in r.outcomes for m in models)]
+        return complete, note + _left_out_differ(complete, left, models)
+    return relevant, (
+        f"note: only {len(complete)} of {len(relevant)} prompts measure every model; on the others a policy chooses "
+        "among the models measured there, and single models are averaged over their own prompts (not like for like)"
+    )
 
 
 @dataclass(frozen=True)
@@ -94,6 +126,26 @@ def reference(data: OutcomeMatrix) -> Reference:
     return Reference(cheapest, best, quality, cost)
 
 
+def _left_out_differ(used: Sequence[OutcomeRecord], left: Sequence[OutcomeRecord], models: Sequence[str]) -> str:
+    """A warning when the prompts left out are not like those used: a model whose mean quality differs between
+    the two by more than chance would (three standard errors, and 0.05), so the outcomes are not missing at
+    random, and what holds on the prompts used may not hold on the others."""
+    for model in models:
+        a = [r.outcomes[model].quality for r in used]
+        b = [r.outcomes[model].quality for r in left if model in r.outcomes]
+        if len(b) < 2:
+            continue
+        mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+        var = sum((q - mean_a) ** 2 for q in a) / len(a) + 1e-9, sum((q - mean_b) ** 2 for q in b) / len(b) + 1e-9
+        error = math.sqrt(var[0] / len(a) + var[1] / len(b))
+        if abs(mean_a - mean_b) > max(0.05, 3 * error):
+            return (
+                f"\nWARNING: the prompts left out are not like those used ({model} scores {mean_b:.3f} on them "
+                f"against {mean_a:.3f}): outcomes are not missing at random, and these figures may not hold there"
+            )
+    return ""
+
+
 def default_axis(data: OutcomeMatrix) -> Axis:
     return "share" if len(data.models) == 2 else "cost"
 
@@ -111,12 +163,13 @@ def policy_curve(
     cheapest = reference(data).cheapest
     rows = np.arange(len(predicted))
     cost, quality, share = (np.empty(len(weights)) for _ in range(3))
-    for start in range(0, len(weights), _CHUNK):
-        w = weights[start : start + _CHUNK, None, None]
+    chunk = max(1, _CELLS // max(1, predicted.size))
+    for start in range(0, len(weights), chunk):
+        w = weights[start : start + chunk, None, None]
         choice = np.argmax(np.where(data.available, predicted - w * rel, -np.inf), axis=2)
-        quality[start : start + _CHUNK] = data.quality[rows, choice].mean(axis=1)
-        cost[start : start + _CHUNK] = data.cost_usd[rows, choice].mean(axis=1)
-        share[start : start + _CHUNK] = (choice != cheapest).mean(axis=1)
+        quality[start : start + chunk] = data.quality[rows, choice].mean(axis=1)
+        cost[start : start + chunk] = data.cost_usd[rows, choice].mean(axis=1)
+        share[start : start + chunk] = (choice != cheapest).mean(axis=1)
     return Curve(name, cost, quality, share, weights)
 
 
@@ -329,9 +382,21 @@ def eval_command(data: str | Path, router_dir: str | Path, decisions_out: str | 
     from thrifty.routers.calibrate import calibrate, describe
 
     records = read_outcomes(data)
-    matrix = to_matrix(records)
     router = load(router_dir)
-    out = [f"{len(records)} prompts, {len(matrix.models)} models ({data})", "", models_table(matrix), ""]
+    # Only the router's models: one it does not know is never chosen in the gateway, so its curve may not use it
+    # (given no prediction and no cost, a high cost weight chose it), and the baselines are among what it can call.
+    named = model_names(records)
+    models = [m for m in named if m in router.models]
+    if not models:
+        raise ValueError(f"{data} measures none of the router's models ({', '.join(router.models)})")
+    used, note = comparable(records, models)
+    matrix = to_matrix(used, models)
+    out = [f"{len(used)} prompts, {len(matrix.models)} models ({data})"]
+    unknown = [m for m in named if m not in router.models]
+    if unknown:
+        out.append(f"left out {', '.join(unknown)}: not among the router's models, never chosen by it")
+    out += [note] if note else []
+    out += ["", models_table(matrix), ""]
     curves = standard_curves(matrix, *router_predictions(router, matrix), name="learned router")
     out += [metrics_table(curves, matrix), "", curve_table(curves, matrix), ""]
     point = router.point
@@ -355,7 +420,7 @@ def eval_command(data: str | Path, router_dir: str | Path, decisions_out: str | 
             "--decisions) has no outcome in this data; the figures above choose among the measured models there"
         )
     if decisions_out is not None:
-        rows = decisions(router, matrix.prompts, point)
+        rows = decisions(router, [r.prompt for r in records], point)
         _write_jsonl(Path(decisions_out), rows)
         out.append(f"wrote {len(rows)} decisions to {decisions_out}")
     return "\n".join(out)
@@ -383,12 +448,12 @@ def _at_point(router: LearnedRouter, data: OutcomeMatrix, point: OperatingPoint)
         choice = choose_indices(masked, relative, free, data.models)
     quality, cost = realized(data, choice)
     best_q, best_c = ref.quality[ref.best], ref.cost_usd[ref.best]
-    saving = 1 - cost / best_c if best_c > 0 else math.nan
+    saving = f"{1 - cost / best_c:.1%} less than the best model" if best_c > 0 else "the best model costs nothing"
     return (
         f"at the calibrated operating point (cost weight {point.cost_weight:.4g}"
         f"{', fixed ' + point.model if point.model else ''}): quality {quality:.4f} "
         f"({quality / best_q:.1%} of the best model's {best_q:.4f}), cost/1k ${Decimal(str(1000 * cost)):.4f} "
-        f"({saving:.1%} less than the best model)"
+        f"({saving})"
     )
 
 

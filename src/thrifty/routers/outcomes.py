@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
+MAX_COST_USD = 1_000_000
+"""No one call costs more: a larger figure is a unit slip (and 1e400 broke the arithmetic of calibration)."""
 _RECORD_KEYS = frozenset({"prompt", "outcomes", "group"})
 _OUTCOME_KEYS = frozenset({"quality", "cost_usd"})
 
@@ -89,8 +91,16 @@ def to_matrix(records: Sequence[OutcomeRecord], models: Sequence[str] | None = N
 
 
 def read_outcomes(path: str | Path) -> list[OutcomeRecord]:
-    with Path(path).open(encoding="utf-8") as lines:
-        return parse_outcomes(lines, source=str(path))
+    with Path(path).open("rb") as raw:
+        return parse_outcomes(_decoded(raw, str(path)), source=str(path))
+
+
+def _decoded(raw: Iterable[bytes], source: str) -> Iterable[str]:
+    for number, line in enumerate(raw, start=1):
+        try:
+            yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise OutcomeFileError(source, number, f"not UTF-8 text (byte {exc.start + 1} of the line)") from exc
 
 
 def parse_outcomes(lines: Iterable[str], source: str = "<outcomes>") -> list[OutcomeRecord]:
@@ -181,8 +191,10 @@ def _parse_outcome(value: object, model: str, source: str, number: int) -> Model
     if quality is None or not 0 <= quality <= 1:
         raise OutcomeFileError(source, number, f"{where}.quality must be a number in [0, 1], got {value['quality']!r}")
     cost = _number(value["cost_usd"])
-    if cost is None or cost < 0:
-        raise OutcomeFileError(source, number, f"{where}.cost_usd must be a number >= 0, got {value['cost_usd']!r}")
+    if cost is None or not 0 <= cost <= MAX_COST_USD:
+        raise OutcomeFileError(
+            source, number, f"{where}.cost_usd must be a number in [0, {MAX_COST_USD}], got {value['cost_usd']!r}"
+        )
     return ModelOutcome(float(quality), cost)
 
 
