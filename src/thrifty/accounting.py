@@ -61,6 +61,9 @@ class Trace:
     escalated_unpriced: bool = False
     samples: int = 1
     """Choices the answering call returned of which the client got one (a self-consistency cascade's)."""
+    sampled_texts: tuple[str, ...] = ()
+    """Every sample's billed text, when there were several and the provider reported no usage: the offline count
+    is of all that was billed, not of the one answer the client got."""
     detours: list[str] = field(default_factory=list)
     """Why the answer is not the route's first target's: each target passed over, and why (``x-thrifty-route``)."""
 

@@ -21,6 +21,7 @@ from thrifty.protocols import Provider
 from thrifty.providers.http import first_item
 from thrifty.routers.cooldown import Cooldowns
 from thrifty.streaming import OpenedStream, replay
+from thrifty.tokens import billed_text
 from thrifty.types import (
     ChatRequest,
     ChatResponse,
@@ -74,7 +75,10 @@ class ProviderCaller:
                     trace.detours.append(f"{target.model} failed check {failed}, escalated")
                     self._on_escalation(trace, sent, response, failed)
                     continue
-                trace.samples = len(response.body.get("choices") or ()) or 1
+                choices = response.body.get("choices") or ()
+                trace.samples = len(choices) or 1
+                if trace.samples > 1 and response.usage is None:
+                    trace.sampled_texts = tuple(billed_text(c.get("message") or {}) for c in choices)
                 finished: ChatResponse = route.cascade.finish(request, response)  # usage kept: all were billed
                 return finished
             return response

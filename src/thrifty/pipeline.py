@@ -239,12 +239,12 @@ class Gateway:
         if model not in self.aliases:
             raise unknown_model(model, self.aliases)
 
-    def estimate_usage(self, request: ChatRequest, target: Target, output: str) -> Usage:
+    def estimate_usage(self, request: ChatRequest, target: Target, *outputs: str) -> Usage:
         """Usage counted offline, when the provider reported none (marked estimated in the ledger); ``request`` is
-        the one sent (after the optimizers), not the client's."""
+        the one sent (after the optimizers), not the client's; ``outputs``: each choice billed."""
         return Usage(
             input_tokens=prompt_tokens(self.counter, request, target.model),
-            output_tokens=self.counter.count_text(target.model, output),
+            output_tokens=sum(self.counter.count_text(target.model, output) for output in outputs),
             estimated=True,
         )
 
@@ -253,14 +253,21 @@ class Gateway:
         ``request`` is the one sent to the provider (or the client's, for a cache hit)."""
         trace.target, trace.cache = response.target, response.cache
         trace.answered(request.body, response.body)
-        trace.usage = response.usage or self.estimate_usage(request, response.target, output_text(response, True))
+        trace.usage = response.usage or self.estimate_usage(
+            request, response.target, *(trace.sampled_texts or (output_text(response, True),))
+        )  # every sample billed, where the client got one
         return ZERO if response.cache else self.pricer.cost(response.target, trace.usage)
 
     def finished(self, trace: Trace, cost: Cost, request: ChatRequest | None = None, answer: str = "") -> LedgerEntry:
         """The row of a request that was answered. Its baseline is the alias's first target for the same tokens,
         with no cache of any kind: the difference is what the levers saved."""
         uncached = without_cache(trace.usage)
-        original = replace(uncached, input_tokens=uncached.input_tokens + sum(t for _, t in trace.saved_tokens))
+        # Without the levers: the client's whole prompt, and one answer (not a self-consistency cascade's samples).
+        original = replace(
+            uncached,
+            input_tokens=uncached.input_tokens + sum(t for _, t in trace.saved_tokens),
+            output_tokens=uncached.output_tokens // max(trace.samples, 1),
+        )
         baseline = self.pricer.cost(self.baselines[trace.requested_model], original)
         target = trace.target or self.baselines[trace.requested_model]
         here = counterfactual(self.pricer, target, uncached, trace.saved_tokens)

@@ -68,6 +68,21 @@ def test_self_consistency_samples_the_cheap_tier_and_escalates_when_samples_disa
         ("gpt-4o", "ok", "", 4_500_000),
     ]
     assert learned["gpt-4o-mini"] == (1, 200)  # one answer's output, not the three samples billed
+    # Without the cascade the client would have had one gpt-4o answer, not three: $0.0025 in + $0.002 out.
+    assert rows[0]["baseline_cost_nusd"] == 4_500_000
+
+
+def test_self_consistency_without_reported_usage_counts_every_sample(tmp_path: Path, up: FakeUpstream) -> None:
+    """The offline count was of the one answer handed back, after the other samples were dropped: two thirds of
+    what was billed went missing from the ledger and the budget."""
+    up.chat_usage = False
+    with gateway(tmp_path, up, 'checks = ["self_consistency"]\nsamples = 3\n') as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            agreed = ask(client, "what is six times seven?")
+        (row,) = ledger_rows(gw)
+    one = TiktokenCounter().count_text("gpt-4o-mini", "gpt-4o-mini: the answer is 42.")
+    assert agreed.headers["x-thrifty-model"] == "gpt-4o-mini" and row["tokens_estimated"]
+    assert row["output_tokens"] == 3 * one
 
 
 def test_logprob_confidence_asks_for_logprobs_and_hands_back_the_answer_without_them(
