@@ -17,7 +17,7 @@ from thrifty.ledger import tables
 from thrifty.server.http import Request
 from thrifty.server.sse import relay_openai_stream
 from thrifty.streaming import ChatStream, OpenedStream, replay
-from thrifty.types import Caller, ChatRequest, ChatResponse, Cost, Target, Usage
+from thrifty.types import Caller, ChatRequest, ChatResponse, Cost, StreamChunk, Target, Usage
 
 
 async def test_a_stream_whose_status_line_cannot_be_sent_still_records_its_row(tmp_path: Path) -> None:
@@ -172,6 +172,27 @@ async def test_an_abandoned_stream_closes_the_provider_stream_behind_its_lead(tm
         tmp_path, OpenedStream(Target("up", "gpt-4o-mini"), lead[0], chunks, lead=tuple(lead[1:])), abandon
     )
     assert closed == [True]
+
+
+async def test_a_stream_its_client_left_does_not_end_the_providers_cooldown(tmp_path: Path) -> None:
+    """A client leaving a stream (perhaps stalled) says nothing of the provider: counted as its success, it ended
+    the cooldown that three failures of other requests had just started."""
+    target = Target("up", "gpt-4o-mini")
+    cooling: list[list[Target]] = []
+
+    async def chunks() -> Any:
+        yield StreamChunk(b'{"choices": [{"index": 0, "delta": {"content": "lo"}}]}')
+
+    async def fail_then_abandon(stream: ChatStream) -> None:
+        for _ in range(3):
+            stream._gateway.caller.cooldowns.failed(target)
+        await stream.abandon()
+        cooling.append(stream._gateway.caller.cooldowns.cooling())
+
+    first = StreamChunk(b'{"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}')
+    rows = await run_stream(tmp_path, OpenedStream(target, first, chunks()), fail_then_abandon)
+    assert cooling == [[target]]
+    assert [r["status"] for r in rows] == ["cancelled"]
 
 
 async def run_stream(tmp_path: Path, opened: OpenedStream, use: Any) -> list[Any]:

@@ -59,6 +59,9 @@ class Trace:
     escalated_usage: Usage = field(default_factory=Usage)
     escalations: int = 0
     escalated_unpriced: bool = False
+    answer_ms: float | None = None
+    """The answering call's own time (``LedgerEntry.answer_ms``); a stream's runs from ``answer_started``."""
+    answer_started: float | None = None
     samples: int = 1
     """Choices the answering call returned of which the client got one (a self-consistency cascade's)."""
     sampled_texts: tuple[str, ...] = ()
@@ -115,6 +118,7 @@ class Trace:
             cache=self.cache,
             finish_reason=self.finish_reason,
             max_output_tokens=self.max_output_tokens,
+            answer_ms=self.answer_ms,
         )
 
 

@@ -67,7 +67,8 @@ class ProviderCaller:
                 last = self._fall_through(target, exc, trace, last)
                 continue
             finally:
-                trace.upstream_ms += (time.perf_counter() - started) * 1000
+                trace.answer_ms = (time.perf_counter() - started) * 1000  # this attempt's own, if it answers
+                trace.upstream_ms += trace.answer_ms
             self.cooldowns.succeeded(target)
             if checked:
                 failed = route.cascade.first_failure(request, response)
@@ -94,7 +95,8 @@ class ProviderCaller:
                 last = self._fall_through(target, exc, trace, last)
                 continue
             finally:
-                trace.upstream_ms += (time.perf_counter() - started) * 1000
+                trace.answer_ms = (time.perf_counter() - started) * 1000
+                trace.upstream_ms += trace.answer_ms
             self.cooldowns.succeeded(target)
             return response
         raise last or UpstreamError("the route has no targets")
@@ -136,6 +138,7 @@ class ProviderCaller:
                 trace.upstream_ms += (time.perf_counter() - started) * 1000
             # Not yet a success for the cooldowns: the stream tells them how it ended (``ChatStream``).
             trace.ttft_ms = trace.elapsed_ms()
+            trace.answer_started = started
             return OpenedStream(target, lead[0], chunks, lead=tuple(lead[1:]))
         raise last or UpstreamError("the route has no targets")
 

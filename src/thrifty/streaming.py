@@ -189,11 +189,15 @@ class ChatStream:
 
     async def _finish(self, status: Status, error_type: str) -> None:
         trace = self._trace
-        if status != "error" and not trace.cache:  # done, or left by its client: the provider did its part
+        # Done: the provider did its part. A stream its client left says nothing either way (it may have been
+        # stalled: counted as a success, that ended the provider's cooldown).
+        if status == "ok" and not trace.cache:
             self._gateway.caller.cooldowns.succeeded(self.target)
         trace.max_output_tokens = max_output_tokens_of(self._sent.body)
         trace.finish_reason = trace.finish_reason or last_finish_reason(self._payloads)
         trace.upstream_ms = 0.0 if trace.cache else trace.elapsed_ms()
+        if trace.answer_started is not None and not trace.cache:  # from the answering target's own request
+            trace.answer_ms = (time.perf_counter() - trace.answer_started) * 1000
         text = streamed_text(self._payloads) if self._gateway.capture_payloads else ""
         trace.usage = self._usage or self._estimated(streamed_text(self._payloads, billed=True))
         cost = Cost(Decimal(0)) if trace.cache else self._gateway.pricer.cost(self.target, trace.usage)

@@ -240,6 +240,9 @@ class LedgerEntry:
     stream the gateway ended where its budget ran out; None when no answer finished (errors, disconnects)."""
     max_output_tokens: int | None = None
     """The output cap the client's request carried (``max_completion_tokens`` or ``max_tokens``), if any."""
+    answer_ms: float | None = None
+    """The answering call's own upstream time, without the failed or escalated attempts before it (which
+    ``upstream_ms`` includes): what latency-aware routing learns of that model. Not stored."""
 
     @property
     def unpriced(self) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from routing_data import STRONG, WEAK, synthetic_records
 
 from fakes.upstream import FakeUpstream, Fault
-from gateway_harness import config_text
+from gateway_harness import config_text, ledger_rows
 from thrifty.errors import ConfigError
 from thrifty.routers.cascade import CascadeRouter, Checks
 from thrifty.routers.latency import LatencyAwareRouter, LatencyTracker
@@ -114,6 +114,29 @@ max_latency_ms = 150
     assert first.headers["x-thrifty-model"] == "slow-model"
     assert second.headers["x-thrifty-model"] == "quick-model"
     assert "kept for last: slow-model" in second.headers["x-thrifty-route"]
+
+
+def test_a_fallback_is_timed_on_its_own_call_not_on_the_failures_before_it(tmp_path: Path) -> None:
+    """The first target hangs to its 1.5 s first-byte timeout and the second answers at once: the second was timed
+    with the wait before it, found "slow" and kept behind the third on every request after."""
+    extra = """
+[models.auto]
+targets = ["up::first-model", "up::second-model", "up::third-model"]
+max_latency_ms = 1000
+"""
+    with FakeUpstream() as up:
+        (tmp_path / "thrifty.toml").write_text(config_text(up, extra=extra))
+        up.script([Fault.hang()])
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw:
+            with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+                ask = client.chat.completions.with_raw_response.create
+                first = ask(model="auto", messages=[{"role": "user", "content": "one"}])
+                second = ask(model="auto", messages=[{"role": "user", "content": "two"}])
+            rows = ledger_rows(gw)
+    assert first.headers["x-thrifty-model"] == "second-model"
+    assert rows[0]["upstream_ms"] > 1000  # the ledger keeps the whole wait upstream
+    assert second.headers["x-thrifty-model"] == "first-model"
+    assert "kept for last" not in second.headers["x-thrifty-route"]
 
 
 def test_latency_settings_are_validated() -> None:

@@ -45,8 +45,9 @@ class LatencyTracker:
 
     def __call__(self, entry: LedgerEntry) -> None:
         """A gateway observer: every ledger row of a call a provider answered."""
-        if entry.status in ("ok", "escalated") and not entry.cache and entry.upstream_ms > 0 and entry.provider:
-            self.record(Target(entry.provider, entry.model), entry.upstream_ms)
+        own = entry.answer_ms if entry.answer_ms is not None else entry.upstream_ms
+        if entry.status in ("ok", "escalated") and not entry.cache and own > 0 and entry.provider:
+            self.record(Target(entry.provider, entry.model), own)
 
 
 class LatencyAwareRouter:
