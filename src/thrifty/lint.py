@@ -11,11 +11,12 @@ and on long property names, per 1,000 calls at the model's output price; measure
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from thrifty.caches.prompt_cache import lint_prefix
+from thrifty.caches.prompt_cache import lint_prefix, tool_order_changes
 from thrifty.errors import BadRequest
 from thrifty.optimizers.hygiene import lint_prompt
 from thrifty.optimizers.structured import (
@@ -34,23 +35,58 @@ from thrifty.tokens import TiktokenCounter, text_of
 from thrifty.types import Target, Usage
 
 
-def load_prompt(path: Path) -> tuple[list[dict[str, Any]], list[Any]]:
+@dataclass(frozen=True)
+class PromptRequest:
+    messages: list[dict[str, Any]]
+    tools: list[Any]
+    system: Any = None
+    """An Anthropic body's top-level ``system``."""
+
+
+def load_prompt(path: Path) -> list[PromptRequest]:
+    """A system prompt as plain text; or JSON: a list of messages, a request body, or several bodies (a JSON list
+    of them, or one a line), whose tools' orders are compared."""
     text = path.read_text(encoding="utf-8")
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError:
-        return [{"role": "system", "content": text}], []
+        bodies = _json_lines(text)
+        return [_request(b) for b in bodies] if bodies else [PromptRequest([{"role": "system", "content": text}], [])]
     if isinstance(loaded, dict):
-        return list(loaded.get("messages") or []), list(loaded.get("tools") or [])
+        return [_request(loaded)]
+    if isinstance(loaded, list) and loaded and all(isinstance(b, dict) and "messages" in b for b in loaded):
+        return [_request(b) for b in loaded]
     if isinstance(loaded, list):
-        return loaded, []
-    return [{"role": "system", "content": text}], []
+        return [PromptRequest(loaded, [])]
+    return [PromptRequest([{"role": "system", "content": text}], [])]
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    bodies = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            body = json.loads(line)
+        except json.JSONDecodeError:
+            return []
+        if not isinstance(body, dict) or "messages" not in body:
+            return []
+        bodies.append(body)
+    return bodies
+
+
+def _request(body: dict[str, Any]) -> PromptRequest:
+    return PromptRequest(list(body.get("messages") or []), list(body.get("tools") or []), body.get("system"))
 
 
 def lint_file(path: Path, target: Target, pricer: CatalogPricer) -> str:
-    messages, tools = load_prompt(path)
+    requests = load_prompt(path)
+    messages, first = requests[0].messages, requests[0]
     per_mtok = pricer.cost(target, Usage(1_000_000, 0)).usd
-    system = "\n\n".join(text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer"))
+    parts = [text_of(first.system)] if first.system else []
+    parts += [text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
+    system = "\n\n".join(parts)
     known = f"${per_mtok} per million tokens" if per_mtok is not None else "no known price (costs not shown)"
     lines = [f"{path}: {target.model}, input at {known}"]
     findings = lint_prompt(system, target.model, per_mtok or Decimal(0), TiktokenCounter()) if system else []
@@ -61,10 +97,12 @@ def lint_file(path: Path, target: Target, pricer: CatalogPricer) -> str:
 
         rows = [[f.rule, f.tokens, per_1k(f.usd_per_1k_calls), f.message, f.excerpt] for f in findings]
         lines.append(table(["finding", "tokens/call", "per 1k calls", "what", "excerpt"], rows))
-    prefix = lint_prefix(messages, tools)
+    prefix = lint_prefix(messages, first.system) + tool_order_changes([r.tools for r in requests])
     if prefix:
         lines.append("\nBreaks provider prompt caching (keep the start of the prompt identical between calls):")
-        lines.extend(f"  {f.where}: {f.what}: ...{f.excerpt}..." for f in prefix)
+        for f in prefix:
+            at = "" if f.at is None else f" at character {f.at}"
+            lines.append(f"  {f.where}: {f.what}{at}: ...{f.excerpt}...")
     if not findings and not prefix:
         lines.append("no findings")
     return "\n".join(lines)

@@ -12,7 +12,13 @@ from sqlalchemy import select
 
 from fakes.upstream import FakeUpstream, FakeUsage
 from gateway_harness import config_text, ledger_rows
-from thrifty.caches.prompt_cache import PrefixWatch, add_cache_breakpoints, lint_prefix, prompt_cache_key
+from thrifty.caches.prompt_cache import (
+    PrefixWatch,
+    add_cache_breakpoints,
+    lint_prefix,
+    prompt_cache_key,
+    tool_order_changes,
+)
 from thrifty.ledger import tables
 from thrifty.server.run import ServerThread
 from thrifty.settings import load_settings
@@ -20,6 +26,11 @@ from thrifty.tokens import TiktokenCounter, text_of
 
 LONG_SYSTEM = "You are a meticulous support agent for the Acme cloud platform. " * 200  # about 2,600 tokens
 COUNTER = TiktokenCounter()
+HISTORY = [
+    {"role": "user", "content": "Here is the contract: " + "clause " * 1500},
+    {"role": "assistant", "content": "Read it."},
+    {"role": "user", "content": "What is clause 3?"},
+]
 
 
 def test_breakpoints_mark_long_prefixes_only() -> None:
@@ -74,17 +85,73 @@ def test_prompt_cache_key_follows_the_prefix() -> None:
     assert prompt_cache_key(a) == prompt_cache_key(b) != prompt_cache_key(c)
 
 
+def test_prompt_cache_key_is_the_shared_head_not_each_requests_tail() -> None:
+    """OpenAI's advice puts what changes at the end. A key over every system message in full gave each request
+    its own key (a time at the end, a late system message of retrieved context) and scattered the traffic."""
+
+    def body(*system: str) -> dict[str, object]:
+        return {"messages": [*({"role": "system", "content": s} for s in system), {"role": "user", "content": "hi"}]}
+
+    shared = prompt_cache_key(body(LONG_SYSTEM))
+    assert prompt_cache_key(body(LONG_SYSTEM + "Current time: 2026-11-26T10:15:22Z")) == shared
+    assert prompt_cache_key(body(LONG_SYSTEM + "Current time: 2026-11-26T10:15:23Z")) == shared
+    assert prompt_cache_key(body(LONG_SYSTEM, "Context: doc 1")) == prompt_cache_key(body(LONG_SYSTEM, "Context: 2"))
+    assert prompt_cache_key(body("Be brief. session_id: 7f3c9a")) == prompt_cache_key(body("Be brief. session_id: 9"))
+    assert prompt_cache_key(body("Be brief.")) != prompt_cache_key(body("Be long."))
+
+
+def test_a_system_prompt_that_changes_every_request_is_not_marked() -> None:
+    """Marked, it was written to the cache at 1.25x the input price on every call and never read back."""
+    tools = [{"name": f"tool_{i}", "description": "x " * 200, "input_schema": {"type": "object"}} for i in range(6)]
+    volatile = {"tools": tools, "system": LONG_SYSTEM + " Request time 2026-11-26 15:04:05.", "messages": HISTORY}
+    marked = add_cache_breakpoints(volatile, "claude-sonnet-4-5", COUNTER)
+    assert marked["tools"][-1]["cache_control"] == {"type": "ephemeral"}  # the tools before it still are
+    assert "cache_control" not in str(marked["system"]) and marked["messages"] == HISTORY
+    daily = {**volatile, "system": LONG_SYSTEM + " Today is 2026-11-26."}  # the same all day: worth caching
+    assert add_cache_breakpoints(daily, "claude-sonnet-4-5", COUNTER)["system"][-1]["cache_control"]
+
+
+def test_a_tool_schema_property_named_cache_control_is_no_client_breakpoint() -> None:
+    schema = {"type": "object", "properties": {"cache_control": {"type": "string"}}}
+    body = {"tools": [{"name": "set_headers", "input_schema": schema}], "system": LONG_SYSTEM, "messages": HISTORY}
+    marked = add_cache_breakpoints(body, "claude-sonnet-4-5", COUNTER)
+    assert marked["system"][-1]["cache_control"] == {"type": "ephemeral"}
+
+
 def test_lint_finds_what_breaks_prefix_caching() -> None:
     messages = [
         {"role": "system", "content": "Current time: 2026-11-26 15:04:05. request_id=ab12cd. You are helpful."},
         {"role": "user", "content": "hello"},
     ]
-    tools = [{"type": "function", "function": {"name": n}} for n in ("search", "add")]
-    found = {(f.where, f.what) for f in lint_prefix(messages, tools)}
-    assert ("messages[0] (system)", "timestamp") in found
-    assert ("messages[0] (system)", "request or session id") in found
-    assert ("tools", "tools not in a stable order") in found
+    found = {(f.where, f.what, f.at) for f in lint_prefix(messages)}
+    assert ("messages[0] (system)", "timestamp", 0) in found
+    assert ("messages[0] (system)", "request or session id", 35) in found
     assert lint_prefix([{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "x"}]) == []
+    anthropic = "Current time: 2025-06-03T10:15:22Z. session_id: 7f3c9a"
+    assert {f.what for f in lint_prefix([], anthropic)} == {"timestamp", "request or session id"}
+
+
+@pytest.mark.parametrize(
+    ("text", "kinds"),
+    [
+        ("Date: Tuesday, June 3, 2025. It is 3 PM in London.", {"date", "timestamp"}),
+        ("Conversation ID 7f3c9a21b4, customer_id=88812.", {"request or session id"}),
+        ("Today is June 3. Sent at 1717400000.", {"date", "Unix time"}),
+        # Static text: opening hours, a knowledge cutoff, a phone number.
+        ("We are open 9:00 AM to 5:30 PM. Knowledge cutoff: 2024-06-01. Call 18005550199.", set()),
+    ],
+)
+def test_lint_reads_natural_dates_and_ids_and_spares_static_text(text: str, kinds: set[str]) -> None:
+    assert {f.what for f in lint_prefix([{"role": "system", "content": text}])} == kinds
+
+
+def test_tools_are_flagged_when_their_order_changes_not_when_unsorted() -> None:
+    def tools(*names: str) -> list[dict[str, object]]:
+        return [{"type": "function", "function": {"name": n}} for n in names]
+
+    assert tool_order_changes([tools("search", "add"), tools("search", "add")]) == []
+    (changed,) = tool_order_changes([tools("search", "add"), tools("search", "add"), tools("add", "search")])
+    assert changed.where == "tools of request 3" and changed.excerpt == "search, add then add, search"
 
 
 def test_the_watch_warns_once_per_kind_and_model_while_the_prefix_keeps_changing() -> None:
@@ -105,8 +172,9 @@ def test_the_watch_warns_once_per_kind_and_model_while_the_prefix_keeps_changing
     assert [f.what for f in watch.check(body("Now: 2026-11-26 15:05:12. Be brief."), "other")] == ["timestamp", "date"]
     now[0] = 700
     assert len(watch.check(body("Now: 2026-11-26 15:17:00. Be brief."), "m")) == 2  # ... and again after every_s
-    assert watch.check(body("Be brief.", ("search", "add")), "m")[0].what == "tools not in a stable order"
-    assert watch.check(body("Be brief.", ("add", "search")), "m") == []  # stable: nothing to say
+    assert watch.check(body("Be brief.", ("search", "add")), "m") == []  # unsorted, but maybe always so
+    assert watch.check(body("Be brief.", ("search", "add")), "m") == []  # the same order: nothing to say
+    assert watch.check(body("Be brief.", ("add", "search")), "m")[0].what == "tools in a different order"
     # The user's own turn and the conversation change by design: never findings.
     assert watch.check({"messages": [{"role": "user", "content": "It is 2026-11-26 15:04:05"}]}, "m") == []
 
@@ -125,7 +193,7 @@ def test_a_volatile_system_prompt_is_logged_by_the_gateway(
                         messages=[{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
                     )
     warnings = [r.getMessage() for r in caplog.records if r.name == "thrifty.caches.prompt_cache"]
-    assert len(warnings) == 2, warnings  # a timestamp and a date, each said once for three requests
+    assert len(warnings) == 1, warnings  # the timestamp, said once for three requests
     assert all("changes the cached prefix" in w and "claude" in w for w in warnings)
 
 

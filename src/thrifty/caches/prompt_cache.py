@@ -42,6 +42,10 @@ def add_cache_breakpoints(body: JsonObject, model: str, counter: TiktokenCounter
     if _has_breakpoint(body):
         return body
     out = dict(body)
+    system = out.get("system")
+    # A system prompt that changes on every request (a timestamp, an id) would be written to the cache each time
+    # at 1.25x the input price and never read: only the tools before it are worth marking then.
+    volatile = bool(system) and any(f.what in PER_REQUEST for f in _volatile("system", text_of(system)))
     minimum, prefix, used = min_cacheable_tokens(model), 0, 0
     tools = out.get("tools")
     if tools:
@@ -49,10 +53,11 @@ def add_cache_breakpoints(body: JsonObject, model: str, counter: TiktokenCounter
         if prefix >= minimum:
             out["tools"] = [*tools[:-1], {**tools[-1], "cache_control": EPHEMERAL}]
             used += 1
-    system = out.get("system")
     if system:
         blocks = [{"type": "text", "text": system}] if isinstance(system, str) else list(system)
         prefix += counter.count_text(model, text_of(blocks))
+        if volatile:
+            return out
         if prefix >= minimum:
             out["system"] = [*blocks[:-1], {**blocks[-1], "cache_control": EPHEMERAL}]
             used += 1
@@ -66,7 +71,14 @@ def add_cache_breakpoints(body: JsonObject, model: str, counter: TiktokenCounter
 
 
 def _has_breakpoint(body: JsonObject) -> bool:
-    return b'"cache_control"' in orjson.dumps(body)
+    """The client marks its own breakpoints: on a tool, a system block or a message's content block (not the word
+    anywhere: a tool whose schema has a ``cache_control`` property marks nothing)."""
+    system = body.get("system")
+    blocks = [*(body.get("tools") or []), *(system if isinstance(system, list) else [])]
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        blocks.extend(content if isinstance(content, list) else [])
+    return any(isinstance(block, dict) and "cache_control" in block for block in blocks)
 
 
 def _mark_last_block(message: JsonObject) -> JsonObject:
@@ -77,10 +89,22 @@ def _mark_last_block(message: JsonObject) -> JsonObject:
     return {**message, "content": [*blocks[:-1], {**blocks[-1], "cache_control": EPHEMERAL}]}
 
 
+KEY_HEAD_CHARS = 4096
+"""The part of the first system prompt the key reads: about the first 1,024 tokens, the least OpenAI caches."""
+
+
 def prompt_cache_key(body: JsonObject) -> str:
-    """The same tools and system prompt give the same key, so OpenAI routes those requests to one cache."""
-    system = [m.get("content") for m in body.get("messages", []) if m.get("role") in ("system", "developer")]
-    digest = hashlib.sha256(orjson.dumps([body.get("tools"), system], option=orjson.OPT_SORT_KEYS))
+    """Requests that share a prefix share a key, so OpenAI routes them to one cache: the tools and the stable head
+    of the first system (or developer) message, up to the first text that changes between requests (a
+    timestamp, an id). Later system messages, and what follows the changing text, are no part of a shared
+    prefix: in the key, they gave every request its own and scattered traffic that would have landed together."""
+    messages = body.get("messages") or []
+    first = messages[0] if messages and isinstance(messages[0], dict) else {}
+    head = text_of(first.get("content")) if first.get("role") in ("system", "developer") else ""
+    cut = min((f.at or 0 for f in _volatile("system", head)), default=len(head))
+    digest = hashlib.sha256(
+        orjson.dumps([body.get("tools"), head[: min(cut, KEY_HEAD_CHARS)]], option=orjson.OPT_SORT_KEYS)
+    )
     return "thrifty-" + digest.hexdigest()[:32]
 
 
@@ -89,26 +113,74 @@ class PrefixFinding:
     where: str
     what: str
     excerpt: str
+    at: int | None = None
+    """Characters of ``where`` before it (what comes before can still be cached); None: not a place in a text."""
 
 
+_DAY = r"(?:mon|tues|wednes|thurs|fri|satur|sun)day"
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
 _VOLATILE = [
     (
         "timestamp",
-        re.compile(r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2})?|\b\d{1,2}:\d{2}(:\d{2})?\s?(AM|PM|am|pm)?\b"),
+        re.compile(
+            r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}|\b\d{1,2}:\d{2}:\d{2}\b|\b(?:current|local) time\b|\bthe time is\b"
+            r"|\bit is (?:now )?\d{1,2}(?::\d{2})?\s?[ap]\.?m\b",
+            re.IGNORECASE,
+        ),
     ),
-    ("date", re.compile(r"\b\d{4}-\d{2}-\d{2}\b|\b(today is|current date|now is)\b", re.IGNORECASE)),
+    (
+        # A date said to be today's (not any date: a knowledge cutoff or a release date does not change).
+        "date",
+        re.compile(
+            r"\b(?:today(?:'s date)?|current date|date|now)(?:\s+is)?\s*[:=]?\s*"
+            rf"(?:\d{{4}}-\d{{2}}-\d{{2}}|{_DAY}|{_MONTH}\s+\d)"
+            rf"|\b{_DAY},?\s+(?:the\s+)?(?:\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?)?{_MONTH}(?:\s+\d{{1,2}})?",
+            re.IGNORECASE,
+        ),
+    ),
     ("uuid", re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.IGNORECASE)),
-    ("request or session id", re.compile(r"\b(request|session|trace|user)[ _-]?id\s*[:=]\s*\S+", re.IGNORECASE)),
-    ("long number", re.compile(r"\b\d{9,}\b")),
+    (
+        "request or session id",
+        re.compile(
+            r"\b(?:request|session|trace|span|user|conversation|customer|order|account|chat|thread|message|correlation"
+            r"|transaction)[ _-]?id\b\s*[:=#]?\s*(?=[\w-]*\d)[\w-]+",
+            re.IGNORECASE,
+        ),
+    ),
+    ("Unix time", re.compile(r"\b1[5-9]\d{8}(?:\d{3})?\b")),
 ]
+PER_REQUEST = frozenset({"timestamp", "uuid", "request or session id", "Unix time"})
+"""Kinds that change on every request (a date changes once a day: a cache still pays within it)."""
 
 
-def lint_prefix(messages: Sequence[JsonObject], tools: Sequence[Any] | None = None) -> list[PrefixFinding]:
-    """What in the stable prefix (system prompt and earlier turns) changes between requests."""
-    findings = []
+def lint_prefix(messages: Sequence[JsonObject], system: Any = None) -> list[PrefixFinding]:
+    """What in the stable prefix (an Anthropic body's ``system``, the system prompt and earlier turns) changes
+    between requests."""
+    findings = _volatile("system", text_of(system)) if system else []
     for index, message in enumerate(messages[:-1] if len(messages) > 1 else messages):
         findings += _volatile(f"messages[{index}] ({message.get('role')})", text_of(message.get("content")))
-    return findings + _tool_order(tools)
+    return findings
+
+
+def tool_names(tools: Any) -> tuple[str, ...]:
+    return tuple(str((t.get("function") or t).get("name", "")) for t in tools or [] if isinstance(t, dict))
+
+
+def tool_order_changes(requests_tools: Sequence[Any]) -> list[PrefixFinding]:
+    """Requests sending the same tools in different orders (each order is another prefix): one finding a set."""
+    first: dict[frozenset[str], tuple[str, ...]] = {}
+    findings = []
+    for index, tools in enumerate(requests_tools):
+        names = tool_names(tools)
+        seen = first.setdefault(frozenset(names), names)
+        if names and seen != names:
+            findings.append(_reordered(f"tools of request {index + 1}", seen, names))
+            first[frozenset(names)] = names
+    return findings
+
+
+def _reordered(where: str, before: tuple[str, ...], now: tuple[str, ...]) -> PrefixFinding:
+    return PrefixFinding(where, "tools in a different order", f"{', '.join(before)} then {', '.join(now)}")
 
 
 def _volatile(where: str, text: str) -> list[PrefixFinding]:
@@ -118,15 +190,7 @@ def _volatile(where: str, text: str) -> list[PrefixFinding]:
         if match:
             start = max(match.start() - 20, 0)
             excerpt = text[start : match.end() + 20].replace("\n", " ")
-            findings.append(PrefixFinding(where, what, excerpt))
-    return findings
-
-
-def _tool_order(tools: Sequence[Any] | None) -> list[PrefixFinding]:
-    findings = []
-    names = [str((t.get("function") or t).get("name", "")) for t in tools or [] if isinstance(t, dict)]
-    if names != sorted(names):
-        findings.append(PrefixFinding("tools", "tools not in a stable order", "sort them by name: " + ", ".join(names)))
+            findings.append(PrefixFinding(where, what, excerpt, match.start()))
     return findings
 
 
@@ -140,6 +204,8 @@ class PrefixWatch:
         self.every_s, self._clock = every_s, clock
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._warned: dict[tuple[str, str, str], float] = {}
+        self._tool_orders: OrderedDict[frozenset[str], tuple[str, ...]] = OrderedDict()
+        """The order each set of tools came in first: another order of the same set is another prefix."""
 
     def check(self, body: JsonObject, model: str) -> list[PrefixFinding]:
         """The findings logged now (most calls: none)."""
@@ -153,7 +219,8 @@ class PrefixWatch:
         if len(self._seen) > 1024:
             self._seen.popitem(last=False)
         findings = [f for m in system for f in _volatile("system prompt", text_of(m.get("content")))]
-        findings += _tool_order(tools if isinstance(tools, list) else None)
+        findings += _volatile("system prompt", text_of(body.get("system"))) if body.get("system") else []
+        findings += self._tools_reordered(tool_names(tools if isinstance(tools, list) else None))
         now, logged = self._clock(), []
         for finding in findings:
             key = (model, finding.where, finding.what)
@@ -169,3 +236,16 @@ class PrefixWatch:
                     finding.where,
                 )
         return logged
+
+    def _tools_reordered(self, names: tuple[str, ...]) -> list[PrefixFinding]:
+        if not names:
+            return []
+        key = frozenset(names)
+        seen = self._tool_orders.setdefault(key, names)
+        self._tool_orders.move_to_end(key)
+        if len(self._tool_orders) > 1024:
+            self._tool_orders.popitem(last=False)
+        if seen == names:
+            return []
+        self._tool_orders[key] = names
+        return [_reordered("tools", seen, names)]
