@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
+
+import orjson
 
 from thrifty.caches.entries import EntryStore
 from thrifty.caches.layered import SemanticLayer
@@ -18,7 +21,26 @@ if TYPE_CHECKING:
     from thrifty.caches.purge_log import PurgeLog
 
 
+def cache_identities(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> dict[str, tuple[Target, ...]]:
+    """What the cache keys each alias by: its targets and, for a router that chooses among them (rules, a cascade's
+    checks, a learned model and its operating point), that router's configuration. Changing which target answers
+    what then starts new entries, as re-pointing the alias does: a rule moved off a model stopped serving that
+    model's answers only when their TTL ran out."""
+    identities = dict(aliases)
+    for alias, model in settings.models.items():
+        if model.router == "static" or alias not in identities:
+            continue
+        config = model.model_dump(mode="json", include={"router", "rules", "default", "cascade", "threshold"})
+        if model.router == "learned" and model.router_dir:
+            saved = settings.path(model.router_dir) / "router.json"
+            config["router.json"] = hashlib.sha256(saved.read_bytes()).hexdigest() if saved.is_file() else ""
+        digest = hashlib.sha256(orjson.dumps(config, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+        identities[alias] = (*identities[alias], Target("router", f"{model.router}:{digest}"))
+    return identities
+
+
 def build_cache(settings: Settings, aliases: dict[str, tuple[Target, ...]]) -> ResponseCache:
+    aliases = cache_identities(settings, aliases)
     config = settings.cache
     rules = [*config.models.values(), *config.features.values()]
     if not (config.exact or config.semantic or any(r.exact or r.semantic for r in rules)):

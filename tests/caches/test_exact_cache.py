@@ -164,6 +164,38 @@ def test_changing_an_alias_targets_invalidates_its_entries(tmp_path: Path, up: F
         assert raw.headers["x-thrifty-cache"] == "exact"
 
 
+def test_changing_which_target_a_router_chooses_invalidates_its_entries(tmp_path: Path, up: FakeUpstream) -> None:
+    """The key held only the alias's targets: moving a rule off gpt-4o-mini kept serving gpt-4o-mini's answers
+    until their TTL ran out."""
+    rules = """
+[cache]
+store = 'sqlite'
+exact = true
+[models.auto]
+targets = ["up::gpt-4o-mini", "up::gpt-4o"]
+router = "rules"
+default = "up::gpt-4o-mini"
+[[models.auto.rules]]
+feature = "support"
+use = "up::gpt-4o-mini"
+"""
+
+    def ask() -> tuple[str, str]:
+        with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw, client(gw) as c:
+            raw = c.chat.completions.with_raw_response.create(
+                model="auto", messages=HI, temperature=0, extra_headers={"x-thrifty-feature": "support"}
+            )
+            return raw.headers["x-thrifty-cache"], raw.headers["x-thrifty-model"]
+
+    (tmp_path / "thrifty.toml").write_text(config_text(up, extra=rules))
+    assert ask() == ("miss", "gpt-4o-mini")
+    assert ask() == ("exact", "gpt-4o-mini")
+    moved = rules.replace('feature = "support"\nuse = "up::gpt-4o-mini"', 'feature = "support"\nuse = "up::gpt-4o"')
+    (tmp_path / "thrifty.toml").write_text(config_text(up, extra=moved))
+    assert ask() == ("miss", "gpt-4o")
+    assert ask() == ("exact", "gpt-4o")
+
+
 def burst(gw: ServerThread, count: int, **kwargs: object) -> list[str]:
     async def run() -> list[str]:
         async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as ac:
@@ -644,3 +676,21 @@ def test_answers_from_a_provider_that_reports_no_usage_are_cached_with_counted_u
     assert hit.parse().usage is not None and hit.parse().usage.completion_tokens > 0  # type: ignore[union-attr]
     hits = [r for r in rows if r["cache"] == "exact"]
     assert [(r["cost_nusd"], r["baseline_cost_nusd"] > 0) for r in hits] == [(0, True), (0, True)]
+
+
+def test_a_recalibrated_learned_router_keys_new_entries_and_a_static_alias_keeps_its_keys(
+    tmp_path: Path, up: FakeUpstream
+) -> None:
+    from thrifty.cache_assembly import cache_identities
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "router.json").write_text('{"point": 1}')
+    learned = '\n[models.auto]\ntargets = ["up::gpt-4o-mini", "up::gpt-4o"]\nrouter = "learned"\nrouter_dir = "r"\n'
+    (tmp_path / "thrifty.toml").write_text(config_text(up, extra=learned))
+    settings = load_settings(tmp_path / "thrifty.toml")
+    aliases = {alias: settings.alias_targets(alias) for alias in settings.models}
+    before = cache_identities(settings, aliases)
+    (tmp_path / "r" / "router.json").write_text('{"point": 2}')  # `thrifty router calibrate` saved another point
+    after = cache_identities(settings, aliases)
+    assert before["auto"] != after["auto"] and before["auto"][:2] == aliases["auto"]
+    assert before["fast"] == after["fast"] == aliases["fast"]  # a static list: its targets say it all
