@@ -263,6 +263,29 @@ async def test_memory_store_purges_and_evicts() -> None:
     assert len(store) == 2 and await store.get("x") is None
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_at_the_size_limit_expired_entries_go_before_live_ones(backend: str) -> None:
+    """One live day-long entry and three that expired: storing one more evicted the live one (the least recently
+    used) while the dead ones kept their slots, on the memory and Redis stores (SQLite dropped expired first)."""
+    if backend == "memory":
+        store: MemoryStore | RedisStore = MemoryStore(max_entries=4)
+    else:
+        store = RedisStore(os.environ.get("THRIFTY_TEST_REDIS", "redis://127.0.0.1:6379/15"), max_entries=4)
+        await reachable(store)
+        await store._redis.flushdb()
+    await store.put("live", entry("t", "f", "fast", ttl_s=86_400))
+    for name in ("d1", "d2", "d3"):
+        await store.put(name, entry("t", "f", "fast", ttl_s=0.2))
+    await asyncio.sleep(0.4)
+    await store.put("new", entry("t", "f", "fast", ttl_s=86_400))
+    assert await store.get("live") is not None and await store.get("new") is not None
+    if isinstance(store, RedisStore):
+        assert await store._redis.zcard(REDIS_LRU) == 2
+        await store.aclose()
+    else:
+        assert len(store) == 2
+
+
 async def test_sqlite_store_purges(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "cache.sqlite")
     await check_store(store, "")

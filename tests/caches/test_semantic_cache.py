@@ -525,3 +525,26 @@ def test_the_text_parts_of_a_turn_are_read_as_separate_lines() -> None:
     body = {"model": "fast", "messages": [{"role": "user", "content": parts}]}
     query = semantic_query(ChatRequest(body, "r"), Principal("acme"), ())
     assert query is not None and query.text == "Translate to French\ngood night"
+
+
+async def test_in_process_vectors_at_their_limit_drop_expired_entries_before_live_ones() -> None:
+    import asyncio
+
+    import numpy as np
+
+    from thrifty.caches.entries import CacheEntry
+    from thrifty.caches.semantic import MemoryVectors
+    from thrifty.types import Target, Usage
+
+    def entry(ttl_s: float) -> CacheEntry:
+        now = time.time()
+        return CacheEntry({"choices": []}, Target("up", "m"), Usage(1, 1), "t", "f", "fast", now, now + ttl_s)
+
+    vectors = MemoryVectors(4, max_entries=4)
+    unit = np.array([1, 0, 0, 0], dtype=np.float32)
+    await vectors.add("p", "live", unit, "live", entry(86_400))
+    for name in ("d1", "d2", "d3"):
+        await vectors.add("p", name, unit, name, entry(0.2))
+    await asyncio.sleep(0.4)
+    await vectors.add("p", "new", unit, "new", entry(86_400))
+    assert sorted(text for _, _, text, _ in await vectors.search("p", unit, 10)) == ["live", "new"]

@@ -6,8 +6,10 @@ the attribution a purge selects on (tenant, feature, alias, age).
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -124,14 +126,42 @@ class EntryStore(Protocol):
     async def aclose(self) -> None: ...
 
 
+class Expiries:
+    """Keys by expiry time (a heap), so that a store at its size limit finds its expired entries without a scan.
+    Pairs go stale when a key is stored again or dropped: ``expired`` checks each against the store."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+
+    def add(self, key: str, expires_at: float) -> None:
+        heapq.heappush(self._heap, (expires_at, key))
+
+    def expired(self, now: float, expires_at: Callable[[str], float | None]) -> list[str]:
+        """The stored keys that expired by ``now`` (``expires_at``: a key's stored expiry, None if gone)."""
+        found = []
+        while self._heap and self._heap[0][0] <= now:
+            at, key = heapq.heappop(self._heap)
+            if expires_at(key) == at:
+                found.append(key)
+        return found
+
+    def compact(self, stored: int, live: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        """Rebuilt from what is stored once stale pairs outnumber it."""
+        if len(self._heap) > 2 * stored + 64:
+            self._heap = [(at, key) for key, at in live()]
+            heapq.heapify(self._heap)
+
+
 class MemoryStore:
-    """An LRU dict, bounded by entry count; expired entries are dropped when met."""
+    """An LRU dict, bounded by entry count; expired entries are dropped when met, and at the size limit before any
+    live one is evicted (a short-TTL feature's dead entries took the slots of a long-TTL feature's live ones)."""
 
     remote = False
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._max = max_entries
+        self._expiries = Expiries()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -149,8 +179,17 @@ class MemoryStore:
     async def put(self, key: str, entry: CacheEntry) -> None:
         self._entries[key] = entry
         self._entries.move_to_end(key)
+        self._expiries.add(key, entry.expires_at)
+        if len(self._entries) > self._max:
+            for gone in self._expiries.expired(time.time(), self._expires_at):
+                del self._entries[gone]
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+        self._expiries.compact(len(self._entries), lambda: ((k, e.expires_at) for k, e in self._entries.items()))
+
+    def _expires_at(self, key: str) -> float | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry.expires_at
 
     async def purge(self, scope: PurgeScope) -> int:
         now = time.time()

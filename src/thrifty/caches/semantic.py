@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
-from thrifty.caches.entries import CacheEntry, PurgeScope
+from thrifty.caches.entries import CacheEntry, Expiries, PurgeScope
 from thrifty.caches.keys import SemanticQuery, semantic_query
 from thrifty.caches.layered import hit
 from thrifty.caches.purge_log import PurgeRecords
@@ -65,7 +65,7 @@ class VectorStore(Protocol):
 
 
 class MemoryVectors:
-    """Vectors and entries in this process, bounded by entry count (oldest first out)."""
+    """Vectors and entries in this process, bounded by entry count (expired first out, then the oldest)."""
 
     def __init__(self, dimensions: int, max_entries: int = 100_000) -> None:
         from thrifty.caches.vector_index import NumpyVectorIndex
@@ -73,12 +73,22 @@ class MemoryVectors:
         self._index = NumpyVectorIndex(dimensions)
         self._items: dict[str, tuple[str, CacheEntry]] = {}
         self._max = max_entries
+        self._expiries = Expiries()
 
     async def add(self, partition: str, key: str, vector: Vector, text: str, entry: CacheEntry) -> None:
         self._index.add(partition, key, vector)
         self._items[key] = (text, entry)
+        self._expiries.add(key, entry.expires_at)
+        if len(self._items) > self._max:
+            for gone in self._expiries.expired(time.time(), self._expires_at):
+                self._drop(gone)
         while len(self._items) > self._max:
             self._drop(next(iter(self._items)))
+        self._expiries.compact(len(self._items), lambda: ((k, e.expires_at) for k, (_, e) in self._items.items()))
+
+    def _expires_at(self, key: str) -> float | None:
+        item = self._items.get(key)
+        return None if item is None else item[1].expires_at
 
     async def search(self, partition: str, vector: Vector, k: int) -> list[tuple[str, float, str, CacheEntry]]:
         now, found = time.time(), []

@@ -23,6 +23,8 @@ log = logging.getLogger("thrifty.cache")
 REDIS_PREFIX = "thrifty:cache:"
 REDIS_LRU = "thrifty:cache-lru"
 """The sorted set of entry keys by last use (outside ``REDIS_PREFIX``: a purge scans entries only)."""
+REDIS_EXPIRY = "thrifty:cache-expiry"
+"""The same keys by expiry time: at the size limit, expired keys leave the count before live ones are evicted."""
 
 
 BUSY_WAIT_S = 0.05
@@ -139,6 +141,7 @@ if value then
     redis.call('ZADD', KEYS[2], 'XX', now[1] + now[2] / 1e6, KEYS[1])
 else
     redis.call('ZREM', KEYS[2], KEYS[1])
+    redis.call('ZREM', KEYS[3], KEYS[1])
 end
 return value
 """
@@ -148,13 +151,27 @@ replica storing the same key in between is never undone, and timed by the server
 _PUT = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local now = redis.call('TIME')
-redis.call('ZADD', KEYS[2], now[1] + now[2] / 1e6, KEYS[1])
-return redis.call('ZCARD', KEYS[2])
+local t = now[1] + now[2] / 1e6
+redis.call('ZADD', KEYS[2], t, KEYS[1])
+redis.call('ZADD', KEYS[3], t + ARGV[2] / 1000, KEYS[1])
+local count = redis.call('ZCARD', KEYS[2])
+if count > tonumber(ARGV[3]) then
+    local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', t, 'LIMIT', 0, 1000)
+    if #gone > 0 then
+        redis.call('ZREM', KEYS[2], unpack(gone))
+        redis.call('ZREM', KEYS[3], unpack(gone))
+        count = redis.call('ZCARD', KEYS[2])
+    end
+end
+return count
 """
+"""Store an entry, and at the size limit first forget keys that expired (Redis dropped their values already): they
+kept their places in the count until they were the least recently used, and live entries were evicted for them."""
 
 _DROP = """
 local dropped = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], KEYS[1])
+redis.call('ZREM', KEYS[3], KEYS[1])
 return dropped
 """
 
@@ -177,7 +194,7 @@ class RedisStore:
         from redis.exceptions import RedisError
 
         try:
-            raw = await self._get(keys=[REDIS_PREFIX + key, REDIS_LRU])
+            raw = await self._get(keys=[REDIS_PREFIX + key, REDIS_LRU, REDIS_EXPIRY])
         except RedisError as exc:
             log.warning("the Redis cache is unreachable (%s): answering without it", exc.__class__.__name__)
             return None
@@ -187,7 +204,7 @@ class RedisStore:
             entry = CacheEntry.from_bytes(_as_bytes(raw))
         except ValueError as exc:
             log.warning("exact cache: dropped an unreadable entry (%s)", exc)
-            await self._drop(keys=[REDIS_PREFIX + key, REDIS_LRU])
+            await self._drop(keys=[REDIS_PREFIX + key, REDIS_LRU, REDIS_EXPIRY])
             return None
         return entry if entry.expires_at > time.time() else None
 
@@ -195,18 +212,19 @@ class RedisStore:
         ttl_ms = int((entry.expires_at - time.time()) * 1000)
         if ttl_ms <= 0:
             return
-        count = await self._put(keys=[REDIS_PREFIX + key, REDIS_LRU], args=[entry.to_bytes(), ttl_ms])
+        keys = [REDIS_PREFIX + key, REDIS_LRU, REDIS_EXPIRY]
+        count = await self._put(keys=keys, args=[entry.to_bytes(), ttl_ms, self._max])
         if int(count) > self._max:
             await self._evict(int(count) - self._max)
 
     async def _evict(self, over: int) -> None:
         """Drop the ``over`` least recently used keys. ZPOPMIN is atomic, so replicas evicting at once never pop
-        the same key. Keys that expired unread keep their place until they are the oldest (the order learns of
-        an expiry only when the key is read again)."""
+        the same key (expired keys left the count first, in ``_PUT``)."""
         popped = await self._redis.zpopmin(REDIS_LRU, over)  # [(member, score), ...]
         names = [_as_bytes(m[0]) for m in popped if isinstance(m[0], bytes | str)]
         if names:
             await self._redis.delete(*names)
+            await self._redis.zrem(REDIS_EXPIRY, *names)
 
     async def purge(self, scope: PurgeScope) -> int:
         now, purged = time.time(), 0
@@ -217,10 +235,10 @@ class RedisStore:
             try:
                 matches = scope.matches(CacheEntry.from_bytes(_as_bytes(raw)), now)
             except ValueError:  # unreadable, so never served: whatever the scope, it goes
-                await self._drop(keys=[name, REDIS_LRU])
+                await self._drop(keys=[name, REDIS_LRU, REDIS_EXPIRY])
                 continue
             if matches:
-                purged += int(await self._drop(keys=[name, REDIS_LRU]))
+                purged += int(await self._drop(keys=[name, REDIS_LRU, REDIS_EXPIRY]))
         return purged
 
     async def aclose(self) -> None:
