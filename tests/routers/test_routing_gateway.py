@@ -385,6 +385,24 @@ def test_a_pool_credits_its_cheaper_tier_to_routing(tmp_path: Path, up: FakeUpst
     assert savings == {"routing": 4_230_000}
 
 
+def test_a_static_list_credits_its_first_target_to_routing_and_a_fallback_to_fallback(
+    tmp_path: Path, up: FakeUpstream
+) -> None:
+    """With an explicit baseline, a plain list's first target answering is the configured choice of a cheaper
+    model (routing); it was credited to the fallback lever, though nothing fell back."""
+    extra = '\n[models.cheap]\ntargets = ["down::gpt-4o-mini", "up::gpt-4o-mini"]\nbaseline = "up::gpt-4o"\n'
+    extra += '\n[models.direct]\ntargets = ["up::gpt-4o-mini"]\nbaseline = "up::gpt-4o"\n'
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            for alias in ("direct", "cheap"):
+                client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "hi"}])
+        rows = ledger_rows(gw)
+        with gw.runtime.ledger.engine.connect() as conn:
+            savings = {(s.request_id, s.lever): s.savings_nusd for s in conn.execute(select(tables.savings))}
+    direct, cheap = rows
+    assert savings == {(direct["request_id"], "routing"): 4_230_000, (cheap["request_id"], "fallback"): 4_230_000}
+
+
 def test_a_cooling_cascade_tier_is_still_the_last_resort(tmp_path: Path) -> None:
     cascade = '\n[models.auto]\npool = ["mini", "big"]\nrouter = "cascade"\n'
     with FakeUpstream(usage=FakeUsage(input_tokens=10, output_tokens=5)) as up:
