@@ -48,6 +48,11 @@ class ProviderCaller:
         # A cascade's cooling tiers, skipped while a later tier is warm, are still the last resort when every
         # warm one fails: tried after them (in tier order, checked among themselves), never before.
         targets = [*ordered, *(t for t in route.targets if t not in ordered)]
+        if cascade:
+            for target in targets[len(ordered) :]:
+                trace.detours.append(f"{target} cooling down after repeated failures, skipped for a later tier")
+        else:
+            self._note_cooling(route.targets, trace)
         for index, target in enumerate(targets):
             checked = cascade and index < len(targets) - 1 and index != len(ordered) - 1
             provider = self.providers[target.provider]
@@ -101,6 +106,11 @@ class ProviderCaller:
             return response
         raise last or UpstreamError("the route has no targets")
 
+    def _note_cooling(self, targets: Sequence[Target], trace: Trace) -> None:
+        """Say in ``x-thrifty-route`` why a target was not tried in its place."""
+        for target in self.cooldowns.cooling_among(targets):
+            trace.detours.append(f"{target} cooling down after repeated failures, tried last")
+
     def _fall_through(
         self, target: Target, exc: ThriftyError, trace: Trace, last: ThriftyError | None = None
     ) -> ThriftyError:
@@ -125,6 +135,7 @@ class ProviderCaller:
             trace.ttft_ms = trace.elapsed_ms()
             return opened
         last: ThriftyError | None = None
+        self._note_cooling(route.targets, trace)
         for target in self.cooldowns.order(route.targets):
             started = time.perf_counter()
             chunks = self.providers[target.provider].stream(request, target.model)

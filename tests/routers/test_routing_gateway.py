@@ -314,12 +314,19 @@ def test_a_cascade_with_an_unpriced_step_is_unpriced_in_all() -> None:
 def test_a_failing_target_is_cooled_down(tmp_path: Path, up: FakeUpstream) -> None:
     with gateway(tmp_path, up, "") as gw:
         with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
-            for _ in range(4):
+            for _ in range(3):
                 client.chat.completions.create(model="resilient", messages=[{"role": "user", "content": "x"}])
+            fourth = client.chat.completions.with_raw_response.create(
+                model="resilient", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+            list(fourth.parse())
         cooling = gw.runtime.gateway.caller.cooldowns.cooling()
     assert [str(t) for t in cooling] == ["down::gpt-4o-mini"]
-    # After three refused connections the dead target is tried last: the fourth call goes straight to 'up'.
+    # After three refused connections the dead target is tried last: the fourth call goes straight to 'up',
+    # and says why in its route header.
     assert len(up.requests) == 4
+    route = fourth.headers["x-thrifty-route"]
+    assert route == "static; configured order; down::gpt-4o-mini cooling down after repeated failures, tried last"
 
 
 def test_the_cooldown_is_configured(tmp_path: Path, up: FakeUpstream) -> None:
@@ -414,6 +421,10 @@ def test_a_cooling_cascade_tier_is_still_the_last_resort(tmp_path: Path) -> None
         models = [r.json["model"] for r in up.requests]
     assert models == ["gpt-4o-mini", "gpt-4o"] * 3 + ["gpt-4o", "gpt-4o-mini"]
     assert last.headers["x-thrifty-model"] == "gpt-4o-mini"
+    assert (
+        "up::gpt-4o-mini cooling down after repeated failures, skipped for a later tier"
+        in last.headers["x-thrifty-route"]
+    )
 
 
 def test_a_summary_escalating_through_a_cascade_is_charged_to_the_summarize_lever(tmp_path: Path) -> None:

@@ -45,6 +45,14 @@ class Cooldowns:
             del self._streak[target]
             self._until.pop(target, None)
 
+    def cooling_among(self, targets: Sequence[Target]) -> list[Target]:
+        """Those of ``targets`` cooling now, unless it is all of them (then nothing was reordered)."""
+        if not self._until:
+            return []
+        now = time.monotonic()
+        cooling = [t for t in targets if self._until.get(t, 0.0) > now]
+        return cooling if len(cooling) < len(targets) else []
+
     def cooling(self) -> list[Target]:
         now = time.monotonic()
         return [t for t, until in self._until.items() if until > now]
