@@ -41,6 +41,9 @@ def test_breakpoints_mark_long_prefixes_only() -> None:
     assert add_cache_breakpoints(short, "claude-sonnet-4-5", COUNTER) == short
     # Haiku needs a 2,048-token prefix; the system prompt alone is long enough here too.
     assert "cache_control" in str(add_cache_breakpoints(body, "claude-3-5-haiku-latest", COUNTER))
+    # Opus 4.5 and 4.6 and Haiku 4.5 need 4,096: about 2,600 tokens are not cached there.
+    for newer in ("claude-opus-4-5-20251101", "claude-opus-4-6", "claude-haiku-4-5"):
+        assert add_cache_breakpoints(body, newer, COUNTER) == body
 
 
 def test_history_before_the_last_turn_is_marked_and_client_marks_are_respected() -> None:

@@ -26,13 +26,18 @@ from thrifty.types import JsonObject
 log = logging.getLogger(__name__)
 EPHEMERAL = {"type": "ephemeral"}
 MAX_BREAKPOINTS = 4
-# Anthropic's documented minimum cacheable prefix: 2,048 tokens on Haiku models, 1,024 on the others.
+# Anthropic's documented minimum cacheable prefix: 4,096 tokens on Opus 4.5 and 4.6 and on Haiku 4.5, 2,048 on
+# the older Haiku models, 1,024 on the others. Below it a breakpoint is ignored (no error, no cost).
+_MIN_4096 = re.compile(r"opus-4[-.][56]|haiku-4[-.]5")
 MIN_TOKENS_HAIKU = 2048
 MIN_TOKENS = 1024
 
 
 def min_cacheable_tokens(model: str) -> int:
-    return MIN_TOKENS_HAIKU if "haiku" in model.lower() else MIN_TOKENS
+    name = model.lower()
+    if _MIN_4096.search(name):
+        return 4096
+    return MIN_TOKENS_HAIKU if "haiku" in name else MIN_TOKENS
 
 
 def add_cache_breakpoints(body: JsonObject, model: str, counter: TiktokenCounter) -> JsonObject:
