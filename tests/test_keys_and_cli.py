@@ -190,7 +190,7 @@ def test_lint_reports_cost_per_call_and_what_breaks_prefix_caching(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert "$2.50 per million tokens" in result.stdout
     assert "repeated-instruction" in result.stdout and "said 2 times verbatim" in result.stdout
-    assert "timestamp at character 0" in result.stdout and "tools" not in result.stdout  # one order: stable
+    assert "timestamp at character 14" in result.stdout and "tools" not in result.stdout  # one order: stable
     # Requests one a line (Anthropic bodies here): their tools compared, the top-level system read.
     requests = tmp_path / "requests.jsonl"
     body = {"system": "Be brief. session_id: 7f3c9a", "messages": [{"role": "user", "content": "hi"}]}
@@ -198,7 +198,7 @@ def test_lint_reports_cost_per_call_and_what_breaks_prefix_caching(tmp_path: Pat
     requests.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     result = thrifty("lint", str(requests), "--model", "gpt-4o", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "system: request or session id at character 10" in result.stdout
+    assert "system: session or user id at character 10" in result.stdout
     assert "tools of request 2: tools in a different order: ...search, add then add, search..." in result.stdout
 
 

@@ -114,6 +114,30 @@ def test_a_system_prompt_that_changes_every_request_is_not_marked() -> None:
     assert add_cache_breakpoints(daily, "claude-sonnet-4-5", COUNTER)["system"][-1]["cache_control"]
 
 
+@pytest.mark.parametrize(
+    "stable",
+    [
+        "Customer ID: 48213.",  # the same all conversation
+        "session_id: s-9f31.",
+        "If asked for the current time, call the clock tool.",
+        "Support line: call 1800555012.",
+        "Today is 2026-11-26.",
+    ],
+)
+def test_text_that_holds_for_a_conversation_or_a_day_keeps_its_breakpoints(stable: str) -> None:
+    """Only a clock reading or a request id changes every request; an agent's session id or customer id holds
+    for the whole conversation, whose history caching then pays a tenth of the input price on every turn."""
+    body = {"system": LONG_SYSTEM + " " + stable, "messages": HISTORY}
+    marked = add_cache_breakpoints(body, "claude-sonnet-4-5", COUNTER)
+    assert marked["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert marked["messages"][1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    for changing in ("request_id: r-1a2b", "Sent at 2026-11-26T10:15:22Z", "It is 10:15:22 now"):
+        assert (
+            add_cache_breakpoints({**body, "system": LONG_SYSTEM + changing}, "claude-sonnet-4-5", COUNTER)["messages"]
+            == HISTORY
+        )
+
+
 def test_a_tool_schema_property_named_cache_control_is_no_client_breakpoint() -> None:
     schema = {"type": "object", "properties": {"cache_control": {"type": "string"}}}
     body = {"tools": [{"name": "set_headers", "input_schema": schema}], "system": LONG_SYSTEM, "messages": HISTORY}
@@ -127,18 +151,19 @@ def test_lint_finds_what_breaks_prefix_caching() -> None:
         {"role": "user", "content": "hello"},
     ]
     found = {(f.where, f.what, f.at) for f in lint_prefix(messages)}
-    assert ("messages[0] (system)", "timestamp", 0) in found
-    assert ("messages[0] (system)", "request or session id", 35) in found
+    assert ("messages[0] (system)", "timestamp", 14) in found
+    assert ("messages[0] (system)", "time of day", 0) in found
+    assert ("messages[0] (system)", "request id", 35) in found
     assert lint_prefix([{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "x"}]) == []
     anthropic = "Current time: 2025-06-03T10:15:22Z. session_id: 7f3c9a"
-    assert {f.what for f in lint_prefix([], anthropic)} == {"timestamp", "request or session id"}
+    assert {f.what for f in lint_prefix([], anthropic)} == {"timestamp", "time of day", "session or user id"}
 
 
 @pytest.mark.parametrize(
     ("text", "kinds"),
     [
-        ("Date: Tuesday, June 3, 2025. It is 3 PM in London.", {"date", "timestamp"}),
-        ("Conversation ID 7f3c9a21b4, customer_id=88812.", {"request or session id"}),
+        ("Date: Tuesday, June 3, 2025. It is 3 PM in London.", {"date", "time of day"}),
+        ("Conversation ID 7f3c9a21b4, customer_id=88812.", {"session or user id"}),
         ("Today is June 3. Sent at 1717400000.", {"date", "Unix time"}),
         # Static text: opening hours, a knowledge cutoff, a phone number.
         ("We are open 9:00 AM to 5:30 PM. Knowledge cutoff: 2024-06-01. Call 18005550199.", set()),

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from thrifty.caches.volatile import changes_every_request, find_volatile, stable_head
 from thrifty.tokens import TiktokenCounter, text_of
 from thrifty.types import JsonObject
 
@@ -50,7 +51,7 @@ def add_cache_breakpoints(body: JsonObject, model: str, counter: TiktokenCounter
     system = out.get("system")
     # A system prompt that changes on every request (a timestamp, an id) would be written to the cache each time
     # at 1.25x the input price and never read: only the tools before it are worth marking then.
-    volatile = bool(system) and any(f.what in PER_REQUEST for f in _volatile("system", text_of(system)))
+    volatile = bool(system) and changes_every_request(text_of(system))
     minimum, prefix, used = min_cacheable_tokens(model), 0, 0
     tools = out.get("tools")
     if tools:
@@ -106,9 +107,8 @@ def prompt_cache_key(body: JsonObject) -> str:
     messages = body.get("messages") or []
     first = messages[0] if messages and isinstance(messages[0], dict) else {}
     head = text_of(first.get("content")) if first.get("role") in ("system", "developer") else ""
-    cut = min((f.at or 0 for f in _volatile("system", head)), default=len(head))
     digest = hashlib.sha256(
-        orjson.dumps([body.get("tools"), head[: min(cut, KEY_HEAD_CHARS)]], option=orjson.OPT_SORT_KEYS)
+        orjson.dumps([body.get("tools"), stable_head(head[:KEY_HEAD_CHARS])], option=orjson.OPT_SORT_KEYS)
     )
     return "thrifty-" + digest.hexdigest()[:32]
 
@@ -120,42 +120,6 @@ class PrefixFinding:
     excerpt: str
     at: int | None = None
     """Characters of ``where`` before it (what comes before can still be cached); None: not a place in a text."""
-
-
-_DAY = r"(?:mon|tues|wednes|thurs|fri|satur|sun)day"
-_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
-_VOLATILE = [
-    (
-        "timestamp",
-        re.compile(
-            r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}|\b\d{1,2}:\d{2}:\d{2}\b|\b(?:current|local) time\b|\bthe time is\b"
-            r"|\bit is (?:now )?\d{1,2}(?::\d{2})?\s?[ap]\.?m\b",
-            re.IGNORECASE,
-        ),
-    ),
-    (
-        # A date said to be today's (not any date: a knowledge cutoff or a release date does not change).
-        "date",
-        re.compile(
-            r"\b(?:today(?:'s date)?|current date|date|now)(?:\s+is)?\s*[:=]?\s*"
-            rf"(?:\d{{4}}-\d{{2}}-\d{{2}}|{_DAY}|{_MONTH}\s+\d)"
-            rf"|\b{_DAY},?\s+(?:the\s+)?(?:\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?)?{_MONTH}(?:\s+\d{{1,2}})?",
-            re.IGNORECASE,
-        ),
-    ),
-    ("uuid", re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.IGNORECASE)),
-    (
-        "request or session id",
-        re.compile(
-            r"\b(?:request|session|trace|span|user|conversation|customer|order|account|chat|thread|message|correlation"
-            r"|transaction)[ _-]?id\b\s*[:=#]?\s*(?=[\w-]*\d)[\w-]+",
-            re.IGNORECASE,
-        ),
-    ),
-    ("Unix time", re.compile(r"\b1[5-9]\d{8}(?:\d{3})?\b")),
-]
-PER_REQUEST = frozenset({"timestamp", "uuid", "request or session id", "Unix time"})
-"""Kinds that change on every request (a date changes once a day: a cache still pays within it)."""
 
 
 def lint_prefix(messages: Sequence[JsonObject], system: Any = None) -> list[PrefixFinding]:
@@ -190,12 +154,9 @@ def _reordered(where: str, before: tuple[str, ...], now: tuple[str, ...]) -> Pre
 
 def _volatile(where: str, text: str) -> list[PrefixFinding]:
     findings = []
-    for what, pattern in _VOLATILE:
-        match = pattern.search(text)
-        if match:
-            start = max(match.start() - 20, 0)
-            excerpt = text[start : match.end() + 20].replace("\n", " ")
-            findings.append(PrefixFinding(where, what, excerpt, match.start()))
+    for found in find_volatile(text):
+        excerpt = text[max(found.start - 20, 0) : found.end + 20].replace("\n", " ")
+        findings.append(PrefixFinding(where, found.what, excerpt, found.start))
     return findings
 
 
