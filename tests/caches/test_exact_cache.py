@@ -399,7 +399,7 @@ def test_purge_by_admin_endpoint_and_cli(tmp_path: Path, up: FakeUpstream) -> No
         assert httpx.post(purge, json={"feature": "a"}).json() == {"purged": 1}
         assert httpx.post(purge, json={"older_than_s": "soon"}).status_code == 400
         # A misspelt bound (the CLI's --older-than, "alias" for "model") was ignored: the purge took everything.
-        for misspelt in ({"older_than": "7d"}, {"alias": "fast"}, {"feature": ["b"]}):
+        for misspelt in ({"older_than": "7d"}, {"alias": "fast"}, {"feature": ["b"]}, {"older_than_s": True}):
             refused = httpx.post(purge, json=misspelt)
             assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
         done = subprocess.run(
@@ -717,3 +717,13 @@ def test_a_recalibrated_learned_router_keys_new_entries_and_a_static_alias_keeps
     after = cache_identities(settings, aliases)
     assert before["auto"] != after["auto"] and before["auto"][:2] == aliases["auto"]
     assert before["fast"] == after["fast"] == aliases["fast"]  # a static list: its targets say it all
+
+
+async def test_an_entry_stored_twice_alike_expires_once() -> None:
+    store = MemoryStore(max_entries=1)
+    same = entry("t", "f", "fast", ttl_s=0.1)
+    await store.put("k", same)
+    await store.put("k", same)  # the same expiry pushed twice
+    await asyncio.sleep(0.2)
+    await store.put("other", entry("t", "f", "fast"))  # over the limit: "k" expired, dropped once
+    assert len(store) == 1 and await store.get("other") is not None

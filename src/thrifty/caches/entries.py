@@ -138,12 +138,12 @@ class Expiries:
 
     def expired(self, now: float, expires_at: Callable[[str], float | None]) -> list[str]:
         """The stored keys that expired by ``now`` (``expires_at``: a key's stored expiry, None if gone)."""
-        found = []
+        found: dict[str, None] = {}  # a key stored twice with the same expiry is pushed twice: listed once
         while self._heap and self._heap[0][0] <= now:
             at, key = heapq.heappop(self._heap)
             if expires_at(key) == at:
-                found.append(key)
-        return found
+                found[key] = None
+        return list(found)
 
     def compact(self, stored: int, live: Callable[[], Iterable[tuple[str, float]]]) -> None:
         """Rebuilt from what is stored once stale pairs outnumber it."""

@@ -193,6 +193,9 @@ async def purge_cache(app: ThriftyApp, request: Request, send: Send) -> None:
     for field in ("tenant", "feature", "model"):
         if body.get(field) is not None and not isinstance(body[field], str):
             raise BadRequest(f"'{field}' must be a string", param=field)
+    age = body.get("older_than_s")
+    if age is not None and (isinstance(age, bool) or not isinstance(age, int | float)):  # true was 1 second
+        raise BadRequest("'older_than_s' must be a number of seconds", param="older_than_s")
     try:
         scope = PurgeScope(
             tenant=body.get("tenant"),
