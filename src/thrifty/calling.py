@@ -107,9 +107,12 @@ class ProviderCaller:
         raise last or UpstreamError("the route has no targets")
 
     def _note_cooling(self, targets: Sequence[Target], trace: Trace) -> None:
-        """Say in ``x-thrifty-route`` why a target was not tried in its place."""
-        for target in self.cooldowns.cooling_among(targets):
-            trace.detours.append(f"{target} cooling down after repeated failures, tried last")
+        """Say in ``x-thrifty-route`` why a target was not tried in its place (one already last is in it)."""
+        cooling = set(self.cooldowns.cooling_among(targets))
+        warm = [i for i, target in enumerate(targets) if target not in cooling]
+        for target in targets[: warm[-1] if warm else 0]:
+            if target in cooling:
+                trace.detours.append(f"{target} cooling down after repeated failures, tried last")
 
     def _fall_through(
         self, target: Target, exc: ThriftyError, trace: Trace, last: ThriftyError | None = None
@@ -118,6 +121,7 @@ class ProviderCaller:
         request this target's provider cannot take moves on without counting. Returns the error to answer with if
         no later target answers: a retryable one over a format's refusal (the client may retry it)."""
         if isinstance(exc, Untranslatable):
+            trace.target = target  # named in the error's row if no target can take the request
             trace.detours.append(f"{target.model} cannot take this request ({exc.message})")
             return last if last is not None and last.retryable else exc
         if not exc.retryable:

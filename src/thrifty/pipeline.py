@@ -279,10 +279,9 @@ class Gateway:
             return trace.entry("ok", cost, ZERO, savings={request.charged_to: -cost.usd} if cost.usd else {})
         # A plain list saves by falling back; when its first target answered, what it saves against an explicit
         # baseline is the configured choice of a cheaper model: routing's.
-        route = trace.route
-        first = route.targets[0] if route is not None and route.targets else None
-        static = route is None or route.router == "static"
-        lever = "fallback" if static and trace.target != first else "routing"
+        configured = self.aliases.get(trace.requested_model) or (None,)
+        static = trace.route is None or trace.route.router == "static"
+        lever = "fallback" if static and trace.target != configured[0] else "routing"
         savings = split_savings(cost, baseline, here, trace.cache, lever)
         return trace.entry("ok", cost, baseline, savings=savings, payload=payload)
 

@@ -399,15 +399,23 @@ def test_a_static_list_credits_its_first_target_to_routing_and_a_fallback_to_fal
     model (routing); it was credited to the fallback lever, though nothing fell back."""
     extra = '\n[models.cheap]\ntargets = ["down::gpt-4o-mini", "up::gpt-4o-mini"]\nbaseline = "up::gpt-4o"\n'
     extra += '\n[models.direct]\ntargets = ["up::gpt-4o-mini"]\nbaseline = "up::gpt-4o"\n'
+    extra += '\n[models.plain]\ntargets = ["up::gpt-4o-mini", "up::gpt-4o"]\n'
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
     with gateway(tmp_path, up, extra) as gw:
         with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
             for alias in ("direct", "cheap"):
                 client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "hi"}])
+            # gpt-4o-mini has no tools in this pool: left out, the next target answers, a fallback's loss.
+            client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}], tools=[tool])  # type: ignore[list-item]
         rows = ledger_rows(gw)
         with gw.runtime.ledger.engine.connect() as conn:
             savings = {(s.request_id, s.lever): s.savings_nusd for s in conn.execute(select(tables.savings))}
-    direct, cheap = rows
-    assert savings == {(direct["request_id"], "routing"): 4_230_000, (cheap["request_id"], "fallback"): 4_230_000}
+    direct, cheap, plain = rows
+    assert savings == {
+        (direct["request_id"], "routing"): 4_230_000,
+        (cheap["request_id"], "fallback"): 4_230_000,
+        (plain["request_id"], "fallback"): -4_230_000,
+    }
 
 
 def test_a_cooling_cascade_tier_is_still_the_last_resort(tmp_path: Path) -> None:
@@ -472,3 +480,21 @@ def test_a_target_whose_format_cannot_take_the_request_is_passed_over(tmp_path: 
     assert failed.value.status_code == 503  # the outage, which a client retries; not the format's 400
     assert "'n' must be 1" in refused.value.message
     assert [r.json["model"] for r in up.requests] == ["gpt-4o-mini"]
+
+
+def test_only_a_cooling_target_moved_behind_a_warm_one_is_named() -> None:
+    from thrifty.calling import ProviderCaller
+    from thrifty.routers.cooldown import Cooldowns
+    from thrifty.types import Target
+
+    first, last = Target("up", "a"), Target("up", "b")
+    cooldowns = Cooldowns(failures=1)
+    caller = ProviderCaller({}, cooldowns, lambda *_: None)
+    cooldowns.failed(last)
+    trace = Trace("r", "chat", "auto")
+    caller._note_cooling([first, last], trace)  # already last: nothing was reordered
+    assert trace.detours == []
+    cooldowns.failed(first)
+    cooldowns.succeeded(last)
+    caller._note_cooling([first, last], trace)
+    assert trace.detours == ["up::a cooling down after repeated failures, tried last"]

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 import orjson
 
 from thrifty.caches.prompt_cache import PrefixWatch, add_cache_breakpoints
-from thrifty.errors import BadRequest, Untranslatable, UpstreamError
+from thrifty.errors import UpstreamError
 from thrifty.providers.anthropic_format import (
     AnthropicStreamTranslator,
     anthropic_error,
@@ -46,10 +46,7 @@ class AnthropicProvider:
         self._http = HttpClient(base_url, headers, timeouts, anthropic_error)
 
     def _body(self, request: ChatRequest, model: str) -> JsonObject:
-        try:
-            body = to_anthropic(request.body, model)
-        except BadRequest as exc:
-            raise Untranslatable(exc.message, code=exc.code, param=exc.param) from exc
+        body = to_anthropic(request.body, model)  # Untranslatable where Anthropic lacks what the request uses
         if self._cache_counter is not None:
             self._watch.check(request.body, model)
             body = add_cache_breakpoints(body, model, self._cache_counter)

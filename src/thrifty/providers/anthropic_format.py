@@ -27,7 +27,7 @@ import json
 import time
 from typing import Any
 
-from thrifty.errors import BadRequest, UpstreamError, upstream_error_for_status
+from thrifty.errors import BadRequest, Untranslatable, UpstreamError, upstream_error_for_status
 from thrifty.types import JsonObject, Usage
 
 DEFAULT_MAX_TOKENS = 4096
@@ -65,7 +65,7 @@ _JSON_ONLY = "Respond with a single JSON value and nothing else: no prose, no Ma
 def to_anthropic(body: JsonObject, model: str, *, sampling: bool = False) -> JsonObject:
     """The Messages API request for an OpenAI chat body, for ``model`` (``sampling``: see the module doc)."""
     if (body.get("n") or 1) != 1:
-        raise BadRequest("Anthropic models return one choice per request; 'n' must be 1", param="n")
+        raise Untranslatable("Anthropic models return one choice per request; 'n' must be 1", param="n")
     messages = body.get("messages")
     if not isinstance(messages, list) or not all(isinstance(message, dict) for message in messages):
         raise BadRequest("'messages' must be a list of objects", param="messages")
@@ -172,7 +172,7 @@ def _turn(message: JsonObject) -> tuple[str, list[JsonObject]]:
         return "assistant", _text_blocks(content) + [_tool_use(call) for call in calls]
     if role == "tool":
         return "user", [_tool_result(message)]
-    raise BadRequest(f"message role {role!r} cannot be sent to an Anthropic model", param="messages")
+    raise Untranslatable(f"message role {role!r} cannot be sent to an Anthropic model", param="messages")
 
 
 def _text_blocks(content: Any) -> list[JsonObject]:
@@ -208,10 +208,10 @@ def _user_block(part: Any) -> list[JsonObject]:
             raise BadRequest("a file part's 'file' must be an object with 'file_data'", param="messages")
         media_type, data = _data_url(file.get("file_data"))
         if media_type != "application/pdf":
-            raise BadRequest("Anthropic models accept files only as base64 PDF data", param="messages")
+            raise Untranslatable("Anthropic models accept files only as base64 PDF data", param="messages")
         source = {"type": "base64", "media_type": media_type, "data": data}
         return [_with_cache_control({"type": "document", "source": source}, part)]
-    raise BadRequest(f"content part of type {kind!r} cannot be sent to an Anthropic model", param="messages")
+    raise Untranslatable(f"content part of type {kind!r} cannot be sent to an Anthropic model", param="messages")
 
 
 def _image_source(url: Any) -> JsonObject:
@@ -274,7 +274,7 @@ def _tool_fields(body: JsonObject) -> JsonObject:
 def _tool(tool: Any) -> JsonObject:
     function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
     if not isinstance(function, dict) or not function.get("name"):
-        raise BadRequest("Anthropic models accept only tools of type 'function' with a name", param="tools")
+        raise Untranslatable("Anthropic models accept only tools of type 'function' with a name", param="tools")
     parameters = function.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest(f"tool {function['name']!r}: 'parameters' must be a JSON schema object", param="tools")
