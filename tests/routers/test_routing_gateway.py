@@ -482,6 +482,22 @@ def test_a_target_whose_format_cannot_take_the_request_is_passed_over(tmp_path: 
     assert [r.json["model"] for r in up.requests] == ["gpt-4o-mini"]
 
 
+def test_a_mistake_in_the_request_is_not_passed_on_to_the_next_target(tmp_path: Path, up: FakeUpstream) -> None:
+    """Only what Anthropic's format lacks passes a target over; a request that is wrong anywhere is the answer."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+    broken = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    extra = '\n[models.mixed]\ntargets = ["anth::claude-3-5-haiku-latest", "up::gpt-4o-mini"]\n'
+    with gateway(tmp_path, up, extra) as gw:
+        with openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0) as client:
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model="mixed", messages=broken)  # type: ignore[arg-type]
+    assert "not valid JSON" in refused.value.message and up.requests == []
+
+
 def test_only_a_cooling_target_moved_behind_a_warm_one_is_named() -> None:
     from thrifty.calling import ProviderCaller
     from thrifty.routers.cooldown import Cooldowns
