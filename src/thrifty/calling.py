@@ -109,6 +109,8 @@ class ProviderCaller:
     def _note_cooling(self, targets: Sequence[Target], trace: Trace) -> None:
         """Say in ``x-thrifty-route`` why a target was not tried in its place (one already last is in it)."""
         cooling = set(self.cooldowns.cooling_among(targets))
+        if not cooling:  # nearly always: nothing to say, and this runs on every request
+            return
         warm = [i for i, target in enumerate(targets) if target not in cooling]
         for target in targets[: warm[-1] if warm else 0]:
             if target in cooling:
