@@ -267,7 +267,7 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {args.out.relative_to(REPO)}")
+    print(f"\nwrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
 
 
 if __name__ == "__main__":
