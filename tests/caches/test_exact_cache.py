@@ -727,3 +727,22 @@ async def test_an_entry_stored_twice_alike_expires_once() -> None:
     await asyncio.sleep(0.2)
     await store.put("other", entry("t", "f", "fast"))  # over the limit: "k" expired, dropped once
     assert len(store) == 1 and await store.get("other") is not None
+
+
+@pytest.mark.parametrize(
+    ("choice", "cacheable"),
+    [
+        ({"finish_reason": "stop", "message": {"role": "assistant", "content": "Paris."}}, True),
+        # OpenRouter: a failure mid-answer is an HTTP 200 whose choice finished "error" (was cached and replayed).
+        ({"finish_reason": "error", "error": {"code": 502}, "message": {"content": "partial ans"}}, False),
+        ({"finish_reason": None, "message": {"content": "unfinished"}}, False),
+        ({"finish_reason": "length", "message": {"content": "cut"}}, False),
+        ({"finish_reason": "content_filter", "message": {"content": ""}}, False),
+        # A refusal, perhaps a false one, replayed free for the TTL (Anthropic's already were not cached).
+        ({"finish_reason": "stop", "message": {"content": None, "refusal": "I can't help with that."}}, False),
+    ],
+)
+def test_only_whole_answers_are_cacheable(choice: dict[str, object], cacheable: bool) -> None:
+    from thrifty.caches.keys import cacheable_response
+
+    assert cacheable_response({"choices": [{"index": 0, **choice}]}, cache_tool_calls=False) is cacheable

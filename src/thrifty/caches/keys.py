@@ -122,16 +122,23 @@ def cacheable_request(body: JsonObject, max_temperature: float) -> bool:
     return not any(m.get("role") in ("tool", "function") for m in body["messages"])
 
 
+FINISHED = frozenset({"stop", "tool_calls", "function_call"})
+"""The finish reasons of a whole answer: not ``length`` (the cap that cut it may be the gateway's, not in the key),
+``content_filter``, ``error`` (OpenRouter's HTTP 200 for a failure mid-answer) or none at all."""
+
+
 def cacheable_response(body: JsonObject, cache_tool_calls: bool) -> bool:
-    """Never an error, never an answer cut short (``length``: the cap that cut it may be the gateway's, not in the
-    key), never a tool call unless allowed (calling the tool again may be the point)."""
+    """Never an error, never an answer cut short or filtered, never a refusal (a false one would be replayed for
+    the TTL, free), never a tool call unless allowed (calling the tool again may be the point)."""
     choices = body.get("choices")
-    if not isinstance(choices, list) or not choices:
+    if not isinstance(choices, list) or not choices or body.get("error"):
         return False
     for choice in choices:
-        message = choice.get("message") or {}
-        if (message.get("tool_calls") or message.get("function_call")) and not cache_tool_calls:
+        if not isinstance(choice, dict) or choice.get("error") or choice.get("finish_reason") not in FINISHED:
             return False
-        if choice.get("finish_reason") in ("content_filter", "length"):
+        message = choice.get("message") or {}
+        if message.get("refusal"):
+            return False
+        if (message.get("tool_calls") or message.get("function_call")) and not cache_tool_calls:
             return False
     return True
