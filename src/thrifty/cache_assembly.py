@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from thrifty.caches.entries import EntryStore
+from thrifty.caches.keys import BY_FEATURE
 from thrifty.caches.layered import SemanticLayer
 from thrifty.caches.none import NoCache
 from thrifty.errors import ConfigError
@@ -36,6 +37,9 @@ def cache_identities(settings: Settings, aliases: dict[str, tuple[Target, ...]])
             config["router.json"] = hashlib.sha256(saved.read_bytes()).hexdigest() if saved.is_file() else ""
         digest = hashlib.sha256(orjson.dumps(config, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
         identities[alias] = (*identities[alias], Target("router", f"{model.router}:{digest}"))
+        if model.router == "rules" and any(rule.feature for rule in model.rules):
+            # The same request goes to another model for another feature: features must not share answers.
+            identities[alias] = (*identities[alias], BY_FEATURE)
     return identities
 
 

@@ -701,6 +701,40 @@ def test_answers_from_a_provider_that_reports_no_usage_are_cached_with_counted_u
     assert [(r["cost_nusd"], r["baseline_cost_nusd"] > 0) for r in hits] == [(0, True), (0, True)]
 
 
+def test_features_a_rule_routes_to_different_models_do_not_share_answers(tmp_path: Path, up: FakeUpstream) -> None:
+    """Features share entries, but not where a rule sends one feature to another model: "premium" was served the
+    answer gpt-4o-mini gave "free"."""
+    rules = """
+[cache]
+exact = true
+semantic = true
+embedder = "hashing"
+semantic_threshold = 0.3
+[models.auto]
+targets = ["up::gpt-4o-mini", "up::gpt-4o"]
+router = "rules"
+default = "up::gpt-4o"
+[[models.auto.rules]]
+feature = "free"
+use = "up::gpt-4o-mini"
+"""
+    with gateway(tmp_path, up, rules) as gw, client(gw) as c:
+
+        def ask(feature: str, text: str = "explain quicksort") -> tuple[str, str]:
+            raw = c.chat.completions.with_raw_response.create(
+                model="auto",
+                messages=[{"role": "user", "content": text}],
+                temperature=0,
+                extra_headers={"x-thrifty-feature": feature},
+            )
+            return raw.headers["x-thrifty-cache"], raw.headers["x-thrifty-model"]
+
+        assert ask("free") == ("miss", "gpt-4o-mini")
+        assert ask("premium") == ("miss", "gpt-4o")
+        assert ask("premium", "explain quicksort please") == ("semantic", "gpt-4o")
+        assert ask("free") == ("exact", "gpt-4o-mini")
+
+
 def test_a_recalibrated_learned_router_keys_new_entries_and_a_static_alias_keeps_its_keys(
     tmp_path: Path, up: FakeUpstream
 ) -> None:

@@ -45,6 +45,11 @@ def _digest(value: object) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+BY_FEATURE = Target("router", "by-feature")
+"""In an alias's cache identity (``cache_assembly.cache_identities``): its router picks a model by feature, so the
+asking feature is part of every key (features otherwise share entries)."""
+
+
 def exact_key(request: ChatRequest, principal: Principal, targets: Sequence[Target]) -> str:
     """Same tenant, same alias with the same targets, same messages and parameters: same key.
 
@@ -53,6 +58,8 @@ def exact_key(request: ChatRequest, principal: Principal, targets: Sequence[Targ
     body = request.body
     shaped = {name: value for name, value in body.items() if name not in NOT_ANSWER_SHAPING}
     parts = [principal.tenant, request.model, [str(t) for t in targets], body["messages"], shaped]
+    if BY_FEATURE in targets:
+        parts.append(principal.feature)
     if request.plan_key:  # only then: requests without a plan keep the keys they had before plans counted
         parts.append(request.plan_key)
     return _digest(parts)
@@ -90,6 +97,8 @@ def semantic_query(request: ChatRequest, principal: Principal, targets: Sequence
     }
     if request.plan_key:
         context["plan"] = request.plan_key
+    if BY_FEATURE in targets:
+        context["feature"] = principal.feature
     attachments = [
         part
         for part in (content if isinstance(content, list) else [])
