@@ -80,3 +80,28 @@ def test_replaying_a_whole_answer_as_a_stream_and_assembling_it_gives_it_back(me
 
     (choice,) = assemble(asyncio.run(replayed()), "m")["choices"]
     assert choice["message"] == message
+
+
+def test_which_stop_sequence_fired_survives_a_replay_and_an_assembly() -> None:
+    """/v1/messages reports ``stop_sequence``; a cache hit (replayed, or stored from a stream) said ``end_turn``."""
+    body = {
+        "id": "chatcmpl-1",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "one"},
+                "finish_reason": "stop",
+                "stop_sequence": "END",
+            }
+        ],
+    }
+
+    async def replayed() -> list[bytes]:
+        return [c.payload async for c in chunks_of(ChatResponse(body, None, Target("up", "m"), 1.0))]
+
+    payloads = asyncio.run(replayed())
+    assert orjson.loads(payloads[-1])["choices"][0]["stop_sequence"] == "END"
+    (choice,) = assemble(payloads, "m")["choices"]
+    assert choice["stop_sequence"] == "END" and choice["message"]["content"] == "one"

@@ -44,19 +44,27 @@ async def chunks_of(response: ChatResponse) -> AsyncGenerator[StreamChunk, None]
         calls = message.get("tool_calls") or []
         if calls:
             yield _chunk(base, index, {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
-        yield _chunk(base, index, {}, choice.get("finish_reason") or "stop")
+        # The choice's own fields with the finish (``stop_sequence``: which one fired, for /v1/messages).
+        extra = {k: v for k, v in choice.items() if k not in _CHOICE_FIELDS and v is not None}
+        yield _chunk(base, index, {}, choice.get("finish_reason") or "stop", extra=extra)
     if response.usage is not None:
         payload = orjson.dumps({**base, "choices": [], "usage": usage_body(response.usage)})
         yield StreamChunk(payload, response.usage, usage_only=True)
 
 
 _STREAMED_APART = frozenset({"role", "content", "tool_calls"})
+_CHOICE_FIELDS = frozenset({"index", "message", "delta", "finish_reason", "logprobs"})
 
 
 def _chunk(
-    base: JsonObject, index: int, delta: JsonObject, finish: str | None = None, logprobs: Any = None
+    base: JsonObject,
+    index: int,
+    delta: JsonObject,
+    finish: str | None = None,
+    logprobs: Any = None,
+    extra: JsonObject | None = None,
 ) -> StreamChunk:
-    choice = {"index": index, "delta": delta, "finish_reason": finish}
+    choice = {"index": index, "delta": delta, "finish_reason": finish, **(extra or {})}
     if logprobs is not None:
         choice["logprobs"] = logprobs
     return StreamChunk(orjson.dumps({**base, "choices": [choice]}))
@@ -74,7 +82,8 @@ def assemble(payloads: list[bytes], model: str) -> JsonObject:
         first = first or chunk
         for choice in chunk.get("choices") or []:
             state = choices.setdefault(
-                choice.get("index", 0), {"content": [], "calls": {}, "finish": None, "other": {}, "logprobs": {}}
+                choice.get("index", 0),
+                {"content": [], "calls": {}, "finish": None, "other": {}, "logprobs": {}, "extra": {}},
             )
             delta = choice.get("delta") or {}
             if delta.get("content"):
@@ -88,6 +97,7 @@ def assemble(payloads: list[bytes], model: str) -> JsonObject:
                 if isinstance(value, list):
                     state["logprobs"].setdefault(key, []).extend(value)
             state["finish"] = choice.get("finish_reason") or state["finish"]
+            state["extra"].update((k, v) for k, v in choice.items() if k not in _CHOICE_FIELDS and v is not None)
     return {
         "id": first.get("id", ""),
         "object": "chat.completion",
@@ -129,7 +139,12 @@ def _choice(index: int, state: dict[str, Any]) -> JsonObject:
     message: JsonObject = {"role": "assistant", "content": "".join(state["content"]) or None, **state["other"]}
     if state["calls"]:
         message["tool_calls"] = [state["calls"][i] for i in sorted(state["calls"])]
-    choice: JsonObject = {"index": index, "message": message, "finish_reason": state["finish"] or "stop"}
+    choice: JsonObject = {
+        "index": index,
+        "message": message,
+        "finish_reason": state["finish"] or "stop",
+        **state["extra"],
+    }
     if state["logprobs"]:
         choice["logprobs"] = state["logprobs"]
     return choice
