@@ -780,3 +780,26 @@ def test_only_whole_answers_are_cacheable(choice: dict[str, object], cacheable: 
     from thrifty.caches.keys import cacheable_response
 
     assert cacheable_response({"choices": [{"index": 0, **choice}]}, cache_tool_calls=False) is cacheable
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ({}, {"temperature": 1}),
+        ({"temperature": 0}, {"temperature": 0.0}),  # as the JS and Python SDKs send it
+        ({"seed": None}, {}),
+        ({"n": 1}, {}),
+        ({"tools": []}, {}),
+        ({"max_tokens": 50}, {"max_completion_tokens": 50}),
+    ],
+)
+def test_requests_that_mean_the_same_share_a_key(one: dict[str, object], other: dict[str, object]) -> None:
+    from thrifty.caches.keys import exact_key, semantic_query
+
+    def request(extra: dict[str, object]) -> ChatRequest:
+        return ChatRequest({"model": "fast", "messages": [{"role": "user", "content": "hi"}], **extra}, "r")
+
+    targets, asker = (Target("up", "gpt-4o-mini"),), Principal("t")
+    assert exact_key(request(one), asker, targets) == exact_key(request(other), asker, targets)
+    assert semantic_query(request(one), asker, targets) == semantic_query(request(other), asker, targets)
+    assert exact_key(request({"temperature": 0}), asker, targets) != exact_key(request({}), asker, targets)

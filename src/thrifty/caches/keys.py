@@ -39,6 +39,25 @@ NOT_ANSWER_SHAPING = frozenset(
 )
 """Body fields that cannot change the answer; every other field is part of the key."""
 DEFAULT_TEMPERATURE = 1.0
+_DEFAULTS: dict[str, object] = {"temperature": DEFAULT_TEMPERATURE, "n": 1.0, "tools": []}
+"""Values that mean the same as leaving the field out."""
+
+
+def shaping(body: JsonObject, leave_out: frozenset[str] = frozenset()) -> JsonObject:
+    """The fields that shape the answer, normalised so that requests meaning the same share a key: numbers as
+    floats (``0`` and ``0.0``, as SDKs send them), no ``null`` or default values (``n: 1``, ``tools: []``, an
+    explicit ``temperature: 1``), and ``max_completion_tokens`` read as ``max_tokens`` when alone."""
+    shaped: JsonObject = {}
+    for name, sent in body.items():
+        if name in NOT_ANSWER_SHAPING or name in leave_out or sent is None:
+            continue
+        value = float(sent) if isinstance(sent, int | float) and not isinstance(sent, bool) else sent
+        if name in _DEFAULTS and value == _DEFAULTS[name]:
+            continue
+        shaped[name] = value
+    if "max_completion_tokens" in shaped and "max_tokens" not in shaped:
+        shaped["max_tokens"] = shaped.pop("max_completion_tokens")
+    return shaped
 
 
 def _digest(value: object) -> str:
@@ -56,8 +75,7 @@ def exact_key(request: ChatRequest, principal: Principal, targets: Sequence[Targ
     The alias's targets are part of the key, so re-pointing an alias invalidates its entries by itself.
     """
     body = request.body
-    shaped = {name: value for name, value in body.items() if name not in NOT_ANSWER_SHAPING}
-    parts = [principal.tenant, request.model, [str(t) for t in targets], body["messages"], shaped]
+    parts = [principal.tenant, request.model, [str(t) for t in targets], body["messages"], shaping(body)]
     if BY_FEATURE in targets:
         parts.append(principal.feature)
     if request.plan_key:  # only then: requests without a plan keep the keys they had before plans counted
@@ -88,11 +106,7 @@ def semantic_query(request: ChatRequest, principal: Principal, targets: Sequence
         "alias": request.model,
         "targets": [str(t) for t in targets],
         "before": messages[:-1],
-        "shaping": {
-            name: value
-            for name, value in body.items()
-            if name not in NOT_ANSWER_SHAPING and name not in ("temperature", "seed")
-        },
+        "shaping": shaping(body, frozenset({"temperature", "seed"})),
         "temperature": temperature_bucket(body),
     }
     if request.plan_key:
