@@ -164,21 +164,18 @@ def test_changing_an_alias_targets_invalidates_its_entries(tmp_path: Path, up: F
         assert raw.headers["x-thrifty-cache"] == "exact"
 
 
+def rules_alias(default: str, feature: str, use: str) -> str:
+    """A rules alias over gpt-4o-mini and gpt-4o: ``feature`` goes to ``use``, the rest to ``default``."""
+    return (
+        '[models.auto]\ntargets = ["up::gpt-4o-mini", "up::gpt-4o"]\nrouter = "rules"\n'
+        f'default = "up::{default}"\n[[models.auto.rules]]\nfeature = "{feature}"\nuse = "up::{use}"\n'
+    )
+
+
 def test_changing_which_target_a_router_chooses_invalidates_its_entries(tmp_path: Path, up: FakeUpstream) -> None:
     """The key held only the alias's targets: moving a rule off gpt-4o-mini kept serving gpt-4o-mini's answers
     until their TTL ran out."""
-    rules = """
-[cache]
-store = 'sqlite'
-exact = true
-[models.auto]
-targets = ["up::gpt-4o-mini", "up::gpt-4o"]
-router = "rules"
-default = "up::gpt-4o-mini"
-[[models.auto.rules]]
-feature = "support"
-use = "up::gpt-4o-mini"
-"""
+    rules = "\n[cache]\nstore = 'sqlite'\nexact = true\n" + rules_alias("gpt-4o-mini", "support", "gpt-4o-mini")
 
     def ask() -> tuple[str, str]:
         with ServerThread(load_settings(tmp_path / "thrifty.toml")) as gw, client(gw) as c:
@@ -190,7 +187,9 @@ use = "up::gpt-4o-mini"
     (tmp_path / "thrifty.toml").write_text(config_text(up, extra=rules))
     assert ask() == ("miss", "gpt-4o-mini")
     assert ask() == ("exact", "gpt-4o-mini")
-    moved = rules.replace('feature = "support"\nuse = "up::gpt-4o-mini"', 'feature = "support"\nuse = "up::gpt-4o"')
+    moved = rules.replace(
+        rules_alias("gpt-4o-mini", "support", "gpt-4o-mini"), rules_alias("gpt-4o-mini", "support", "gpt-4o")
+    )
     (tmp_path / "thrifty.toml").write_text(config_text(up, extra=moved))
     assert ask() == ("miss", "gpt-4o")
     assert ask() == ("exact", "gpt-4o")
@@ -704,20 +703,8 @@ def test_answers_from_a_provider_that_reports_no_usage_are_cached_with_counted_u
 def test_features_a_rule_routes_to_different_models_do_not_share_answers(tmp_path: Path, up: FakeUpstream) -> None:
     """Features share entries, but not where a rule sends one feature to another model: "premium" was served the
     answer gpt-4o-mini gave "free"."""
-    rules = """
-[cache]
-exact = true
-semantic = true
-embedder = "hashing"
-semantic_threshold = 0.3
-[models.auto]
-targets = ["up::gpt-4o-mini", "up::gpt-4o"]
-router = "rules"
-default = "up::gpt-4o"
-[[models.auto.rules]]
-feature = "free"
-use = "up::gpt-4o-mini"
-"""
+    cache = '\n[cache]\nexact = true\nsemantic = true\nembedder = "hashing"\nsemantic_threshold = 0.3\n'
+    rules = cache + rules_alias("gpt-4o", "free", "gpt-4o-mini")
     with gateway(tmp_path, up, rules) as gw, client(gw) as c:
 
         def ask(feature: str, text: str = "explain quicksort") -> tuple[str, str]:
