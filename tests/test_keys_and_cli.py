@@ -191,6 +191,7 @@ def test_lint_reports_cost_per_call_and_what_breaks_prefix_caching(tmp_path: Pat
     assert "$2.50 per million tokens" in result.stdout
     assert "repeated-instruction" in result.stdout and "said 2 times verbatim" in result.stdout
     assert "timestamp at character 14" in result.stdout and "tools" not in result.stdout  # one order: stable
+    assert "under the 1024 a provider caches" in result.stdout  # this short prompt is not cached anyway
     # Requests one a line (Anthropic bodies here): their tools compared, the top-level system read.
     requests = tmp_path / "requests.jsonl"
     body = {"system": "Be brief. session_id: 7f3c9a", "messages": [{"role": "user", "content": "hi"}]}

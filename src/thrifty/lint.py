@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from thrifty.caches.prompt_cache import lint_prefix, tool_order_changes
+from thrifty.caches.prompt_cache import lint_prefix, min_cacheable_tokens, tool_order_changes
 from thrifty.errors import BadRequest
 from thrifty.optimizers.hygiene import lint_prompt
 from thrifty.optimizers.structured import (
@@ -103,6 +103,15 @@ def lint_file(path: Path, target: Target, pricer: CatalogPricer) -> str:
         for f in prefix:
             at = "" if f.at is None else f" at character {f.at}"
             lines.append(f"  {f.where}: {f.what}{at}: ...{f.excerpt}...")
+        counter, minimum = TiktokenCounter(), min_cacheable_tokens(target.model)
+        before = messages[:-1] if len(messages) > 1 else messages  # as lint_prefix reads it
+        stable = sum(counter.count_text(target.model, text_of(m.get("content"))) for m in before)
+        stable += counter.count_text(target.model, text_of(first.system)) if first.system else 0
+        if stable < minimum:
+            lines.append(
+                f"  (the prompt before the last turn is {stable} tokens, under the {minimum} a provider caches: "
+                "none of this costs anything until it grows)"
+            )
     if not findings and not prefix:
         lines.append("no findings")
     return "\n".join(lines)
