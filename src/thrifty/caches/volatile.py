@@ -84,7 +84,9 @@ def _labelled_id(labels: frozenset[str]) -> Check:
 
 
 _DATE_VALUE = rf"(?:\s+is)?\s*[:=]?\s*(?:\d{{4}}-\d{{2}}-\d{{2}}|{_DAY}|{_MONTH}\s+\d)"
-_WEEKDAY_DATE = re.compile(rf"{_DAY},?\s+(?:the\s+)?(?:\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?)?{_MONTH}")
+_AFTER_WEEKDAY = rf",?\s+(?:the\s+)?(?:\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?)?{_MONTH}"
+"""What follows a weekday's name in a date: "Tuesday, June 3", "Tuesday the 3rd of June"."""
+_WEEKDAY_DATE = re.compile(_DAY + _AFTER_WEEKDAY)
 
 
 def _on_word_start(low: str, anchor: re.Match[str]) -> Span | None:
@@ -115,7 +117,7 @@ KINDS = (
         "date",
         (
             *((re.compile(word + _DATE_VALUE), _on_word_start) for word in ("today(?:'s date)?", "date", "now")),
-            (re.compile(rf"day,?\s+(?:the\s+)?(?:\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?)?{_MONTH}"), _weekday),
+            (re.compile("day" + _AFTER_WEEKDAY), _weekday),
         ),
         per_request=False,
     ),
